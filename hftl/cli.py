@@ -1,0 +1,220 @@
+"""The ``hftl`` command: ls, run, validate, cp, eval, predict.
+
+``hftl run RECIPE --config NAME key=value ...`` runs ``recipes/RECIPE.py`` (shipped inside the package
+as ``hftl.recipes``) exactly as ``python recipes/RECIPE.py --config ...`` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+from hftl.errors import HftlError
+
+
+def recipe_names() -> list[str]:
+    root = resources.files("hftl.recipes")
+    return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+
+
+def recipe_file(name: str) -> Path:
+    if name not in recipe_names():
+        close = difflib.get_close_matches(name, recipe_names(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise HftlError(f"Unknown recipe {name!r}; available: {', '.join(recipe_names())}.{hint} (`hftl ls` lists them)")
+    return Path(str(resources.files("hftl.recipes") / f"{name}.py"))
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from hftl.config import list_shipped_configs
+
+    configs = list_shipped_configs()
+    print(f"{'RECIPE':<16} CONFIGS")
+    for name in recipe_names():
+        mine = [c for c in configs if _config_recipe(c) == name]
+        print(f"{name:<16} {mine[0] if mine else '-'}")
+        for c in mine[1:]:
+            print(f"{'':<16} {c}")
+    return 0
+
+
+def _config_recipe(name: str) -> str:
+    from hftl.config import load_config
+
+    return str(load_config(name).get("recipe", "finetune"))
+
+
+def cmd_run(args: argparse.Namespace, extra: list[str]) -> int:
+    path = recipe_file(args.recipe)
+    if args.num_processes > 1:
+        return _launch(path, args.num_processes, extra)
+    module = importlib.import_module(f"hftl.recipes.{args.recipe}")
+    return module.main(extra)
+
+
+def _launch(path: Path, num_processes: int, extra: list[str]) -> int:
+    """Multi-process data parallel through ``accelerate launch`` (gloo on CPU, NCCL on GPUs)."""
+    import torch
+
+    env = dict(os.environ)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--multi_gpu"]
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "1"  # `--cpu --num_processes N` would silently run one process
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(path)]
+    return subprocess.call(launch + extra, env=env)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hftl.config import load_config
+    from hftl.recipe import load_and_validate
+
+    recipe = args.recipe or str(load_config(args.config, args.overrides).get("recipe", "finetune"))
+    recipe_file(recipe)
+    module = importlib.import_module(f"hftl.recipes.{recipe}")
+    load_and_validate(module.RECIPE, args.config, args.overrides, allow_any=args.allow_any_component)
+    print(f"{args.config}: OK for recipe {recipe!r} (no problems found)")
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    from hftl.config import resolve_config_path
+
+    source = recipe_file(args.name) if args.name in recipe_names() else resolve_config_path(args.name)
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / source.name
+    if dest.exists() and not args.force:
+        raise HftlError(f"{dest} already exists; pass --force to overwrite it")
+    shutil.copyfile(source, dest)
+    print(f"Copied {source} to {dest}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from accelerate import Accelerator
+    from omegaconf import OmegaConf
+
+    from hftl.config import instantiate
+    from hftl.evaluation import classification_report, format_report, write_metrics
+    from hftl.evaluation.predictions import collect_predictions
+    from hftl.models.io import find_model_dir, load_model
+    from hftl.training.builders import build_loader
+
+    model, cfg, meta = load_model(args.output_dir, allow_any_component=args.allow_any_component)
+    if args.data:
+        node = {"_component_": "hftl.data.ClassificationData", "path": args.data, "validation_size": 0}
+        if args.input_column:
+            node["input_column"] = args.input_column
+        node["label_column"] = args.label_column
+        split = "train" if args.split is None else args.split
+        node["splits"] = None
+    else:
+        node = OmegaConf.to_container(cfg.data, resolve=True)
+        split = args.split or "test"
+    node["label_names"] = meta["label_names"]
+    data = instantiate(node).load()
+    if split not in data:
+        raise HftlError(f"--split {split!r} is not in the data; available splits: {', '.join(data)}")
+    acc = Accelerator(cpu=args.cpu)
+    loader = acc.prepare(build_loader(data[split], collate_fn=model.encoder.collator(train=False), batch_size=args.batch_size, shuffle=False))
+    out = collect_predictions(acc, acc.prepare(model), loader)
+    if "references" not in out:
+        raise HftlError(f"Split {split!r} has no labels, so it cannot be scored; pass labelled data with --data")
+    report = classification_report(out["predictions"], out["references"], meta["label_names"])
+    print(format_report(report, title=f"{split} ({len(data[split])} examples)"))
+    target = Path(args.output) if args.output else find_model_dir(args.output_dir).parent / f"eval_{split}.json"
+    write_metrics(target, {split: report, "data": args.data or "config"})
+    print(f"Metrics written to {target}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hftl.predict import Predictor
+
+    predictor = Predictor.from_pretrained(args.output_dir, allow_any_component=args.allow_any_component)
+    results = predictor(args.inputs, batch_size=args.batch_size)
+    for item, res in zip(args.inputs, results):
+        if args.json:
+            print(json.dumps({"input": str(item), **res}))
+        else:
+            print(f"{res['label']}\t{res['score']:.4f}\t{item}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hftl", description="Transfer pretrained encoders to new domains.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("ls", help="List recipes and their shipped configs.")
+    run = sub.add_parser("run", help="Run a recipe: hftl run finetune --config text/minilm_lora_sst2 key=value ...")
+    run.add_argument("recipe")
+    run.add_argument("--num-processes", type=int, default=1, help="Data-parallel processes (accelerate launch).")
+    val = sub.add_parser("validate", help="Check a config against a recipe; reports every problem at once.")
+    val.add_argument("--config", required=True)
+    val.add_argument("--recipe", help="Recipe to check against (default: the config's `recipe:` key, else finetune).")
+    val.add_argument("--allow-any-component", action="store_true")
+    val.add_argument("overrides", nargs="*")
+    cp = sub.add_parser("cp", help="Copy a recipe or shipped config to edit it: hftl cp finetune ./my_recipe.py")
+    cp.add_argument("name")
+    cp.add_argument("dest")
+    cp.add_argument("--force", action="store_true", help="Overwrite an existing file.")
+    ev = sub.add_parser("eval", help="Score a saved model on a labelled split.")
+    ev.add_argument("output_dir")
+    ev.add_argument("--data", help="A data file/dir (csv, tsv, jsonl, parquet, audiofolder, ...); default: the training config's data.")
+    ev.add_argument("--split", help="Split to score (default: test of the config's data, or the whole --data file).")
+    ev.add_argument("--input-column")
+    ev.add_argument("--label-column", default="label")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--output", help="Where to write the metrics JSON (default: OUTPUT_DIR/eval_SPLIT.json).")
+    ev.add_argument("--cpu", action="store_true")
+    ev.add_argument("--allow-any-component", action="store_true")
+    pr = sub.add_parser("predict", help="Predict labels: hftl predict OUTPUT_DIR 'some text' | file.wav | image.png")
+    pr.add_argument("output_dir")
+    pr.add_argument("inputs", nargs="+")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--json", action="store_true", help="One JSON object per input with all class scores.")
+    pr.add_argument("--allow-any-component", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["run"] and len(argv) > 1 and not argv[1].startswith("-"):
+            # Everything after the recipe name goes to the recipe's own parser.
+            recipe, rest = argv[1], argv[2:]
+            processes, rest = _pop_num_processes(rest)
+            return cmd_run(argparse.Namespace(recipe=recipe, num_processes=processes), rest)
+        args = build_parser().parse_args(argv)
+        handler = {"ls": cmd_ls, "validate": cmd_validate, "cp": cmd_cp, "eval": cmd_eval, "predict": cmd_predict}[args.command]
+        return handler(args)
+    except HftlError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _pop_num_processes(argv: list[str]) -> tuple[int, list[str]]:
+    """Takes ``--num-processes N`` (or ``=N``) out of a recipe's arguments."""
+    rest, processes, i = [], 1, 0
+    while i < len(argv):
+        if argv[i].startswith("--num-processes="):
+            processes = argv[i].split("=", 1)[1]
+        elif argv[i] == "--num-processes" and i + 1 < len(argv):
+            processes, i = argv[i + 1], i + 1
+        else:
+            rest.append(argv[i])
+        i += 1
+    if not str(processes).isdigit() or int(processes) < 1:
+        raise HftlError(f"--num-processes must be a positive integer; got {processes!r}")
+    return int(processes), rest
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""Finding, loading and overriding YAML configs; the ``hftl.data_dir`` resolver."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+import inspect
+import io
+import os
+import pathlib
+import re
+from collections.abc import Sequence
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from hftl.errors import ConfigError
+
+_OVERRIDES = "command-line overrides"
+_OVERRIDE_FORM = "expected `key.path=value` to set a value or `~key.path` to delete a key"
+# a dotted key: `optimizer.lr`, `callbacks[1].name`, `callbacks.1.name`
+_KEY_RE = re.compile(r"^[A-Za-z_][\w\-]*(?:\.[\w\-]+|\[\d+\])*$")
+
+
+def shipped_config_dir() -> pathlib.Path:
+    """The folder of configs shipped with hftl (``recipes/configs`` in the repo, ``hftl.recipes`` once installed)."""
+    try:
+        return pathlib.Path(str(importlib.resources.files("hftl.recipes") / "configs"))
+    except ModuleNotFoundError:  # source checkout that is not pip-installed: recipes/ sits next to hftl/
+        return pathlib.Path(__file__).resolve().parents[2] / "recipes" / "configs"
+
+
+def list_shipped_configs() -> list[str]:
+    """Names of the shipped configs, e.g. ``["text/minilm_lora_sst2", "vision/digits_vit"]``."""
+    root = shipped_config_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str) -> pathlib.Path:
+    """Find a config: an existing file path wins, else a shipped name with or without ``.yaml``.
+
+    Raises:
+        ConfigError: neither exists; the message lists the closest shipped names.
+    """
+    path = pathlib.Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = name_or_path.removesuffix(".yaml")
+    shipped = shipped_config_dir() / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = list_shipped_configs()
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.4)
+    hint = f" Closest shipped configs: {', '.join(close)}." if close else ""
+    raise ConfigError(
+        f"config `{name_or_path}` not found: it is neither an existing file nor a shipped config name.{hint} "
+        "Run `hftl ls` to list the shipped configs, or pass the path of a YAML file."
+    )
+
+
+def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Load a YAML config by shipped name or path and apply dotted command-line overrides.
+
+    Args:
+        name_or_path: a file path or a shipped config name such as ``text/minilm_lora_sst2``.
+        overrides: ``key.path=value`` / ``~key.path`` strings, see :func:`apply_overrides`.
+
+    Returns:
+        The config; interpolations are left unresolved.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML (the message names the line), its top level is
+            not a mapping, or an override is malformed.
+    """
+    path = resolve_config_path(name_or_path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        cfg = OmegaConf.load(io.StringIO(text))
+    except yaml.YAMLError as e:
+        raise ConfigError(_yaml_problem(e, text), source=str(path)) from e
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot load the YAML: {str(e).splitlines()[0]}", source=str(path)) from e
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(
+            f"the top level must be a mapping of `key: value` lines, found a {type(cfg).__name__}",
+            source=str(path),
+        )
+    return apply_overrides(cfg, overrides)
+
+
+def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e)
+    if mark is None:
+        return f"invalid YAML: {what}"
+    lines = text.splitlines()
+    shown = lines[mark.line].strip() if mark.line < len(lines) else ""
+    return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {what} (line reads `{shown}`)"
+
+
+def _parse_value(raw: str):
+    """Parse an override's value as YAML (OmegaConf's dialect: ``3e-4`` is a float); ``a=`` gives ``""``."""
+    if raw.strip() == "":
+        return ""
+    parsed = OmegaConf.from_dotlist([f"v={raw}"])
+    return OmegaConf.to_container(parsed, resolve=False)["v"]
+
+
+def _parts(key: str) -> list[str]:
+    return key.replace("[", ".").replace("]", "").split(".")
+
+
+def _walk_to_parent(cfg: DictConfig, parts: list[str], *, create: bool) -> DictConfig | ListConfig | str:
+    """Return the container holding ``parts[-1]``, or a problem string."""
+    node = cfg
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                return f"`{here}`: `{'.'.join(parts[:i]) or 'list'}` is a list of {len(node)} items"
+            child = node[int(part)]
+        elif part in node and not OmegaConf.is_missing(node, part):
+            child = node[part]
+        elif create:
+            node[part] = {}
+            child = node[part]
+        else:
+            return f"`{'.'.join(parts)}`: no key `{here}` in the config"
+        if child is None and create:
+            node[part] = {}
+            child = node[part]
+        if not isinstance(child, DictConfig | ListConfig):
+            return f"`{'.'.join(parts)}`: cannot set a key under `{here}`, which is a value ({child!r}), not a section"
+        node = child
+    return node
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply dotted overrides to ``cfg`` in place, in order.
+
+    ``optimizer.lr=3e-4`` sets a value (parsed as YAML: ``3e-4`` is a float, ``true`` a bool, ``[1,2]`` a
+    list, ``null`` None; new keys are allowed) and ``~optimizer.weight_decay`` deletes a key.
+
+    Args:
+        cfg: the config to change.
+        overrides: the override strings.
+
+    Returns:
+        ``cfg`` itself.
+
+    Raises:
+        ConfigError: listing every malformed or inapplicable override at once.
+    """
+    problems = []
+    for ov in overrides:
+        delete = ov.startswith("~")
+        key, sep, raw = ov.removeprefix("~").partition("=")
+        key = key.strip()
+        if not _KEY_RE.match(key) or delete == bool(sep):
+            problems.append(f"`{ov}`: not an override; {_OVERRIDE_FORM}")
+            continue
+        try:
+            value = None if delete else _parse_value(raw)
+        except (yaml.YAMLError, OmegaConfBaseException) as e:
+            problems.append(
+                f"`{ov}`: the value `{raw}` is not valid YAML ({str(e).splitlines()[0]}); quote it"
+            )
+            continue
+        parts = _parts(key)
+        parent = _walk_to_parent(cfg, parts, create=not delete)
+        if isinstance(parent, str):
+            problems.append(parent)
+            continue
+        last = parts[-1]
+        if isinstance(parent, ListConfig):
+            if not last.isdigit() or int(last) >= len(parent):
+                problems.append(f"`{key}`: index out of range of a list of {len(parent)} items")
+            elif delete:
+                del parent[int(last)]
+            else:
+                parent[int(last)] = value
+        elif delete:
+            if last in parent:
+                del parent[last]
+            else:
+                problems.append(f"`{ov}`: no key `{key}` in the config to delete")
+        else:
+            parent[last] = value
+    if problems:
+        raise ConfigError(problems, source=_OVERRIDES)
+    return cfg
+
+
+def _data_dir(sub: str = "") -> str:
+    """Resolver ``${hftl.data_dir:}``: the folder holding the data sets, optionally joined with ``sub``."""
+    candidates = [pathlib.Path.cwd() / ".." / "shared" / "data", pathlib.Path.cwd() / "shared" / "data"]
+    candidates.append(pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
+    env = os.environ.get("HFTL_DATA_DIR")
+    found = pathlib.Path(env) if env else next((p.resolve() for p in candidates if p.is_dir()), None)
+    if found is None:
+        tried = ", ".join(str(p) for p in candidates)
+        raise ConfigError(
+            f"`${{hftl.data_dir:}}`: no data folder found (tried {tried}); set the environment variable "
+            "`HFTL_DATA_DIR` to the folder holding the data sets"
+        )
+    return str(found / sub) if sub else str(found)
+
+
+def register_resolvers() -> None:
+    """Register ``hftl.data_dir`` with OmegaConf (idempotent)."""
+    if "replace" in inspect.signature(OmegaConf.register_resolver).parameters:  # omegaconf >= 2.4
+        OmegaConf.register_resolver("hftl.data_dir", _data_dir, replace=True, use_cache=False)
+    else:
+        OmegaConf.register_new_resolver("hftl.data_dir", _data_dir, replace=True, use_cache=False)

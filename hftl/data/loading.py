@@ -1,0 +1,595 @@
+"""Labelled classification data in one standard shape, whatever the source.
+
+:class:`ClassificationData` reads a local csv/tsv/json(l)/parquet file, an audio or image folder, a
+Blitzer sentiment domain, a built-in set (``hftl:sklearn_digits``) or a Hub dataset id with
+``datasets``, and returns a :class:`datasets.DatasetDict` whose splits (among ``train``, ``validation``,
+``test``) hold one input column named by modality (``text``, ``audio`` or ``image``) and ``label``
+(a :class:`datasets.ClassLabel`). Splits listed in ``unlabeled_splits`` have no ``label`` column.
+
+Example (YAML)::
+
+    data:
+      _component_: hftl.data.ClassificationData
+      path: ../shared/data/sst2_agnews_alps/SST-2/train.tsv
+      max_samples: {train: 2000}
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Literal
+
+import datasets
+import numpy as np
+
+from hftl.data.audio import AUDIO_EXTENSIONS
+from hftl.data.blitzer import is_blitzer_domain, read_blitzer_splits
+from hftl.data.builtin import PREFIX as BUILTIN_PREFIX
+from hftl.data.builtin import load_builtin
+from hftl.errors import ConfigError, DataError, HftlError
+
+logger = logging.getLogger(__name__)
+
+Modality = Literal["text", "audio", "image"]
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
+                 "dev": "validation", "test": "test"}  # fmt: skip
+INPUT_COLUMNS = ("text", "sentence", "review", "reviews", "content", "audio", "image", "img", "file", "path")
+PACKAGED_BUILDERS = ("csv", "json", "parquet", "audiofolder", "imagefolder")
+TABULAR_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+)
+_LOCAL_HINT = (
+    "To use local data instead, set `data.path` to a .csv/.tsv/.jsonl/.parquet file or a folder, or "
+    "`data.path: csv` with `data.data_files: {train: train.csv, test: test.csv}`."
+)
+
+
+def _size_ok(size: float | int | None, *, allow_none: bool) -> bool:
+    if size is None:
+        return allow_none
+    if isinstance(size, bool) or not isinstance(size, int | float):
+        return False
+    return size == 0 or (isinstance(size, float) and 0 < size < 1) or (isinstance(size, int) and size > 0)
+
+
+def _column(ds: datasets.Dataset, name: str) -> list:
+    """The values of one column as Python objects (respects an indices mapping, fast)."""
+    return ds.with_format("arrow")[name].to_pylist()
+
+
+def _flat_files(files: str | list | dict | None) -> list[str]:
+    """Every file name in a ``data_files`` value (a name, a list, or ``{split: name or list}``)."""
+    files = list(files.values()) if isinstance(files, dict) else [files] if isinstance(files, str) else files
+    return [str(n) for x in files or [] for n in ([x] if isinstance(x, str) else x)]
+
+
+def _carve(ds: datasets.Dataset, size: int, *, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Splits ``size`` rows off ``ds`` (stratified by label when possible); returns (rest, carved)."""
+    stratify = "label" if isinstance(ds.features.get("label"), datasets.ClassLabel) else None
+    try:
+        parts = ds.train_test_split(test_size=size, stratify_by_column=stratify, seed=seed)
+    except ValueError as err:
+        if stratify is None:
+            raise DataError(f"Cannot split {size} rows off the train split ({len(ds)} rows): {err}") from err
+        logger.warning("Stratified split impossible (%s); splitting without stratification.", err)
+        parts = ds.train_test_split(test_size=size, seed=seed)
+    return parts["train"], parts["test"]
+
+
+# --- reading the source splits (``read_source``) -----------------------------------------------------
+def read_source(
+    path: str,
+    *,
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+    seed: int = 42,
+    delimiter: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+    """Reads the source splits of ``path`` as ``datasets`` loaded them (arguments as in ClassificationData).
+
+    Returns:
+        The source splits, and per split the folder that relative media paths are resolved against.
+
+    Raises:
+        DataError: if a file or folder is missing or unreadable, or the Hub cannot be reached.
+        ConfigError: if a builder is named without ``data_files``.
+    """
+    if path.startswith(BUILTIN_PREFIX):
+        return load_builtin(path, seed=seed), {}
+    if path == "blitzer":
+        return read_blitzer_splits(data_files), {}
+    if path in PACKAGED_BUILDERS:
+        return _read_builder(path, data_files, delimiter)
+    local = Path(path).expanduser()
+    if local.is_file():
+        builder = TABULAR_BUILDERS.get(local.suffix.lower())
+        if builder is None:
+            raise DataError(
+                f"`data.path` {path}: unsupported file type {local.suffix!r}; allowed: "
+                f"{', '.join(TABULAR_BUILDERS)}, or a folder / builder name."
+            )
+        dd = _load(builder, delimiter, data_files={"train": str(local)})
+        return dd, {"train": local.resolve().parent}
+    if local.is_dir():
+        return _read_folder(local, data_files, delimiter)
+    if local.suffix.lower() in TABULAR_BUILDERS or path.startswith(("/", ".", "~")):
+        raise DataError(
+            f"`data.path`: file or folder not found: {path} (absolute: {local.resolve()}). "
+            "Check the path; relative paths are resolved from the current directory."
+        )
+    return _read_hub(
+        path, data_files=data_files, name=name, revision=revision, trust_remote_code=trust_remote_code
+    ), {}
+
+
+def _read_folder(
+    folder: Path, data_files, delimiter: str | None
+) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+    if is_blitzer_domain(folder):
+        return read_blitzer_splits(str(folder)), {}
+    suffixes = {p.suffix.lower() for p in folder.rglob("*") if p.is_file()}
+    if suffixes & AUDIO_EXTENSIONS:
+        return _load("audiofolder", delimiter, data_dir=str(folder)), {}
+    if suffixes & IMAGE_EXTENSIONS:
+        return _load("imagefolder", delimiter, data_dir=str(folder)), {}
+    builders = {TABULAR_BUILDERS[s] for s in suffixes if s in TABULAR_BUILDERS}
+    if len(builders) != 1:
+        raise DataError(
+            f"`data.path` folder {folder}: cannot tell the data format from its file types "
+            f"{sorted(suffixes) or 'none'}; expected audio, image, Blitzer .review files or one of "
+            f"{', '.join(TABULAR_BUILDERS)}. Set `data.path` to a builder name and `data.data_files`."
+        )
+    dd = _load(builders.pop(), delimiter, data_dir=str(folder), data_files=data_files)
+    return dd, {split: folder.resolve() for split in dd}
+
+
+def _read_builder(builder: str, files, delimiter: str | None) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+    if files is None:
+        raise ConfigError(
+            f"`data.data_files` is missing for `data.path: {builder}`; give a file, a list "
+            "or {split: files}" + (", or a folder." if builder.endswith("folder") else ".")
+        )
+    folders = {}
+    for split, value in (files if isinstance(files, dict) else {"train": files}).items():
+        for f in _flat_files(value):
+            if not any(c in f for c in "*?[") and not Path(f).expanduser().exists():
+                raise DataError(
+                    f"`data.data_files` ({split}): file not found: {f} (absolute: "
+                    f"{Path(f).expanduser().resolve()})."
+                )
+            folders.setdefault(split, Path(f).expanduser().resolve().parent)
+    if builder.endswith("folder") and isinstance(files, str) and Path(files).is_dir():
+        return _load(builder, delimiter, data_dir=files), {}
+    return _load(builder, delimiter, data_files=files), folders
+
+
+def _load(builder: str, delimiter: str | None, **kwargs) -> datasets.DatasetDict:
+    """``datasets.load_dataset`` for a local builder, with csv options and errors naming the files."""
+    if builder == "csv":
+        names = _flat_files(kwargs.get("data_files"))
+        names += [str(p) for p in Path(kwargs.get("data_dir") or "/nonexistent").glob("*.tsv")]
+        delimiter = delimiter or ("\t" if any(n.lower().endswith(".tsv") for n in names) else ",")
+        # "NA"/"null" are real words in reviews: only an empty field is missing; tsv fields are unquoted.
+        kwargs.update(delimiter=delimiter, keep_default_na=False, na_values=[""])
+        if delimiter == "\t":
+            kwargs["quoting"] = 3  # csv.QUOTE_NONE, as GLUE/SST-2 files need
+    try:
+        return datasets.load_dataset(builder, **kwargs)
+    except HftlError:
+        raise
+    except Exception as err:
+        where = kwargs.get("data_files") or kwargs.get("data_dir")
+        if "corresponds to no data" in str(err):  # header-only file: datasets finds no rows
+            raise DataError(
+                f"Empty split in {where}: {err} (0 rows). Add rows or map another split with `data.splits`."
+            ) from err
+        raise DataError(
+            f"Cannot read {where} with the `{builder}` builder: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _read_hub(path: str, *, trust_remote_code: bool, **kwargs) -> datasets.DatasetDict:
+    if trust_remote_code:
+        if "trust_remote_code" in inspect.signature(datasets.load_dataset).parameters:
+            kwargs["trust_remote_code"] = True
+        else:
+            logger.warning(
+                "`data.trust_remote_code` ignored: datasets %s runs no loading scripts.", datasets.__version__
+            )
+    try:
+        dd = datasets.load_dataset(path, **kwargs)
+    except Exception as err:
+        raise DataError(
+            f"`data.path` {path!r} is not a local file or folder and loading it from the "
+            f"Hugging Face Hub failed ({type(err).__name__}: {err}): the Hub cannot be reached "
+            f"(offline?) or the dataset id was not found. {_LOCAL_HINT}"
+        ) from err
+    if not isinstance(dd, datasets.DatasetDict):
+        raise DataError(f"`data.path` {path!r} returned {type(dd).__name__}, expected splits.")
+    return dd
+
+
+class ClassificationData:
+    """A labelled classification data set, built from config.
+
+    Args:
+        path: a packaged builder (``csv``, ``json``, ``parquet``, ``audiofolder``, ``imagefolder``) used
+            with ``data_files``; a local .csv/.tsv/.json/.jsonl/.parquet file (the train split); a local
+            folder (audio/image folder by file extension, a Blitzer domain with ``positive.review``/
+            ``negative.review``, or tabular files named by split); ``blitzer`` with ``data_files`` = a
+            domain folder; ``hftl:sklearn_digits``; or a Hugging Face Hub dataset id.
+        data_files: files or folders for a builder, a list, or a dict ``{source split: files}``.
+        name: Hub dataset configuration name.
+        revision: Hub dataset revision.
+        input_column: column holding the input; None takes the first present of
+            ``text, sentence, review, reviews, content, audio, image, img, file, path``.
+        label_column: column holding the label.
+        modality: ``text``, ``audio`` or ``image``; None infers it from the column's feature or name.
+        label_names: names for integer labels (label i is ``label_names[i]``), or the allowed set and
+            order for string labels. None: sorted unique strings, or ``"0".."k-1"`` for integers.
+        splits: hftl split -> source split, e.g. ``{"test": "dev"}``. Source splits named train,
+            validation/valid/val/dev and test are used without it.
+        validation_size: fraction (0..1) or number of train rows carved (stratified, seeded) into
+            ``validation`` when the source has none; 0 disables.
+        test_size: same for ``test``; None disables.
+        unlabeled_splits: splits whose label column is dropped (target-domain training data).
+        max_samples: keep a seeded random subset of at most this many rows per split (an int for
+            every split or ``{split: n}``).
+        seed: seed of the carved splits and of ``max_samples``.
+        delimiter: csv field delimiter; None means tab for .tsv files and comma otherwise.
+        trust_remote_code: passed to ``datasets.load_dataset`` when it still accepts it (datasets < 4).
+
+    Raises:
+        ConfigError: for argument values outside the allowed ones (all problems at once).
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        name: str | None = None,
+        revision: str | None = None,
+        input_column: str | None = None,
+        label_column: str = "label",
+        modality: Modality | None = None,
+        label_names: list[str] | None = None,
+        splits: dict[str, str] | None = None,
+        validation_size: float | int = 0.1,
+        test_size: float | int | None = None,
+        unlabeled_splits: list[str] = [],  # noqa: B006 (never mutated; the documented config default)
+        max_samples: int | dict[str, int] | None = None,
+        seed: int = 42,
+        delimiter: str | None = None,
+        trust_remote_code: bool = False,
+    ):
+        self.path = str(path)
+        self.data_files = data_files
+        self.name, self.revision = name, revision
+        self.input_column, self.label_column = input_column, label_column
+        self.requested_modality = modality
+        self.requested_label_names = list(label_names) if label_names is not None else None
+        self.splits = dict(splits or {})
+        self.validation_size, self.test_size = validation_size, test_size
+        self.unlabeled_splits = list(unlabeled_splits or [])
+        self.max_samples = max_samples
+        self.seed, self.delimiter, self.trust_remote_code = seed, delimiter, trust_remote_code
+        self._check_args()
+        self._label_names: list[str] | None = None
+        self._modality: str | None = None
+
+    def _check_args(self) -> None:
+        problems = []
+        if not self.path:
+            problems.append("`data.path` is empty; give a file, folder, builder name or Hub dataset id.")
+        if self.requested_modality not in (None, "text", "audio", "image"):
+            problems.append(
+                f"`data.modality` is {self.requested_modality!r}; allowed: text, audio, image or null."
+            )
+        if not _size_ok(self.validation_size, allow_none=False):
+            problems.append(
+                f"`data.validation_size` is {self.validation_size!r}; allowed: a fraction in "
+                "(0, 1), a positive row count, or 0 for none."
+            )
+        if not _size_ok(self.test_size, allow_none=True):
+            problems.append(
+                f"`data.test_size` is {self.test_size!r}; allowed: a fraction in (0, 1), a "
+                "positive row count, or null for none."
+            )
+        for key in self.splits:
+            if key not in SPLITS:
+                problems.append(f"`data.splits` has key {key!r}; allowed keys: {', '.join(SPLITS)}.")
+        for split in self.unlabeled_splits:
+            if split not in SPLITS:
+                problems.append(f"`data.unlabeled_splits` has {split!r}; allowed: {', '.join(SPLITS)}.")
+        ms = self.max_samples
+        items = ms.items() if isinstance(ms, dict) else [] if ms is None else [("*", ms)]
+        for key, n in items:
+            if key != "*" and key not in SPLITS:
+                problems.append(f"`data.max_samples` has key {key!r}; allowed keys: {', '.join(SPLITS)}.")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                problems.append(f"`data.max_samples` is {n!r} for {key!r}; allowed: a positive integer.")
+        if self.requested_label_names is not None and (
+            not self.requested_label_names
+            or len(set(map(str, self.requested_label_names))) != len(self.requested_label_names)
+        ):
+            problems.append(
+                f"`data.label_names` is {self.requested_label_names!r}; give distinct names, one per class."
+            )
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Class names, label i is ``label_names[i]`` (available after :meth:`load`)."""
+        if self._label_names is None:
+            raise HftlError("ClassificationData.label_names is known only after load(); call load() first.")
+        return self._label_names
+
+    @property
+    def modality(self) -> str:
+        """``text``, ``audio`` or ``image`` (available after :meth:`load`)."""
+        if self._modality is None:
+            raise HftlError("ClassificationData.modality is known only after load(); call load() first.")
+        return self._modality
+
+    # ----------------------------------------------------------------------------------------------
+    def load(self) -> datasets.DatasetDict:
+        """Reads, checks and standardizes the data.
+
+        Returns:
+            Splits among ``train``/``validation``/``test`` with columns ``text``|``audio``|``image``
+            and ``label`` (ClassLabel), except ``unlabeled_splits`` which have no ``label``.
+
+        Raises:
+            DataError: for missing files, splits or columns, empty texts or splits, bad label values.
+        """
+        raw, folders = read_source(
+            self.path,
+            data_files=self.data_files,
+            name=self.name,
+            revision=self.revision,
+            seed=self.seed,
+            delimiter=self.delimiter,
+            trust_remote_code=self.trust_remote_code,
+        )
+        dd, folders = self._select_splits(raw, folders)
+        carve_val = "validation" not in dd and "train" in dd and self.validation_size != 0
+        carve_test = "test" not in dd and "train" in dd and self.test_size not in (None, 0)
+        planned = set(dd) | ({"validation"} if carve_val else set()) | ({"test"} if carve_test else set())
+        missing = sorted(set(self.unlabeled_splits) - planned)
+        if missing:
+            raise DataError(
+                f"`data.unlabeled_splits` names {missing}, which the data will not have; "
+                f"splits: {sorted(planned)}. Remove them or add them via `data.splits`."
+            )
+        drop_labels = set(self.unlabeled_splits) - ({"train"} if carve_val or carve_test else set())
+        dd = self._standardize_columns(dd, drop_labels)
+        dd = self._standardize_inputs(dd, folders)
+        dd = self._encode_labels(dd)
+        dd = self._carve(dd, carve_val=carve_val, carve_test=carve_test)
+        for split, ds in dd.items():
+            if split in self.unlabeled_splits and "label" in ds.column_names:
+                dd[split] = ds.remove_columns("label")
+            elif split not in self.unlabeled_splits and "label" not in ds.column_names:
+                raise DataError(
+                    f"Split {split!r} was carved from the unlabeled train split and has no labels; "
+                    f"give a labelled {split} split via `data.splits` or set `data.{split}_size: 0`."
+                )
+        dd = self._subsample(dd)
+        return datasets.DatasetDict({s: dd[s] for s in SPLITS if s in dd})
+
+    # ----------------------------------------------------------------------------------------------
+    def _select_splits(self, raw, folders) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+        for target, source in self.splits.items():
+            if source not in raw:
+                raise DataError(
+                    f"`data.splits.{target}` is {source!r}, which {self.path} does not have; "
+                    f"available splits: {sorted(raw)}."
+                )
+        explicit = set(self.splits.values())
+        mapping = {SPLIT_ALIASES[s]: s for s in raw if s in SPLIT_ALIASES and s not in explicit}
+        mapping = {k: v for k, v in mapping.items() if k not in self.splits} | self.splits
+        if not mapping:
+            raise DataError(
+                f"{self.path} has splits {sorted(raw)}, none of which is train/validation/test; map "
+                "them with `data.splits`, e.g. {train: <name>}."
+            )
+        for source in mapping.values():
+            if len(raw[source]) == 0:
+                raise DataError(
+                    f"Split {source!r} of {self.path} is empty (0 rows); fix the data file or map "
+                    "another split with `data.splits`."
+                )
+        dd = datasets.DatasetDict({target: raw[source] for target, source in mapping.items()})
+        return dd, {t: folders[s] for t, s in mapping.items() if s in folders}
+
+    def _standardize_columns(self, dd: datasets.DatasetDict, drop_labels: set[str]) -> datasets.DatasetDict:
+        """Keeps only the input column and (where wanted) the label column, renamed ``label``."""
+        first = next(iter(dd.values()))
+        if self.input_column is None:
+            found = [c for c in INPUT_COLUMNS if c in first.column_names]
+            if not found:
+                raise DataError(
+                    f"No input column found in {self.path}: columns are {first.column_names}, none of "
+                    f"{list(INPUT_COLUMNS)}. Set `data.input_column` to the column with the inputs."
+                )
+            self.input_column = found[0]
+        self._modality = self.requested_modality or self._infer_modality(first)
+        out = {}
+        for split, ds in dd.items():
+            if self.input_column not in ds.column_names:
+                raise DataError(
+                    f"Input column {self.input_column!r} not in split {split!r} of {self.path}; columns: "
+                    f"{ds.column_names}. Set `data.input_column` to one of them."
+                )
+            has_label = self.label_column in ds.column_names and self.label_column != self.input_column
+            if not has_label and split not in self.unlabeled_splits:
+                raise DataError(
+                    f"Label column {self.label_column!r} not in split {split!r} of {self.path}; columns: "
+                    f"{ds.column_names}. Set `data.label_column`, or list the split in "
+                    "`data.unlabeled_splits` if it has no labels."
+                )
+            keep = [self.input_column] + (
+                [self.label_column] if has_label and split not in drop_labels else []
+            )
+            ds = ds.select_columns(keep)
+            renames = {self.input_column: self._modality, self.label_column: "label"}
+            out[split] = ds.rename_columns({k: v for k, v in renames.items() if k in keep and k != v})
+        return datasets.DatasetDict(out)
+
+    def _infer_modality(self, ds: datasets.Dataset) -> str:
+        feature = ds.features[self.input_column]
+        if isinstance(feature, datasets.Audio):
+            return "audio"
+        if isinstance(feature, datasets.Image):
+            return "image"
+        if self.input_column in ("audio", "image", "img"):
+            return "image" if self.input_column == "img" else self.input_column
+        if self.input_column in ("file", "path"):
+            suffix = Path(str(ds[0][self.input_column])).suffix.lower()
+            if suffix in AUDIO_EXTENSIONS:
+                return "audio"
+            if suffix in IMAGE_EXTENSIONS:
+                return "image"
+        return "text"
+
+    def _standardize_inputs(self, dd: datasets.DatasetDict, folders: dict[str, Path]) -> datasets.DatasetDict:
+        """Checks texts; resolves media paths and sets undecoded Audio / decoded Image features."""
+        col = self._modality
+        for split, ds in dd.items():
+            feature = ds.features[col]
+            if col == "text":
+                if not isinstance(feature, datasets.Value):
+                    raise DataError(
+                        f"`data.modality` is text but column {self.input_column!r} holds {feature}; "
+                        "set `data.modality`/`data.input_column` to match the data."
+                    )
+                for i, text in enumerate(_column(ds, col)):
+                    if text is None or not str(text).strip():
+                        raise DataError(
+                            f"Empty or missing text at row {i} of split {split!r} (column "
+                            f"{self.input_column!r}) in {self.path}; remove or fill that row."
+                        )
+                if feature.dtype not in ("string", "large_string"):
+                    ds = ds.cast_column(col, datasets.Value("string"))
+            elif isinstance(feature, datasets.Audio):
+                ds = ds.cast_column(col, datasets.Audio(decode=False))
+            elif not isinstance(feature, datasets.Image):
+                ds = self._resolve_paths(ds, split, folders.get(split, Path(".")))
+            dd[split] = ds
+        return dd
+
+    def _resolve_paths(self, ds: datasets.Dataset, split: str, folder: Path) -> datasets.Dataset:
+        col = self._modality
+        paths = []
+        for i, value in enumerate(_column(ds, col)):
+            if not value:
+                raise DataError(f"Missing {col} path at row {i} of split {split!r} in {self.path}.")
+            p = Path(str(value)).expanduser()
+            p = p if p.is_absolute() else folder / p
+            if not p.is_file():
+                raise DataError(
+                    f"{col} file not found: {p} (row {i} of split {split!r}, column "
+                    f"{self.input_column!r} of {self.path}); relative paths are resolved against "
+                    f"the manifest's folder {folder}."
+                )
+            paths.append(str(p))
+        feature = datasets.Audio(decode=False) if col == "audio" else datasets.Image()
+        ds = ds.remove_columns(col).add_column(col, paths).cast_column(col, feature)
+        return ds.select_columns([c for c in (col, "label") if c in ds.column_names])
+
+    def _encode_labels(self, dd: datasets.DatasetDict) -> datasets.DatasetDict:
+        """Casts every present label column to one shared ClassLabel, checking each value."""
+        values = {}
+        for split, ds in dd.items():
+            if "label" not in ds.column_names:
+                continue
+            feature, labels = ds.features["label"], _column(ds, "label")
+            if isinstance(feature, datasets.ClassLabel):  # go through names so label_names can reorder
+                for i, v in enumerate(labels):
+                    if v is None or not 0 <= v < len(feature.names):
+                        raise DataError(
+                            f"Label {v!r} at row {i} of split {split!r} ({self.path}) is outside its "
+                            f"classes 0..{len(feature.names) - 1}; list the split in "
+                            "`data.unlabeled_splits` if it has no labels."
+                        )
+                labels = [feature.names[v] for v in labels]
+            for i, v in enumerate(labels):
+                if (
+                    v is None
+                    or isinstance(v, bool)
+                    or not isinstance(v, str | int | float)
+                    or (isinstance(v, float) and not v.is_integer())
+                ):
+                    raise DataError(
+                        f"Label {v!r} at row {i} of split {split!r} ({self.path}, column "
+                        f"{self.label_column!r}) is not a class; allowed: a string or an integer."
+                    )
+            values[split] = [int(v) if isinstance(v, float) else v for v in labels]
+        if not values:
+            self._label_names = list(self.requested_label_names or [])
+            return dd
+        all_values = [v for vs in values.values() for v in vs]
+        if all(isinstance(v, int) for v in all_values):
+            names = [str(n) for n in self.requested_label_names or range(max(all_values) + 1)]
+            allowed = range(len(names))
+            to_id = int
+        else:
+            if not all(isinstance(v, str) for v in all_values):
+                raise DataError(
+                    f"Column {self.label_column!r} of {self.path} mixes strings and numbers; use one type."
+                )
+            names = [str(n) for n in self.requested_label_names or sorted(set(all_values))]
+            allowed = {n: i for i, n in enumerate(names)}
+            to_id = allowed.__getitem__
+        for split, labels in values.items():
+            for i, v in enumerate(labels):
+                if v not in allowed:
+                    shown = f"0..{len(names) - 1}" if to_id is int else names
+                    raise DataError(
+                        f"Label {v!r} at row {i} of split {split!r} ({self.path}) is outside the allowed "
+                        f"labels {shown}; fix the row or `data.label_names`."
+                    )
+            feature = datasets.ClassLabel(names=names)
+            dd[split] = (
+                dd[split]
+                .remove_columns("label")
+                .add_column("label", [to_id(v) for v in labels], feature=feature)
+            )
+        self._label_names = names
+        return dd
+
+    def _carve(self, dd: datasets.DatasetDict, *, carve_val: bool, carve_test: bool) -> datasets.DatasetDict:
+        n = len(dd["train"]) if "train" in dd else 0
+        sizes = {
+            "test": self.test_size if carve_test else 0,
+            "validation": self.validation_size if carve_val else 0,
+        }
+        for split, size in sizes.items():  # counts from the original train size, test first
+            if not size:
+                continue
+            count = round(size * n) if isinstance(size, float) else size
+            if not 1 <= count < len(dd["train"]):
+                raise DataError(
+                    f"`data.{split}_size` = {size} gives {count} rows of a train split with "
+                    f"{len(dd['train'])} rows; need 1..{len(dd['train']) - 1}."
+                )
+            dd["train"], dd[split] = _carve(dd["train"], count, seed=self.seed)
+        return dd
+
+    def _subsample(self, dd: datasets.DatasetDict) -> datasets.DatasetDict:
+        if self.max_samples is None:
+            return dd
+        for split, ds in dd.items():
+            n = self.max_samples.get(split) if isinstance(self.max_samples, dict) else self.max_samples
+            if n is not None and n < len(ds):
+                keep = np.random.default_rng(self.seed).choice(len(ds), size=n, replace=False)
+                dd[split] = ds.select(np.sort(keep)).flatten_indices()
+        return dd

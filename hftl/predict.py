@@ -1,0 +1,61 @@
+"""Inference with a saved model: ``hftl.load(dir)`` and ``hftl predict``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hftl.errors import DataError
+from hftl.models.io import load_model
+
+
+class Predictor:
+    """A loaded classifier with its processor; call it on texts, audio file paths or images.
+
+    Example:
+        >>> predictor = hftl.load("outputs/minilm_lora_sst2")  # doctest: +SKIP
+        >>> predictor(["a gorgeous, witty film"])  # doctest: +SKIP
+        [{'label': 'positive', 'score': 0.97, 'scores': {...}}]
+    """
+
+    def __init__(self, model: Any, meta: dict[str, Any], *, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model, self.meta = model.to(self.device).eval(), meta
+        self.modality: str = meta["modality"]
+        self.collate = model.encoder.collator(train=False)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, device: str | None = None, allow_any_component: bool = False) -> Predictor:
+        model, _, meta = load_model(path, allow_any_component=allow_any_component)
+        return cls(model, meta, device=device)
+
+    def _row(self, item: Any) -> dict[str, Any]:
+        if self.modality == "text":
+            if not isinstance(item, str) or not item.strip():
+                raise DataError(f"Text input must be a non-empty string; got {item!r}")
+            return {"text": item}
+        if self.modality == "audio":
+            return {"audio": str(item) if isinstance(item, Path) else item}
+        if isinstance(item, str | Path):
+            from PIL import Image
+
+            if not Path(item).is_file():
+                raise DataError(f"Image file {str(item)!r} does not exist")
+            item = Image.open(item)
+        return {"image": item}
+
+    @torch.no_grad()
+    def __call__(self, inputs: Sequence[Any], *, batch_size: int = 32) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = []
+        names = self.meta["label_names"]
+        for start in range(0, len(inputs), batch_size):
+            batch = self.collate([self._row(x) for x in inputs[start : start + batch_size]])
+            batch = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+            probs = self.model(**batch).logits.float().softmax(-1).cpu()
+            for p in probs:
+                i = int(p.argmax())
+                results.append({"label": names[i], "score": float(p[i]), "scores": dict(zip(names, map(float, p)))})
+        return results

@@ -1,0 +1,71 @@
+"""Small builders shared by recipes: accelerator, loaders, LR schedule, run summary."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from torch.utils.data import DataLoader
+
+from hftl.data.samplers import EpochSampler
+from hftl.training.config import TrainConfig
+
+
+def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerator:
+    """An Accelerator for ``config`` (precision, accumulation, trackers) logging under ``output_dir``."""
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        cpu=config.cpu,
+        log_with=config.report_to or None,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")),
+        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+    )
+
+
+def build_loader(
+    dataset: Any,
+    *,
+    collate_fn: Callable,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    lengths: Sequence[int] | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A DataLoader with an epoch-seeded sampler (length-grouped when ``lengths`` is given)."""
+    sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle, lengths=lengths, batch_size=batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, *, total_steps: int, num_processes: int):
+    """``transformers.get_scheduler`` with warm-up; counts are scaled because accelerate steps the
+    prepared scheduler once per process."""
+    from transformers import get_scheduler
+
+    warmup = round(config.warmup_ratio * total_steps)
+    return get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=warmup * num_processes,
+        num_training_steps=total_steps * num_processes,
+    )
+
+
+def print_summary(accelerator: Accelerator, title: str, items: dict[str, Any]) -> None:
+    """The "***** Running training *****" block of transformers examples."""
+    width = max(len(k) for k in items)
+    lines = [f"***** {title} *****", *(f"  {k:<{width}} = {v}" for k, v in items.items())]
+    accelerator.print("\n".join(lines))

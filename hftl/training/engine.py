@@ -1,0 +1,211 @@
+"""The training loop every recipe uses, on Accelerate.
+
+Gradient accumulation, mixed precision, clipping, LR schedule, periodic validation with early
+stopping, atomic checkpoints with exact mid-epoch resume, trackers, and tqdm on the main process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from hftl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from hftl.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# (model, batch) -> (loss, scalar logs); the default is cross-entropy on `labels`.
+LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+# () -> validation metrics such as {"accuracy": 0.9, "loss": 0.3}
+EvalFn = Callable[[], dict[str, float]]
+
+
+def cross_entropy_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    labels = batch.pop("labels")
+    loss = nn.functional.cross_entropy(model(**batch).logits, labels)
+    return loss, {}
+
+
+@dataclass
+class TrainState:
+    """Loop position and selection state; saved in every checkpoint (``hftl_state.json``)."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Engine:
+    """Runs training for a prepared model/optimizer/scheduler/loader set.
+
+    Args:
+        accelerator: the run's Accelerator (the objects below must already be ``prepare``d).
+        model: the model being trained.
+        optimizer: its optimizer.
+        scheduler: LR scheduler stepped once per optimizer step.
+        train_loader: training batches; its sampler must have ``set_epoch`` (see
+            :class:`hftl.data.samplers.EpochSampler`) for exact resume.
+        config: the ``train:`` section.
+        output_dir: where ``checkpoints/`` and the best weights go.
+        evaluate: returns validation metrics; ``None`` disables validation and model selection.
+        loss_fn: computes the loss of one batch (default: cross-entropy on ``labels``).
+        total_steps: optimizer steps of the whole run.
+    """
+
+    def __init__(
+        self,
+        *,
+        accelerator: Accelerator,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        train_loader: Any,
+        config: TrainConfig,
+        output_dir: str | Path,
+        total_steps: int,
+        evaluate: EvalFn | None = None,
+        loss_fn: LossFn = cross_entropy_step,
+    ):
+        self.acc, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
+        self.train_loader, self.cfg, self.output_dir = train_loader, config, Path(output_dir)
+        self.total_steps, self.evaluate, self.loss_fn = total_steps, evaluate, loss_fn
+        self.state = TrainState()
+        self.best_path = self.output_dir / "checkpoints" / "best_trainable.safetensors"
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def maybe_resume(self) -> None:
+        if not self.cfg.resume:
+            return
+        path = latest_checkpoint(self.output_dir)
+        if path is None:
+            return
+        self.state = TrainState(**{k: v for k, v in load_checkpoint(self.acc, path).items() if k in TrainState.__dataclass_fields__})
+        self.acc.print(f"Resumed from {path} (step {self.state.step}, epoch {self.state.epoch}, batch {self.state.batch_in_epoch})")
+
+    def save(self) -> None:
+        save_checkpoint(self.acc, self.output_dir, step=self.state.step, state=asdict(self.state), keep_last=self.cfg.keep_last)
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        model = self.acc.unwrap_model(self.model)
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
+
+    def _save_best(self) -> None:
+        if self.acc.is_main_process:
+            self.best_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.best_path.with_suffix(".tmp")
+            save_file(self._trainable_state(), str(tmp))
+            tmp.replace(self.best_path)  # atomic: resume never sees half a file
+        self.acc.wait_for_everyone()
+
+    # -- loop --------------------------------------------------------------------------------------
+    def _validate(self, progress: tqdm) -> bool:
+        """Evaluates, tracks the best model; returns True when early stopping triggers."""
+        if self.evaluate is None:
+            return False
+        metrics = self.evaluate()
+        self.model.train()
+        value = metrics[self.cfg.metric_for_best]
+        self.state.history.append({"step": self.state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
+        self.acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
+        lower_better = self.cfg.metric_for_best == "loss"
+        best = self.state.best_metric
+        if best is None or (value < best if lower_better else value > best):
+            self.state.best_metric, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
+            self._save_best()
+        else:
+            self.state.bad_evals += 1
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        progress.write(f"step {self.state.step}: validation {shown} (best {self.state.best_metric:.4f} @ {self.state.best_step})")
+        patience = self.cfg.early_stopping_patience
+        return patience is not None and self.state.bad_evals >= patience
+
+    def _optimizer_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+        with self.acc.accumulate(self.model):
+            loss, logs = self.loss_fn(self.model, batch)
+            self.acc.backward(loss)
+            if self.acc.sync_gradients and self.cfg.max_grad_norm is not None:
+                self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), logs
+
+    def fit(self) -> TrainState:
+        """Trains to ``total_steps`` (or early stop), restores the best weights, returns the final state."""
+        self.maybe_resume()
+        cfg, state = self.cfg, self.state
+        self.model.train()
+        progress = tqdm(total=self.total_steps, initial=state.step, desc="train", disable=not self.acc.is_local_main_process, dynamic_ncols=True)
+        running, count, stop = torch.zeros((), device=self.acc.device), 0, state.step >= self.total_steps
+        while not stop:
+            sampler = getattr(self.train_loader, "batch_sampler", None)
+            sampler = getattr(sampler, "sampler", None) or getattr(self.train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(state.epoch)
+            loader = self.train_loader
+            if state.batch_in_epoch:  # mid-epoch resume: skip what the checkpoint already trained on
+                loader = self.acc.skip_first_batches(self.train_loader, state.batch_in_epoch)
+            for batch in loader:
+                loss, logs = self._optimizer_step(batch)
+                state.batch_in_epoch += 1
+                running += loss  # stays on device: no host sync per step
+                count += 1
+                if not self.acc.sync_gradients:
+                    continue
+                state.step += 1
+                progress.update(1)
+                if state.step % cfg.log_every_steps == 0:
+                    mean_loss = (running / count).item()
+                    lr = self.scheduler.get_last_lr()[0]
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=state.epoch)
+                    self.acc.log({"train/loss": mean_loss, "train/lr": lr, **{f"train/{k}": v for k, v in logs.items()}}, step=state.step)
+                    running, count = torch.zeros((), device=self.acc.device), 0
+                stop = state.step >= self.total_steps
+                if stop and not cfg.eval_every_steps:
+                    break  # final validation and checkpoint happen after the loop
+                evaluated = False
+                if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
+                    stop, evaluated = self._validate(progress) or stop, True
+                if (cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or (evaluated and not cfg.save_every_steps):
+                    self.save()
+                if stop:
+                    break
+            else:  # epoch finished
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                if not cfg.eval_every_steps:
+                    stop = self._validate(progress) or stop
+                    if not cfg.save_every_steps:
+                        self.save()
+                stop = stop or state.step >= self.total_steps
+        if self.evaluate is not None and (not state.history or state.history[-1]["step"] != state.step):
+            self._validate(progress)  # the run ended between validations: score the final weights too
+            self.save()
+        progress.close()
+        self.acc.wait_for_everyone()
+        if cfg.load_best_at_end and state.best_step is not None and state.best_step != state.step and self.best_path.exists():
+            self.acc.print(f"Restoring the best validation weights (step {state.best_step}, {cfg.metric_for_best} {state.best_metric:.4f})")
+            self.acc.unwrap_model(self.model).load_state_dict(load_file(str(self.best_path)), strict=False)
+        return state
+
+
+def steps_for(config: TrainConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of a run: ``max_steps`` or ``epochs × ceil(batches / accumulation)``."""
+    if config.max_steps:
+        return config.max_steps
+    return config.epochs * math.ceil(batches_per_epoch / config.gradient_accumulation_steps)

@@ -1,0 +1,150 @@
+"""Fine-tune a pretrained encoder for classification: full, frozen probe, LoRA or IA3.
+
+Run:
+    hftl run finetune --config text/minilm_lora_sst2 [key=value ...]
+    python recipes/finetune.py --config recipes/configs/text/minilm_lora_sst2.yaml   # same code
+
+Reads top to bottom: ``setup()`` builds data → encoder → adapter → head → optimizer → loaders in
+dependency order, ``train()`` runs the shared Accelerate loop, ``evaluate()`` scores validation and
+test splits, ``save()`` writes the model directory that ``hftl.load`` / ``hftl predict`` use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from accelerate.utils import set_seed
+from omegaconf import DictConfig
+
+from hftl.config import instantiate, to_dataclass
+from hftl.errors import ConfigError
+from hftl.evaluation import classification_report, format_report, write_metrics
+from hftl.evaluation.predictions import collect_predictions
+from hftl.models import Classifier, count_parameters
+from hftl.models.io import MODEL_DIRNAME, save_model
+from hftl.recipe import recipe_main
+from hftl.training import Engine, TrainConfig, steps_for
+from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
+
+
+class FinetuneRecipe:
+    """Supervised transfer of one encoder to one labelled data set."""
+
+    # Values the recipe passes at run time; a config must not set them.
+    RUNTIME_ARGS = {"head": {"in_features", "num_labels"}, "optimizer": {"params"}}
+    SECTIONS = {"train": TrainConfig}
+    REQUIRED = ("output_dir", "encoder", "adapter", "head", "data", "optimizer")
+
+    def __init__(self, cfg: DictConfig, *, allow_any_component: bool = False):
+        self.cfg, self.allow_any = cfg, allow_any_component
+        self.train_cfg = to_dataclass(TrainConfig, cfg.get("train"), key="train")
+        self.output_dir = Path(cfg.output_dir)
+        self.seed = int(cfg.get("seed", 42))
+
+    def _build(self, key: str, **runtime: Any) -> Any:
+        return instantiate(self.cfg[key], allow_any=self.allow_any, **runtime)
+
+    def setup(self) -> None:
+        tc = self.train_cfg
+        self.accelerator = build_accelerator(tc, self.output_dir)
+        set_seed(self.seed)
+        self.data = self._build("data")
+        splits = self.data.load()
+        if "train" not in splits:
+            raise ConfigError(f"`data` has no train split (found {sorted(splits)}); map one with `data.splits`")
+        self.splits, self.label_names = splits, self.data.label_names
+
+        encoder = self._build("encoder")
+        if encoder.modality != self.data.modality:
+            raise ConfigError(
+                f"`encoder` is a {encoder.modality} encoder but `data` holds {self.data.modality}; pick a matching encoder"
+            )
+        self.adapter = self._build("adapter")
+        self.adapter.apply(encoder)
+        head = self._build("head", in_features=encoder.out_features, num_labels=len(self.label_names))
+        self.model = Classifier(encoder, head, self.label_names)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self._build("optimizer", params=params)
+
+        lengths = None
+        if tc.group_by_length and encoder.modality == "text":
+            lengths = [len(t.split()) for t in splits["train"]["text"]]  # word count ≈ token count order
+        train_loader = build_loader(
+            splits["train"], collate_fn=encoder.collator(train=True), batch_size=tc.batch_size,
+            shuffle=True, seed=self.seed, lengths=lengths, num_workers=tc.num_workers,
+        )  # fmt: skip
+        eval_bs = tc.eval_batch_size or 2 * tc.batch_size
+        self.eval_loaders = {
+            name: build_loader(splits[name], collate_fn=encoder.collator(train=False), batch_size=eval_bs, shuffle=False)
+            for name in ("validation", "test")
+            if name in splits
+        }
+        self.model, optimizer, train_loader = self.accelerator.prepare(self.model, optimizer, train_loader)
+        for name, loader in self.eval_loaders.items():
+            self.eval_loaders[name] = self.accelerator.prepare(loader)
+        self.total_steps = steps_for(tc, len(train_loader))
+        scheduler = build_scheduler(tc, optimizer, total_steps=self.total_steps, num_processes=self.accelerator.num_processes)
+        scheduler = self.accelerator.prepare(scheduler)
+        self.engine = Engine(
+            accelerator=self.accelerator, model=self.model, optimizer=optimizer, scheduler=scheduler,
+            train_loader=train_loader, config=tc, output_dir=self.output_dir, total_steps=self.total_steps,
+            evaluate=(lambda: self.score("validation")) if "validation" in splits else None,
+        )  # fmt: skip
+        trainable, total = count_parameters(self.model)
+        print_summary(self.accelerator, "Running training", {
+            "Encoder": f"{encoder.name_or_path} ({encoder.modality}, pooling {encoder.pool.method})",
+            "Adapter": type(self.adapter).__name__,
+            "Trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f} %)",
+            "Examples": ", ".join(f"{k} {len(v):,}" for k, v in splits.items()),
+            "Labels": ", ".join(self.label_names),
+            "Epochs / optimizer steps": f"{tc.epochs} / {self.total_steps}",
+            "Batch size per device × accumulation × processes": f"{tc.batch_size} × {tc.gradient_accumulation_steps} × {self.accelerator.num_processes}",
+            "Device / precision": f"{self.accelerator.device} / {tc.mixed_precision}",
+            "Output": str(self.output_dir),
+        })  # fmt: skip
+        self.accelerator.init_trackers("hftl", config={k: v for k, v in vars(tc).items() if isinstance(v, int | float | str | bool)})
+
+    def score(self, split: str) -> dict[str, Any]:
+        out = collect_predictions(self.accelerator, self.model, self.eval_loaders[split], desc=split)
+        report = classification_report(out["predictions"], out["references"], self.label_names)
+        return {**report, "loss": float(out["loss"])}
+
+    def train(self) -> None:
+        self.state = self.engine.fit()
+
+    def evaluate(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"best_step": self.state.best_step, "steps": self.state.step}
+        for split in self.eval_loaders:
+            report = self.score(split)
+            metrics[split] = report
+            self.accelerator.print(format_report(report, title=f"{split} ({len(self.splits[split])} examples)"))
+        metrics["history"] = self.state.history
+        return metrics
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            path = save_model(model, self.output_dir / MODEL_DIRNAME, adapter_kind=self.adapter.kind, config=self.cfg, metrics=metrics)
+            write_metrics(self.output_dir / "metrics.json", metrics)
+            self.accelerator.print(f"Model written to {path}; metrics in {self.output_dir / 'metrics.json'}")
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        self.train()
+        metrics = self.evaluate()
+        self.save(metrics)
+        return metrics
+
+
+RECIPE = FinetuneRecipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    return recipe_main(FinetuneRecipe, argv, prog="hftl run finetune")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

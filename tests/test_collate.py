@@ -1,0 +1,85 @@
+"""Tests for hftl.data collators and text_lengths, with tiny processors built offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import transformers
+
+from hftl.data import AudioCollator, ClassificationData, ImageCollator, TextCollator, text_lengths
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "good", "bad"]
+
+
+@pytest.fixture
+def tokenizer(tmp_path: Path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(VOCAB) + "\n")
+    # transformers 5 takes the vocab file as `vocab=` (`vocab_file=` is ignored there and maps all to [UNK]).
+    return transformers.BertTokenizer(vocab=str(vocab))
+
+
+def test_text_collator_pads_to_batch_max(tokenizer):
+    examples = [{"text": "a b c", "label": 1}, {"text": "good", "label": 0}]
+    batch = TextCollator(tokenizer)(examples)
+    assert batch["input_ids"].tolist() == [[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]]
+    assert batch["attention_mask"].sum(1).tolist() == [5, 3]
+    assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [1, 0]
+    short = TextCollator(tokenizer, max_length=4)([{"text": "a b c a b"}, {"text": "a"}])
+    assert short["input_ids"].shape == (2, 4) and "labels" not in short
+
+
+def test_text_lengths(tokenizer):
+    ds = datasets.Dataset.from_dict({"text": ["a b c", "good", "a  b"]})
+    assert text_lengths(ds) == [3, 1, 2]
+    assert text_lengths(ds, tokenizer) == [5, 3, 4]
+    assert text_lengths([{"text": "x y"}]) == [2]
+
+
+def _wav(path: Path, seconds: float, rate: int = 16000) -> str:
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate)
+    return str(path)
+
+
+def test_audio_collator_crops_to_max_duration(tmp_path: Path):
+    extractor = transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000)
+    examples = [
+        {"audio": {"path": _wav(tmp_path / "long.wav", 2.0), "bytes": None}, "label": 1},
+        {"audio": _wav(tmp_path / "short.wav", 0.5), "label": 0},
+    ]
+    batch = AudioCollator(extractor, max_duration=1.0)(examples)
+    assert batch["input_values"].shape == (2, 16000)
+    assert batch["attention_mask"].sum(1).tolist() == [16000, 8000]
+    assert batch["labels"].tolist() == [1, 0]
+    first = AudioCollator(extractor, max_duration=0.25, train=True, seed=3)(examples)["input_values"]
+    again = AudioCollator(extractor, max_duration=0.25, train=True, seed=3)(examples)["input_values"]
+    assert first.shape == (2, 4000) and torch.equal(first, again)
+    full = AudioCollator(extractor)(examples)
+    assert full["input_values"].shape == (2, 32000)
+
+
+def test_audio_collator_resamples_8khz(tmp_path: Path):
+    extractor = transformers.Wav2Vec2FeatureExtractor(sampling_rate=16000)
+    batch = AudioCollator(extractor)([{"audio": _wav(tmp_path / "a.wav", 0.5, rate=8000)}])
+    assert batch["input_values"].shape == (1, 8000) and "labels" not in batch
+
+
+def test_image_collator_gives_rgb_batch():
+    data = ClassificationData(path="hftl:sklearn_digits", max_samples=4)
+    examples = list(data.load()["test"])
+    processor = transformers.ViTImageProcessor(size={"height": 32, "width": 32})
+    batch = ImageCollator(processor)(examples)
+    assert batch["pixel_values"].shape == (4, 3, 32, 32)
+    assert batch["labels"].shape == (4,) and batch["labels"].dtype == torch.long
+    gray = transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5], image_std=[0.5])
+    assert ImageCollator(gray).mode == "L"
