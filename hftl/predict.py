@@ -44,7 +44,8 @@ class Predictor:
 
             if not Path(item).is_file():
                 raise DataError(f"Image file {str(item)!r} does not exist")
-            item = Image.open(item)
+            with Image.open(item) as image:  # read now and close the file (no handle per prediction)
+                item = image.copy()
         return {"image": item}
 
     @torch.no_grad()
@@ -57,5 +58,5 @@ class Predictor:
             probs = self.model(**batch).logits.float().softmax(-1).cpu()
             for p in probs:
                 i = int(p.argmax())
-                results.append({"label": names[i], "score": float(p[i]), "scores": dict(zip(names, map(float, p)))})
+                results.append({"label": names[i], "score": float(p[i]), "scores": dict(zip(names, map(float, p), strict=True))})
         return results

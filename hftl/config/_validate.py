@@ -119,6 +119,39 @@ def _hints(obj: Callable) -> dict[str, Any]:
     return hints
 
 
+def _parameters(obj: Any) -> tuple[dict[str, inspect.Parameter], bool, dict[str, Any]]:
+    """Keyword parameters of ``obj``, following ``**kwargs`` up a class's ``__init__`` chain.
+
+    ``class TextEncoder(Encoder): def __init__(self, model, *, max_length=128, **kwargs)`` forwards
+    ``**kwargs`` to ``Encoder.__init__``: its parameters are accepted too, and a key neither takes is
+    unknown. The chain stops at the first ``__init__`` without ``**kwargs``; reaching ``object`` keeps
+    ``**kwargs`` open (something else consumes them).
+    """
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = inspect.signature(obj).parameters
+    named = {n: p for n, p in params.items() if p.kind in kinds}
+    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    hints = _hints(obj)
+    if inspect.isclass(obj) and takes_kwargs:
+        seen = {obj.__init__}
+        for parent in obj.__mro__[1:]:
+            init = parent.__dict__.get("__init__")
+            if init is None or init in seen:
+                continue
+            if parent is object:
+                break
+            seen.add(init)
+            parent_params = inspect.signature(init).parameters
+            for n, p in parent_params.items():
+                if p.kind in kinds and n != "self" and n not in named:
+                    named[n] = p
+            hints = {**_hints(parent), **hints}
+            takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in parent_params.values())
+            if not takes_kwargs:
+                break
+    return named, takes_kwargs, hints
+
+
 def _check_component(path: str, node: DictConfig, runtime: Collection[str], allow_any: bool) -> list[str]:
     target = _resolved(node, "_component_")
     if target is _ABSENT:  # reported by the interpolation walk
@@ -127,12 +160,10 @@ def _check_component(path: str, node: DictConfig, runtime: Collection[str], allo
     if problem:
         return [f"`{path}._component_`: {problem}"]
     try:
-        params = inspect.signature(obj).parameters
+        named, takes_kwargs, hints = _parameters(obj)
     except (TypeError, ValueError):  # builtins without a signature: nothing more to check
         return []
-    named = {n: p for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    hints, problems = _hints(obj), []
+    problems: list[str] = []
     keys = [k for k in node.keys() if k != "_component_"]
     for k in keys:
         key = f"{path}.{k}"

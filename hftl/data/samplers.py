@@ -51,5 +51,7 @@ class EpochSampler(Sampler[int]):
         if self.lengths is None or not self.batch_size:
             return iter(order)
         mega = 50 * self.batch_size
-        groups = [sorted(order[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(order), mega)]
+        groups = [
+            sorted(order[i : i + mega], key=lambda j: -self.lengths[j]) for i in range(0, len(order), mega)
+        ]
         return iter([j for group in groups for j in group])

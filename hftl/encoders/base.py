@@ -185,11 +185,14 @@ def _load(path: str, name: str, *, revision: str | None, trust_remote_code: bool
     try:
         return AutoModel.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        hint = (
-            "the Hub is not reachable (HF_HUB_OFFLINE=1): point `encoder.model` at a local directory with "
-            "config.json and weights"
-            if offline or not os.path.exists(path)
-            else "check that the directory holds config.json and model.safetensors"
-        )
-        raise ModelLoadError(f"Cannot load `encoder.model` = {name!r}: {str(err).splitlines()[0]}. Fix: {hint}.") from err
+        if os.path.isdir(path):  # a local directory that is not a transformers model
+            hint = f"check that {path} holds a transformers config.json and model.safetensors"
+        elif os.environ.get("HF_HUB_OFFLINE") == "1":
+            hint = (
+                "no such local directory and the Hub is not reachable (HF_HUB_OFFLINE=1): point "
+                "`encoder.model` at a local directory with config.json and weights"
+            )
+        else:
+            hint = "check the Hub id (and `encoder.revision`) or point `encoder.model` at a local model directory"
+        reason = (str(err).splitlines() or [type(err).__name__])[0].rstrip(".")
+        raise ModelLoadError(f"Cannot load `encoder.model` = {name!r}: {reason}. Fix: {hint}.") from err

@@ -7,6 +7,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from hftl.errors import ConfigError
+
 PoolingName = Literal["cls", "mean", "attention", "stats"]
 POOLINGS: tuple[str, ...] = ("cls", "mean", "attention", "stats")
 
@@ -20,6 +22,9 @@ class Pooling(nn.Module):
             concatenated, the x-vector statistics pooling used for speech).
         hidden_size: width ``H`` of the states (needed by ``attention``).
 
+    Raises:
+        ConfigError: ``method`` is not one of the names above.
+
     Shape:
         - hidden: ``(B, T, H)``; mask: ``(B, T)`` with 1 for real tokens, or ``None``.
         - output: ``(B, H)``, or ``(B, 2H)`` for ``stats``.
@@ -28,7 +33,7 @@ class Pooling(nn.Module):
     def __init__(self, method: PoolingName, hidden_size: int):
         super().__init__()
         if method not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {method!r}")
+            raise ConfigError(f"`encoder.pooling` must be one of {', '.join(POOLINGS)}; got {method!r}")
         self.method = method
         self.scorer = nn.Linear(hidden_size, 1) if method == "attention" else None
         self.out_features = 2 * hidden_size if method == "stats" else hidden_size

@@ -35,8 +35,9 @@ def _write_bert_tokenizer(path: Path) -> None:
     letters = list(string.ascii_lowercase + string.digits + string.punctuation)
     words = "the a an is it was good bad great not movie film book very and of to this that".split()
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *("##" + c for c in letters), *words]
-    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
-    BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
+    vocab = {token: i for i, token in enumerate(dict.fromkeys(vocab))}
+    # transformers 5 ignores `vocab_file=`: pass the mapping itself.
+    BertTokenizerFast(vocab=vocab, do_lower_case=True).save_pretrained(path)
 
 
 def save_tiny_encoder(kind: TinyKind, path: str | Path, *, seed: int = 0) -> Path:
@@ -53,7 +54,7 @@ def save_tiny_encoder(kind: TinyKind, path: str | Path, *, seed: int = 0) -> Pat
     torch.manual_seed(seed)
     if kind == "bert":
         _write_bert_tokenizer(path)
-        vocab_size = len((path / "vocab.txt").read_text().split())
+        vocab_size = len(tf.AutoTokenizer.from_pretrained(path))
         config = tf.BertConfig(
             vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, max_position_embeddings=128,

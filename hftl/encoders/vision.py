@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hftl.encoders.base import Encoder
+from hftl.encoders.pooling import PoolingName
 
 
 class VisionEncoder(Encoder):
@@ -16,7 +17,7 @@ class VisionEncoder(Encoder):
 
     modality = "image"
 
-    def __init__(self, model: str, *, pooling: str = "mean", **kwargs: Any):
+    def __init__(self, model: str, *, pooling: PoolingName = "mean", **kwargs: Any):
         super().__init__(model, pooling=pooling, **kwargs)
 
     @classmethod

@@ -38,6 +38,24 @@ def save_model(
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_model_dir(model, tmp, adapter_kind=adapter_kind, config=config, metrics=metrics)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no partial directory behind
+        raise
+    old = path.with_name(f".{path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _write_model_dir(
+    model: Classifier, tmp: Path, *, adapter_kind: str, config: DictConfig, metrics: dict | None
+) -> None:
+    """Writes every file of a model directory into ``tmp`` (see the module docstring for the layout)."""
     (tmp / "encoder").mkdir(parents=True)
     encoder = model.encoder
     if encoder.from_config and adapter_kind == "frozen":
@@ -60,13 +78,6 @@ def save_model(
     OmegaConf.save(config, tmp / "config.yaml", resolve=True)
     if metrics is not None:
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def find_model_dir(path: str | Path) -> Path:

