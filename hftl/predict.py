@@ -49,7 +49,9 @@ class Predictor:
         return {"image": item}
 
     @torch.no_grad()
-    def __call__(self, inputs: Sequence[Any], *, batch_size: int = 32) -> list[dict[str, Any]]:
+    def __call__(self, inputs: Sequence[Any] | str | Path, *, batch_size: int = 32) -> list[dict[str, Any]]:
+        if isinstance(inputs, str | Path):
+            inputs = [inputs]  # one text or file, not a sequence of characters
         results: list[dict[str, Any]] = []
         names = self.meta["label_names"]
         for start in range(0, len(inputs), batch_size):

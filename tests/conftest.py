@@ -7,10 +7,16 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # no test may reach the Hub
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Tiny models gain nothing from intra-op threads, and spinning threads of parallel processes (the
+# recipe subprocesses of some tests) slow each other down: one thread each, inherited by children.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_KINDS = ("bert", "wav2vec2", "hubert", "vit")

@@ -7,6 +7,7 @@ Every encoder exposes ``out_features``, ``processor``, ``collator(train=...)`` a
 from hftl.encoders.audio import AudioEncoder
 from hftl.encoders.base import OFFLINE_MIRRORS, Encoder, EncoderOutput, resolve_model_path
 from hftl.encoders.pooling import Pooling
+from hftl.encoders.scratch import LeNetConfig, SpeechCNNTransformerConfig
 from hftl.encoders.text import TextEncoder
 from hftl.encoders.tiny import save_tiny_encoder
 from hftl.encoders.vision import VisionEncoder
@@ -16,7 +17,9 @@ __all__ = [
     "AudioEncoder",
     "Encoder",
     "EncoderOutput",
+    "LeNetConfig",
     "Pooling",
+    "SpeechCNNTransformerConfig",
     "TextEncoder",
     "VisionEncoder",
     "resolve_model_path",

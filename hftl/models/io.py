@@ -104,6 +104,12 @@ def load_model(path: str | Path, *, allow_any_component: bool = False) -> tuple[
         cfg = OmegaConf.load(model_dir / "config.yaml")
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"Cannot read {model_dir}: {err}. The directory is damaged; re-run training or re-download it.") from err
+    missing = [k for k in ("adapter", "base_model", "label_names", "modality") if k not in meta]
+    if missing or "encoder" not in cfg or "head" not in cfg:
+        raise ModelLoadError(
+            f"{model_dir / META_FILE} or config.yaml lacks {missing or ['encoder/head']}: the directory was not "
+            "written by this hftl version or is damaged; re-run training or re-download it."
+        )
     kind, enc_dir = meta["adapter"], model_dir / "encoder"
     source = str(enc_dir) if kind == "full" else meta["base_model"]
     encoder_cls = _component(cfg.encoder, allow_any_component)

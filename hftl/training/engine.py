@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -63,6 +64,9 @@ class Engine:
         output_dir: where ``checkpoints/`` and the best weights go.
         evaluate: returns validation metrics; ``None`` disables validation and model selection.
         loss_fn: computes the loss of one batch (default: cross-entropy on ``labels``).
+        metric: key of ``evaluate()``'s result that selects the best model (default
+            ``config.metric_for_best``).
+        higher_is_better: direction of ``metric`` (default: lower is better only for ``loss``).
         total_steps: optimizer steps of the whole run.
     """
 
@@ -79,12 +83,17 @@ class Engine:
         total_steps: int,
         evaluate: EvalFn | None = None,
         loss_fn: LossFn = cross_entropy_step,
+        metric: str | None = None,
+        higher_is_better: bool | None = None,
     ):
         self.acc, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.train_loader, self.cfg, self.output_dir = train_loader, config, Path(output_dir)
         self.total_steps, self.evaluate, self.loss_fn = total_steps, evaluate, loss_fn
+        self.metric = metric or config.metric_for_best
+        self.higher_is_better = self.metric != "loss" if higher_is_better is None else higher_is_better
         self.state = TrainState()
         self.best_path = self.output_dir / "checkpoints" / "best_trainable.safetensors"
+        self._saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
 
     # -- checkpoints -------------------------------------------------------------------------------
     def maybe_resume(self) -> None:
@@ -95,9 +104,11 @@ class Engine:
             return
         self.state = TrainState(**{k: v for k, v in load_checkpoint(self.acc, path).items() if k in TrainState.__dataclass_fields__})
         self.acc.print(f"Resumed from {path} (step {self.state.step}, epoch {self.state.epoch}, batch {self.state.batch_in_epoch})")
+        self._saved_step = self.state.step
 
     def save(self) -> None:
         save_checkpoint(self.acc, self.output_dir, step=self.state.step, state=asdict(self.state), keep_last=self.cfg.keep_last)
+        self._saved_step = self.state.step
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         model = self.acc.unwrap_model(self.model)
@@ -108,9 +119,26 @@ class Engine:
         if self.acc.is_main_process:
             self.best_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.best_path.with_suffix(".tmp")
-            save_file(self._trainable_state(), str(tmp))
+            save_file(self._trainable_state(), str(tmp), metadata={"step": str(self.state.step)})
             tmp.replace(self.best_path)  # atomic: resume never sees half a file
         self.acc.wait_for_everyone()
+
+    def _restore_best(self) -> None:
+        state = self.state
+        if not self.best_path.exists():
+            logger.warning("Cannot restore the best weights: %s is missing; keeping the final weights.", self.best_path)
+            return
+        with safe_open(str(self.best_path), framework="pt") as f:
+            written_at = (f.metadata() or {}).get("step")
+        if written_at != str(state.best_step):
+            # e.g. a later run wrote it, then this one resumed from an older checkpoint and never beat it
+            logger.warning(
+                "Not restoring %s: it holds step %s, but the best validation step is %s; keeping the final weights.",
+                self.best_path, written_at, state.best_step,
+            )  # fmt: skip
+            return
+        self.acc.print(f"Restoring the best validation weights (step {state.best_step}, {self.metric} {state.best_metric:.4f})")
+        self.acc.unwrap_model(self.model).load_state_dict(load_file(str(self.best_path)), strict=False)
 
     # -- loop --------------------------------------------------------------------------------------
     def _validate(self, progress: tqdm) -> bool:
@@ -119,10 +147,10 @@ class Engine:
             return False
         metrics = self.evaluate()
         self.model.train()
-        value = metrics[self.cfg.metric_for_best]
+        value = metrics[self.metric]
         self.state.history.append({"step": self.state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
         self.acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
-        lower_better = self.cfg.metric_for_best == "loss"
+        lower_better = not self.higher_is_better
         best = self.state.best_metric
         if best is None or (value < best if lower_better else value > best):
             self.state.best_metric, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
@@ -134,7 +162,7 @@ class Engine:
         patience = self.cfg.early_stopping_patience
         return patience is not None and self.state.bad_evals >= patience
 
-    def _optimizer_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+    def _optimizer_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         with self.acc.accumulate(self.model):
             loss, logs = self.loss_fn(self.model, batch)
             self.acc.backward(loss)
@@ -156,7 +184,9 @@ class Engine:
             sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None) or getattr(loader, "sampler", None)
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
-        if skip:  # skip_first_batches copies the epoch counter and skips indices, so nothing is collated twice
+        if skip and hasattr(loader, "skip_first_batches"):  # e.g. hftl.data.paired.PairedLoader
+            loader = loader.skip_first_batches(skip)
+        elif skip:  # skip_first_batches copies the epoch counter and skips indices, so nothing is collated twice
             loader = self.acc.skip_first_batches(loader, skip)
         return loader
 
@@ -166,7 +196,9 @@ class Engine:
         cfg, state = self.cfg, self.state
         self.model.train()
         progress = tqdm(total=self.total_steps, initial=state.step, desc="train", disable=not self.acc.is_local_main_process, dynamic_ncols=True)
-        running, count, stop = torch.zeros((), device=self.acc.device), 0, state.step >= self.total_steps
+        patience = cfg.early_stopping_patience
+        early_stopped = self.evaluate is not None and patience is not None and state.bad_evals >= patience
+        running, count, stop = torch.zeros((), device=self.acc.device), 0, state.step >= self.total_steps or early_stopped
         while not stop:
             for batch in self._epoch_loader(state.epoch, skip=state.batch_in_epoch):
                 loss, logs = self._optimizer_step(batch)
@@ -203,12 +235,12 @@ class Engine:
                 stop = stop or state.step >= self.total_steps
         if self.evaluate is not None and (not state.history or state.history[-1]["step"] != state.step):
             self._validate(progress)  # the run ended between validations: score the final weights too
-            self.save()
+        if self._saved_step != state.step:
+            self.save()  # the final state, so re-running the same command finds the run finished
         progress.close()
         self.acc.wait_for_everyone()
-        if cfg.load_best_at_end and state.best_step is not None and state.best_step != state.step and self.best_path.exists():
-            self.acc.print(f"Restoring the best validation weights (step {state.best_step}, {cfg.metric_for_best} {state.best_metric:.4f})")
-            self.acc.unwrap_model(self.model).load_state_dict(load_file(str(self.best_path)), strict=False)
+        if cfg.load_best_at_end and state.best_step is not None and state.best_step != state.step:
+            self._restore_best()
         return state
 
 

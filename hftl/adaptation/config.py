@@ -1,0 +1,42 @@
+"""The ``selection:`` and ``report:`` sections of the adapt recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class SelectionConfig:
+    """How the adapt recipe picks its checkpoint without target labels (``selection:``)."""
+
+    criterion: Literal["im", "snd", "dev", "source_val_acc"] = field(
+        default="im",
+        metadata={
+            "help": "im: information maximization (confident and diverse target predictions; the default, "
+            "since snd rewards collapsed predictions); snd: soft neighborhood density (Saito et al. 2021); "
+            "dev: deep embedded validation (You et al. 2019); source_val_acc: accuracy on held-out source. "
+            "None of them reads target labels."
+        },
+    )
+    max_target_samples: int = field(
+        default=1000, metadata={"help": "Unlabelled target examples scored at each evaluation (seeded subset)."}
+    )
+    max_source_samples: int = field(
+        default=1000, metadata={"help": "Source training examples used by `dev` (seeded subset)."}
+    )
+
+
+@dataclass
+class ReportConfig:
+    """Baselines and diagnostics of the adapt recipe (``report:``)."""
+
+    baselines: list[Literal["source_only", "target_oracle"]] = field(
+        default_factory=lambda: ["source_only", "target_oracle"],
+        metadata={"help": "Baselines trained in the same run with the same encoder, adapter and budget."},
+    )
+    diagnostics: bool = field(
+        default=True,
+        metadata={"help": "Proxy A-distance before/after adaptation and a source-vs-target feature plot (PNG)."},
+    )
+    plot: Literal["tsne", "pca"] = field(default="pca", metadata={"help": "Projection of the feature plot."})

@@ -1,0 +1,283 @@
+"""Adaptation methods as config nodes: ``method: {_component_: hftl.adaptation.DANN, trade_off: 1.0}``.
+
+Each method wraps one loss of :mod:`hftl.losses` behind the same call, so the adapt recipe switches
+DANN → CORAL → MCC with a one-line override. ``in_features`` (pooled feature width) and
+``num_classes`` are passed by the recipe at run time. The recipe minimises::
+
+    cross_entropy(logits_s, labels_s) + trade_off * method(...).loss
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from hftl.errors import ConfigError
+from hftl.losses import (
+    ConditionalDomainAdversarialLoss,
+    ConfidenceThresholdSelfTraining,
+    CorrelationAlignmentLoss,
+    DomainAdversarialLoss,
+    DomainDiscriminator,
+    GradientReverseLayer,
+    JointMultipleKernelMaximumMeanDiscrepancy,
+    LossOutput,
+    MarginDisparityDiscrepancy,
+    MinimumClassConfusionLoss,
+    MultipleKernelMaximumMeanDiscrepancy,
+    gaussian_kernels,
+    grl_coefficient,
+)
+
+
+class AdaptationMethod(nn.Module):
+    """Base class. ``forward`` returns the transfer loss (without ``trade_off``) and side metrics.
+
+    Class attributes tell the recipe what a method needs: ``uses_target`` (an unlabelled target batch
+    per step) and ``uses_target_labels`` (only the ``target_oracle`` baseline).
+    """
+
+    name: ClassVar[str] = "method"
+    uses_target: ClassVar[bool] = True
+    uses_target_labels: ClassVar[bool] = False
+
+    def __init__(self, *, trade_off: float = 1.0):
+        super().__init__()
+        if trade_off < 0:
+            raise ConfigError(f"`method.trade_off` must be >= 0; got {trade_off}")
+        self.trade_off = trade_off
+
+    def forward(
+        self, *, f_s: torch.Tensor, f_t: torch.Tensor, logits_s: torch.Tensor, logits_t: torch.Tensor, progress: float
+    ) -> LossOutput:
+        raise NotImplementedError
+
+
+class SourceOnly(AdaptationMethod):
+    """No adaptation: train on labelled source data only (the lower baseline)."""
+
+    name = "source_only"
+    uses_target = False
+
+    def __init__(self, *, in_features: int = 0, num_classes: int = 0):
+        super().__init__(trade_off=0.0)
+
+
+class TargetOracle(SourceOnly):
+    """Train on *labelled* target data: the upper bound no unsupervised method should beat."""
+
+    name = "target_oracle"
+    uses_target_labels = True
+
+
+class _Adversarial(AdaptationMethod):
+    def __init__(self, *, trade_off: float, grl_alpha: float, grl_max: float):
+        super().__init__(trade_off=trade_off)
+        self.grl_alpha, self.grl_max = grl_alpha, grl_max
+
+    def coeff(self, progress: float) -> float:
+        return grl_coefficient(progress, alpha=self.grl_alpha, high=self.grl_max)
+
+
+class DANN(_Adversarial):
+    """Domain-adversarial training (Ganin et al., JMLR 2016) with the λ warm-up schedule.
+
+    Args:
+        in_features: pooled feature width (set by the recipe).
+        num_classes: number of classes (set by the recipe; unused).
+        trade_off: weight of the adversarial loss.
+        hidden_features: width of the discriminator MLP.
+        grl_alpha: steepness of λ(p) = 2 / (1 + exp(-α p)) − 1.
+        grl_max: λ at the end of training.
+    """
+
+    name = "dann"
+
+    def __init__(
+        self, *, in_features: int, num_classes: int, trade_off: float = 1.0, hidden_features: int = 1024,
+        grl_alpha: float = 10.0, grl_max: float = 1.0,
+    ):  # fmt: skip
+        super().__init__(trade_off=trade_off, grl_alpha=grl_alpha, grl_max=grl_max)
+        self.loss = DomainAdversarialLoss(DomainDiscriminator(in_features, hidden_features=hidden_features))
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        return self.loss(f_s, f_t, coeff=self.coeff(progress))
+
+
+class CDAN(_Adversarial):
+    """Conditional adversarial adaptation (Long et al., NeurIPS 2018); ``entropy: true`` gives CDAN+E.
+
+    Args:
+        randomized: use the randomized multilinear map (for large ``in_features × num_classes``).
+        randomized_dim: output width of the randomized map.
+    """
+
+    name = "cdan"
+
+    def __init__(
+        self, *, in_features: int, num_classes: int, trade_off: float = 1.0, hidden_features: int = 1024,
+        entropy: bool = False, randomized: bool = False, randomized_dim: int = 1024, grl_alpha: float = 10.0,
+        grl_max: float = 1.0,
+    ):  # fmt: skip
+        super().__init__(trade_off=trade_off, grl_alpha=grl_alpha, grl_max=grl_max)
+        width = ConditionalDomainAdversarialLoss.discriminator_in_features(
+            num_classes=num_classes, features_dim=in_features, randomized=randomized, randomized_dim=randomized_dim
+        )
+        self.loss = ConditionalDomainAdversarialLoss(
+            DomainDiscriminator(width, hidden_features=hidden_features), num_classes=num_classes,
+            features_dim=in_features, entropy_conditioning=entropy, randomized=randomized, randomized_dim=randomized_dim,
+        )  # fmt: skip
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        return self.loss(logits_s, f_s, logits_t, f_t, coeff=self.coeff(progress))
+
+
+class MDD(_Adversarial):
+    """Margin disparity discrepancy (Zhang et al., ICML 2019) with its own adversarial classifier.
+
+    Args:
+        margin: the margin γ (4 in the paper for most benchmarks).
+        hidden_features: width of the adversarial head's hidden layer.
+    """
+
+    name = "mdd"
+
+    def __init__(
+        self, *, in_features: int, num_classes: int, trade_off: float = 1.0, margin: float = 4.0,
+        hidden_features: int = 1024, grl_alpha: float = 10.0, grl_max: float = 0.1,
+    ):  # fmt: skip
+        super().__init__(trade_off=trade_off, grl_alpha=grl_alpha, grl_max=grl_max)
+        self.grl = GradientReverseLayer()
+        self.adv_head = nn.Sequential(
+            nn.Linear(in_features, hidden_features), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden_features, num_classes)
+        )
+        self.loss = MarginDisparityDiscrepancy(margin=margin)
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        coeff = self.coeff(progress)
+        adv_s, adv_t = self.adv_head(self.grl(f_s, coeff)), self.adv_head(self.grl(f_t, coeff))
+        return self.loss(logits_s, adv_s, logits_t, adv_t)
+
+
+class MCC(AdaptationMethod):
+    """Minimum class confusion on target predictions (Jin et al., ECCV 2020)."""
+
+    name = "mcc"
+
+    def __init__(self, *, in_features: int, num_classes: int, trade_off: float = 1.0, temperature: float = 2.5):
+        super().__init__(trade_off=trade_off)
+        self.loss = MinimumClassConfusionLoss(temperature=temperature)
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        return self.loss(logits_t)
+
+
+class DAN(AdaptationMethod):
+    """Multi-kernel MMD between source and target features (Long et al., ICML 2015).
+
+    Args:
+        kernel_alphas: Gaussian kernel bandwidths as multiples of the mean squared distance.
+        linear: the linear-time estimator instead of the quadratic one.
+    """
+
+    name = "dan"
+
+    def __init__(
+        self, *, in_features: int, num_classes: int, trade_off: float = 1.0,
+        kernel_alphas: list[float] | None = None, linear: bool = False,
+    ):  # fmt: skip
+        super().__init__(trade_off=trade_off)
+        alphas = kernel_alphas or [2.0**k for k in range(-3, 2)]
+        self.loss = MultipleKernelMaximumMeanDiscrepancy(gaussian_kernels(alphas), linear=linear)
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        n = min(len(f_s), len(f_t))  # the estimator pairs examples: equal batch sizes
+        return self.loss(f_s[:n], f_t[:n])
+
+
+class JAN(AdaptationMethod):
+    """Joint MMD over features and predictions (Long et al., ICML 2017)."""
+
+    name = "jan"
+
+    def __init__(self, *, in_features: int, num_classes: int, trade_off: float = 1.0, linear: bool = False):
+        super().__init__(trade_off=trade_off)
+        kernels = [gaussian_kernels([2.0**k for k in range(-3, 2)]), gaussian_kernels([1.0])]
+        self.loss = JointMultipleKernelMaximumMeanDiscrepancy(kernels, linear=linear)
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        n = min(len(f_s), len(f_t))
+        return self.loss((f_s[:n], logits_s[:n].softmax(-1)), (f_t[:n], logits_t[:n].softmax(-1)))
+
+
+class CORAL(AdaptationMethod):
+    """Deep CORAL: align second-order statistics of source and target features (Sun & Saenko, 2016)."""
+
+    name = "coral"
+
+    def __init__(self, *, in_features: int, num_classes: int, trade_off: float = 1.0):
+        super().__init__(trade_off=trade_off)
+        self.loss = CorrelationAlignmentLoss()
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        return self.loss(f_s, f_t)
+
+
+class SelfTraining(AdaptationMethod):
+    """Pseudo-labels on confident target predictions (threshold on the max softmax probability)."""
+
+    name = "self_training"
+
+    def __init__(self, *, in_features: int, num_classes: int, trade_off: float = 1.0, threshold: float = 0.9):
+        super().__init__(trade_off=trade_off)
+        if not 0.0 < threshold <= 1.0:
+            raise ConfigError(f"`method.threshold` must be in (0, 1]; got {threshold}")
+        self.loss = ConfidenceThresholdSelfTraining(threshold=threshold)
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        return self.loss(logits_t)
+
+
+class ADDA(AdaptationMethod):
+    """Adversarial discriminative domain adaptation (Tzeng et al., CVPR 2017), two stages.
+
+    Stage 1 trains encoder + head on source labels (as ``source_only``). Stage 2 copies the encoder
+    into a *target* encoder and trains it against a discriminator with the inverted-label GAN loss,
+    while the source encoder and the head stay fixed; predictions use target encoder + head.
+
+    ``forward`` is the stage-2 loss: the discriminator learns source (1) vs target (0) on
+    ``f_s`` / detached ``f_t``; the target encoder learns to make ``D(f_t)`` say "source". The
+    discriminator's weights are excluded from the encoder's term, so one backward pass trains both.
+
+    Args:
+        stage2_fraction: share of the run's optimizer steps spent in stage 2.
+    """
+
+    name = "adda"
+    two_stage: ClassVar[bool] = True
+
+    def __init__(
+        self, *, in_features: int, num_classes: int, trade_off: float = 1.0, hidden_features: int = 500,
+        stage2_fraction: float = 0.5,
+    ):  # fmt: skip
+        super().__init__(trade_off=trade_off)
+        if not 0.0 < stage2_fraction < 1.0:
+            raise ConfigError(f"`method.stage2_fraction` must be in (0, 1); got {stage2_fraction}")
+        self.stage2_fraction = stage2_fraction
+        self.discriminator = DomainDiscriminator(in_features, hidden_features=hidden_features, batch_norm=False)
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        bce = nn.functional.binary_cross_entropy_with_logits
+        d_s, d_t = self.discriminator(f_s.detach()), self.discriminator(f_t.detach())
+        loss_d = 0.5 * (bce(d_s, torch.ones_like(d_s)) + bce(d_t, torch.zeros_like(d_t)))
+        params = list(self.discriminator.parameters())
+        for p in params:  # the encoder's term must not train the discriminator
+            p.requires_grad_(False)
+        d_t_enc = self.discriminator(f_t)
+        for p in params:
+            p.requires_grad_(True)
+        loss_g = bce(d_t_enc, torch.ones_like(d_t_enc))  # inverted labels: target should look like source
+        acc = 0.5 * ((d_s > 0).float().mean() + (d_t <= 0).float().mean())
+        return LossOutput(loss=loss_d + self.trade_off * loss_g, metrics={"domain_acc": float(acc)})

@@ -1,0 +1,41 @@
+"""Domain-adaptation losses, one method per file.
+
+Every loss is an ``nn.Module`` whose ``forward`` returns a :class:`LossOutput` (the scalar to minimise
+and side metrics); adversarial losses own their gradient reversal layer and discriminator.
+"""
+
+from __future__ import annotations
+
+from hftl.losses.base import LossOutput
+from hftl.losses.cdan import ConditionalDomainAdversarialLoss
+from hftl.losses.coral import CorrelationAlignmentLoss
+from hftl.losses.dann import DomainAdversarialLoss
+from hftl.losses.discriminator import DomainDiscriminator
+from hftl.losses.entropy import certainty_weights, entropy
+from hftl.losses.grl import GradientReverseFunction, GradientReverseLayer, grl_coefficient
+from hftl.losses.jan import JointMultipleKernelMaximumMeanDiscrepancy
+from hftl.losses.kernels import GaussianKernel, gaussian_kernels
+from hftl.losses.mcc import MinimumClassConfusionLoss
+from hftl.losses.mdd import MarginDisparityDiscrepancy
+from hftl.losses.mmd import MultipleKernelMaximumMeanDiscrepancy
+from hftl.losses.self_training import ConfidenceThresholdSelfTraining
+
+__all__ = [
+    "ConditionalDomainAdversarialLoss",
+    "ConfidenceThresholdSelfTraining",
+    "CorrelationAlignmentLoss",
+    "DomainAdversarialLoss",
+    "DomainDiscriminator",
+    "GaussianKernel",
+    "GradientReverseFunction",
+    "GradientReverseLayer",
+    "JointMultipleKernelMaximumMeanDiscrepancy",
+    "LossOutput",
+    "MarginDisparityDiscrepancy",
+    "MinimumClassConfusionLoss",
+    "MultipleKernelMaximumMeanDiscrepancy",
+    "certainty_weights",
+    "entropy",
+    "gaussian_kernels",
+    "grl_coefficient",
+]

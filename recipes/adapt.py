@@ -1,0 +1,296 @@
+"""Unsupervised domain adaptation: labelled source + unlabelled target → a classifier for the target.
+
+Run:
+    hftl run adapt --config text/minilm_lora_dann_books_kitchen [key=value ...]
+    hftl run adapt --config ... method._component_=hftl.adaptation.CORAL     # switch the method in one line
+    python recipes/adapt.py --config recipes/configs/...                       # same code
+
+One run trains the configured ``method`` and the ``report.baselines`` (``source_only``: no adaptation;
+``target_oracle``: trained on labelled target data, the upper bound) with the same encoder, adapter and
+budget, and prints the adapted number beside both. Target *training* data is loaded without its label
+column (dropped at load time); only the final evaluator reads target test labels. The checkpoint is
+chosen by a label-free criterion (``selection.criterion``), never by target labels.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from hftl.adaptation.config import ReportConfig, SelectionConfig
+from hftl.adaptation.diagnostics import plot_domains, proxy_a_distance
+from hftl.adaptation.selection import CRITERIA, score
+from hftl.config import instantiate, to_dataclass
+from hftl.data.paired import PairedLoader
+from hftl.errors import ConfigError
+from hftl.evaluation import classification_report, write_metrics
+from hftl.models import Classifier, count_parameters
+from hftl.models.io import save_model
+from hftl.recipe import recipe_main
+from hftl.training import Engine, TrainConfig, steps_for
+from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
+
+BASELINES = {"source_only": "hftl.adaptation.SourceOnly", "target_oracle": "hftl.adaptation.TargetOracle"}
+
+
+class AdaptModel(nn.Module):
+    """The classifier plus the method's own modules (discriminator, adversarial head), trained together."""
+
+    def __init__(self, classifier: Classifier, method: nn.Module):
+        super().__init__()
+        self.classifier, self.method = classifier, method
+
+    def forward(self, **inputs: torch.Tensor):
+        return self.classifier(**inputs)
+
+
+class AdaptRecipe:
+    """Source → target adaptation with a configurable method, baselines and label-free selection."""
+
+    RUNTIME_ARGS = {
+        "head": {"in_features", "num_labels"},
+        "optimizer": {"params"},
+        "method": {"in_features", "num_classes"},
+        "target": {"unlabeled_splits"},
+    }
+    SECTIONS = {"train": TrainConfig, "selection": SelectionConfig, "report": ReportConfig}
+    REQUIRED = ("output_dir", "encoder", "adapter", "head", "source", "target", "method", "optimizer")
+
+    def __init__(self, cfg: DictConfig, *, allow_any_component: bool = False):
+        self.cfg, self.allow_any = cfg, allow_any_component
+        self.train_cfg = to_dataclass(TrainConfig, cfg.get("train"), key="train")
+        self.selection = to_dataclass(SelectionConfig, cfg.get("selection"), key="selection")
+        self.report = to_dataclass(ReportConfig, cfg.get("report"), key="report")
+        self.output_dir = Path(cfg.output_dir)
+        self.seed = int(cfg.get("seed", 42))
+
+    def _build(self, node: Any, **runtime: Any) -> Any:
+        return instantiate(node, allow_any=self.allow_any, **runtime)
+
+    # -- data --------------------------------------------------------------------------------------
+    def _target(self, *, labelled: bool):
+        node = self.cfg.target
+        extra = {} if "validation_size" in node else {"validation_size": 0}
+        data = self._build(node, unlabeled_splits=[] if labelled else ["train"], **extra)
+        return data, data.load()
+
+    def load_data(self) -> None:
+        self.source_data = self._build(self.cfg.source)
+        self.source = self.source_data.load()
+        self.target_data, self.target = self._target(labelled=False)  # label column dropped at load time
+        self.label_names = self.source_data.label_names
+        if self.target_data.label_names != self.label_names:
+            raise ConfigError(
+                f"`source` labels {self.source_data.label_names} differ from `target` labels "
+                f"{self.target_data.label_names}; set `label_names` on both to the same list"
+            )
+        for name, splits, needed in (("source", self.source, ("train", "validation")), ("target", self.target, ("train", "test"))):
+            missing = [s for s in needed if s not in splits]
+            if missing:
+                raise ConfigError(f"`{name}` data lacks split(s) {missing}; found {sorted(splits)}. Map them with `{name}.splits`.")
+
+    # -- one method --------------------------------------------------------------------------------
+    def _loaders(self, encoder, method) -> tuple[Any, dict[str, Any]]:
+        tc, acc = self.train_cfg, self.accelerator
+        def loader(ds, *, train: bool, shuffle: bool, seed: int = self.seed):
+            return acc.prepare(build_loader(
+                ds, collate_fn=encoder.collator(train=train), batch_size=tc.batch_size if train else tc.eval_batch_size or 2 * tc.batch_size,
+                shuffle=shuffle, seed=seed, num_workers=tc.num_workers,
+            ))  # fmt: skip
+
+        if method.uses_target_labels:
+            train = loader(self._target(labelled=True)[1]["train"], train=True, shuffle=True)
+        elif method.uses_target:
+            train = PairedLoader(
+                loader(self.source["train"], train=True, shuffle=True),
+                loader(self.target["train"], train=True, shuffle=True, seed=self.seed + 1),
+            )
+        else:
+            train = loader(self.source["train"], train=True, shuffle=True)
+        rng = np.random.default_rng(self.seed)
+        def subset(ds, n):
+            return ds.select(sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False)))
+        evals = {
+            "source_val": loader(self.source["validation"], train=False, shuffle=False),
+            "source_train": loader(subset(self.source["train"], self.selection.max_source_samples), train=False, shuffle=False),
+            "target_train": loader(subset(self.target["train"], self.selection.max_target_samples), train=False, shuffle=False),
+            "target_test": loader(self.target["test"], train=False, shuffle=False),
+        }
+        return train, evals
+
+    @torch.no_grad()
+    def _outputs(self, model: nn.Module, loader) -> dict[str, np.ndarray]:
+        """Pooled features, probabilities and (when labelled) labels and per-example losses."""
+        model.eval()
+        feats, probs, labels, losses = [], [], [], []
+        for batch in loader:
+            y = batch.pop("labels", None)
+            out = model(**batch)
+            logits = out.logits.float()
+            f, p = self.accelerator.gather_for_metrics((out.features.float(), logits.softmax(-1)))
+            feats.append(f.cpu()), probs.append(p.cpu())
+            if y is not None:
+                ce = nn.functional.cross_entropy(logits, y, reduction="none")
+                y, ce = self.accelerator.gather_for_metrics((y, ce))
+                labels.append(y.cpu()), losses.append(ce.cpu())
+        model.train()
+        out = {"features": torch.cat(feats).numpy(), "probs": torch.cat(probs).numpy()}
+        if labels:
+            out["labels"], out["losses"] = torch.cat(labels).numpy(), torch.cat(losses).numpy()
+        return out
+
+    def _score(self, model: nn.Module, evals: dict[str, Any], running: dict[str, list[float]]) -> dict[str, float]:
+        """Every selection criterion (none reads target labels) + target test accuracy for the report only."""
+        o = {name: self._outputs(model, loader) for name, loader in evals.items()}
+        inputs = {
+            "probs_s_val": o["source_val"]["probs"], "labels_s_val": o["source_val"]["labels"],
+            "probs_t": o["target_train"]["probs"], "features_t": o["target_train"]["features"],
+            "features_s_train": o["source_train"]["features"], "features_s_val": o["source_val"]["features"],
+            "losses_s_val": o["source_val"]["losses"],
+        }  # fmt: skip
+        scores = {name: score(inputs, name) for name in CRITERIA}
+        scores["target_test_acc"] = float((o["target_test"]["probs"].argmax(-1) == o["target_test"]["labels"]).mean())
+        for k, v in running.items():
+            if v:
+                scores[f"train_{k}"] = float(np.mean(v))
+            v.clear()
+        return scores
+
+    def run_method(self, name: str, node: Any) -> dict[str, Any]:
+        tc, acc = self.train_cfg, self.accelerator
+        set_seed(self.seed)
+        encoder = self._build(self.cfg.encoder)
+        self._build(self.cfg.adapter).apply(encoder)
+        head = self._build(self.cfg.head, in_features=encoder.out_features, num_labels=len(self.label_names))
+        method = self._build(node, in_features=encoder.out_features, num_classes=len(self.label_names))
+        model = AdaptModel(Classifier(encoder, head, self.label_names), method)
+        optimizer = self._build(self.cfg.optimizer, params=[p for p in model.parameters() if p.requires_grad])
+        train_loader, evals = self._loaders(encoder, method)
+        model, optimizer = acc.prepare(model, optimizer)
+        total = steps_for(tc, len(train_loader))
+        scheduler = acc.prepare(build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes))
+        running: dict[str, list[float]] = {}
+        engine: Engine | None = None
+
+        def step(m: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+            xs, xt = batch if isinstance(batch, tuple) else (batch, None)
+            ys = xs.pop("labels")
+            out_s = m(**xs)
+            loss = nn.functional.cross_entropy(out_s.logits, ys)
+            if xt is None:
+                return loss, {}
+            out_t = m(**xt)
+            r = acc.unwrap_model(m).method(
+                f_s=out_s.features, f_t=out_t.features, logits_s=out_s.logits, logits_t=out_t.logits,
+                progress=engine.state.step / total,
+            )  # fmt: skip
+            for k, v in r.metrics.items():
+                running.setdefault(k, []).append(v)
+            return loss + method.trade_off * r.loss, r.metrics
+
+        criterion = CRITERIA[self.selection.criterion]
+        engine = Engine(
+            accelerator=acc, model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+            config=tc, output_dir=self.output_dir / "runs" / name, total_steps=total, loss_fn=step,
+            evaluate=lambda: self._score(model, evals, running),
+            metric=self.selection.criterion, higher_is_better=criterion.higher_is_better,
+        )  # fmt: skip
+        trainable, params = count_parameters(model)
+        print_summary(acc, f"Adapting with {name}", {
+            "Method": f"{type(method).__name__} (trade-off {method.trade_off})",
+            "Encoder / adapter": f"{encoder.name_or_path} / {self.cfg.adapter._component_}",
+            "Trainable parameters": f"{trainable:,} of {params:,}",
+            "Source train / val": f"{len(self.source['train']):,} / {len(self.source['validation']):,}",
+            "Target train (unlabelled) / test": f"{len(self.target['train']):,} / {len(self.target['test']):,}",
+            "Optimizer steps": total,
+            "Selection": f"{self.selection.criterion} (no target labels)",
+        })  # fmt: skip
+        before = self._outputs(model, evals["source_train"]), self._outputs(model, evals["target_train"])
+        state = engine.fit()
+        final = self._score(model, evals, running)
+        result = {
+            "target_test_acc": final["target_test_acc"],
+            "source_val_acc": final["source_val_acc"],
+            "selected_step": state.best_step,
+            "steps": state.step,
+            "selection": {self.selection.criterion: state.best_metric},
+            "history": state.history,
+        }
+        if self.report.diagnostics and method.uses_target:
+            after = self._outputs(model, evals["source_train"]), self._outputs(model, evals["target_train"])
+            result["proxy_a_distance"] = {
+                "before": proxy_a_distance(before[0]["features"], before[1]["features"], seed=self.seed),
+                "after": proxy_a_distance(after[0]["features"], after[1]["features"], seed=self.seed),
+            }
+            if acc.is_main_process:
+                plot_domains(
+                    after[0]["features"], after[1]["features"], self.output_dir / f"features_{name}.png",
+                    labels_s=after[0].get("labels"), method=self.report.plot,
+                    title=f"{name}: source vs target features after adaptation",
+                )  # fmt: skip
+        self._model = acc.unwrap_model(model).classifier
+        return result
+
+    def run(self) -> dict[str, Any]:
+        self.accelerator = build_accelerator(self.train_cfg, self.output_dir)
+        self.load_data()
+        main_name = self._method_name()
+        plan = [(b, OmegaConf.create({"_component_": BASELINES[b]})) for b in self.report.baselines if b != main_name]
+        plan.append((main_name, self.cfg.method))
+        results: dict[str, Any] = {}
+        for name, node in plan:
+            results[name] = self.run_method(name, node)
+            if name == main_name:
+                main_model = self._model
+        metrics = {"method": main_name, "selection_criterion": self.selection.criterion, "results": results}
+        self.print_report(metrics)
+        if self.accelerator.is_main_process:
+            meta_metrics = {"target_test_acc": results[main_name]["target_test_acc"], **{k: v for k, v in metrics.items() if k != "results"}}
+            path = save_model(main_model, self.output_dir / "model", adapter_kind=self._adapter_kind(), config=self.cfg, metrics=meta_metrics)
+            write_metrics(self.output_dir / "metrics.json", metrics)
+            self.accelerator.print(f"Model ({main_name}) written to {path}; metrics in {self.output_dir / 'metrics.json'}")
+        self.accelerator.end_training()
+        return metrics
+
+    def _method_name(self) -> str:
+        from hftl.config import get_component
+
+        return get_component(self.cfg.method._component_, allow_any=self.allow_any).name
+
+    def _adapter_kind(self) -> str:
+        from hftl.config import get_component
+
+        return get_component(self.cfg.adapter._component_, allow_any=self.allow_any).kind
+
+    def print_report(self, metrics: dict[str, Any]) -> None:
+        rows = metrics["results"]
+        lines = [
+            f"***** Adaptation report (checkpoint chosen by {metrics['selection_criterion']}, no target labels) *****",
+            f"{'method':<16}{'target test acc':>17}{'source val acc':>16}{'PAD before→after':>20}",
+        ]
+        for name, r in rows.items():
+            pad = r.get("proxy_a_distance")
+            pad_s = f"{pad['before']:.2f} → {pad['after']:.2f}" if pad else "-"
+            lines.append(f"{name:<16}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}")
+        main, so = metrics["method"], rows.get("source_only")
+        if so and main != "source_only" and rows[main]["target_test_acc"] < so["target_test_acc"]:
+            lines.append(f"WARNING: negative transfer: {main} is below source-only on the target test set.")
+        self.accelerator.print("\n".join(lines))
+
+
+RECIPE = AdaptRecipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    return recipe_main(AdaptRecipe, argv, prog="hftl run adapt")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

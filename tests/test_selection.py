@@ -1,0 +1,217 @@
+"""Unit tests for hftl.adaptation.selection: exact scores on hand-made predictions, known orderings on toys."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import log_softmax, softmax
+from sklearn.datasets import make_blobs
+
+from hftl.adaptation.selection import (
+    CRITERIA,
+    deep_embedded_validation,
+    importance_weights,
+    information_maximization,
+    score,
+    select,
+    soft_neighborhood_density,
+    source_validation_accuracy,
+)
+from hftl.errors import ConfigError, DataError, HftlError
+
+
+def one_hot(labels: list[int], num_classes: int) -> np.ndarray:
+    return np.eye(num_classes)[labels]
+
+
+# ---------------------------------------------------------------- source accuracy and IM (exact answers)
+
+
+def test_source_validation_accuracy_exact_and_accepts_tensors():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    assert source_validation_accuracy(probs, torch.tensor([0, 1, 1, 1])) == pytest.approx(0.75)
+    with pytest.raises(DataError, match="labels_s_val"):
+        source_validation_accuracy(probs, [0, 1])
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 10])
+def test_im_is_log_c_for_confident_predictions_spread_evenly(num_classes):
+    probs = one_hot(list(range(num_classes)) * 4, num_classes)
+    assert information_maximization(probs) == pytest.approx(math.log(num_classes))
+
+
+def test_im_is_zero_for_uniform_or_collapsed_predictions():
+    assert information_maximization(np.full((12, 4), 0.25)) == pytest.approx(0.0, abs=1e-12)
+    assert information_maximization(one_hot([2] * 12, 4)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_im_accepts_bfloat16_tensor_and_rejects_logits():
+    probs = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.bfloat16)
+    assert information_maximization(probs) == pytest.approx(math.log(2))
+    logits = torch.randn(64, 5, generator=torch.Generator().manual_seed(0)) * 3
+    half = logits.to(torch.bfloat16).softmax(dim=1)  # rows sum to 1 only up to bf16 rounding
+    assert information_maximization(half) == pytest.approx(
+        information_maximization(logits.softmax(1)), abs=0.02
+    )
+    with pytest.raises(DataError, match="softmax"):
+        information_maximization(np.array([[2.0, -1.0], [0.5, 3.0]]))
+
+
+# ---------------------------------------------------------------- SND
+
+
+def test_snd_of_identical_rows_is_log_n_minus_1():
+    # every neighbour equally similar -> uniform over the N - 1 others (also the collapse caveat)
+    assert soft_neighborhood_density(np.ones((9, 3))) == pytest.approx(math.log(8))
+
+
+def test_snd_prefers_dense_neighbourhoods_as_the_paper_defines():
+    rng = np.random.default_rng(0)
+    # 4 tight clusters on the sphere: each sample has ~49 near-identical neighbours -> entropy ~ log(49)
+    centres = rng.normal(size=(4, 16))
+    clustered = np.repeat(centres, 50, axis=0) + 0.01 * rng.normal(size=(200, 16))
+    scattered = rng.normal(size=(200, 16))  # no neighbourhood structure: few close neighbours
+    snd_clustered = soft_neighborhood_density(clustered)
+    assert snd_clustered == pytest.approx(math.log(49), abs=0.05)
+    assert snd_clustered > soft_neighborhood_density(scattered) + 1.0
+
+
+def test_snd_ignores_row_scaling_and_subsamples_deterministically():
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(60, 8))
+    scales = rng.uniform(0.1, 10.0, size=(60, 1))
+    assert soft_neighborhood_density(features * scales) == pytest.approx(soft_neighborhood_density(features))
+    a = soft_neighborhood_density(features, max_samples=30, seed=3)
+    assert a == soft_neighborhood_density(features, max_samples=30, seed=3)
+    assert a <= math.log(29) + 1e-9
+    with pytest.raises(ConfigError, match="temperature"):
+        soft_neighborhood_density(features, temperature=0.0)
+
+
+# ---------------------------------------------------------------- DEV
+
+
+def test_dev_without_shift_weights_are_one_and_dev_is_the_mean_loss():
+    rng = np.random.default_rng(0)
+    source_train, source_val, target = (rng.normal(size=(n, 4)) for n in (600, 400, 600))
+    weights = importance_weights(source_train, target, source_val)
+    assert weights.mean() == pytest.approx(1.0, abs=0.1)
+    assert weights.std() < 0.2
+    losses = rng.exponential(0.5, size=400)
+    assert deep_embedded_validation(source_train, source_val, losses, target) == pytest.approx(
+        losses.mean(), rel=0.05
+    )
+
+
+def test_dev_prefers_the_model_that_is_right_where_the_target_lies():
+    # source: two regions; target: only the right one. Both models have the same mean source-val loss.
+    centres = [(-3.0, 0.0), (3.0, 0.0)]
+    source_train, _ = make_blobs(n_samples=[300, 300], centers=centres, cluster_std=1.0, random_state=0)
+    source_val, blob = make_blobs(n_samples=[200, 200], centers=centres, cluster_std=1.0, random_state=1)
+    target, _ = make_blobs(n_samples=[400], centers=[centres[1]], cluster_std=1.0, random_state=2)
+    right = blob == 1
+    good_on_target = np.where(right, 0.1, 1.0)
+    good_elsewhere = np.where(right, 1.0, 0.1)
+    assert good_on_target.mean() == pytest.approx(good_elsewhere.mean())
+    dev_a = deep_embedded_validation(source_train, source_val, good_on_target, target)
+    dev_b = deep_embedded_validation(source_train, source_val, good_elsewhere, target)
+    assert dev_a < 0.3 < 0.8 < dev_b
+    inputs = {"features_s_train": source_train, "features_s_val": source_val, "features_t": target}
+    candidates = [{**inputs, "losses_s_val": losses} for losses in (good_elsewhere, good_on_target)]
+    assert select(candidates, "dev") == 1  # lower is better
+
+
+def test_dev_rejects_mismatched_inputs():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 3))
+    with pytest.raises(DataError, match="losses_s_val"):
+        deep_embedded_validation(x, x, np.ones(5), x)
+    with pytest.raises(DataError, match="widths"):
+        deep_embedded_validation(x, x, np.ones(20), rng.normal(size=(20, 4)))
+
+
+# ---------------------------------------------------------------- select()
+
+
+def test_select_direction_ties_and_errors():
+    confident = {"probs_t": one_hot([0, 1, 2, 0, 1, 2], 3)}
+    unsure = {"probs_t": np.full((6, 3), 1 / 3)}
+    assert select([unsure, confident, confident], "im") == 1  # higher better; tie -> earliest
+    assert select([confident, unsure], "im") == 0
+    assert CRITERIA["dev"].higher_is_better is False
+    assert CRITERIA["snd"].inputs == ("probs_t",)
+    with pytest.raises(ConfigError, match="source_val_acc") as info:
+        select([confident], "accuracy")
+    assert all(name in str(info.value) for name in CRITERIA)
+    with pytest.raises(HftlError, match="probs_s_val"):
+        select([confident], "source_val_acc")
+    with pytest.raises(HftlError, match="no candidates"):
+        select([], "im")
+    assert score(confident, "im") == pytest.approx(math.log(3))
+
+
+# ---------------------------------------------------------------- the toy problem from TLlib issue #141
+
+RULE_NORMAL = np.array([1.0, 1.0]) / math.sqrt(2)
+TARGET_CENTRE = np.array([2.0, 2.0])
+
+
+def shift_problem(seed: int) -> dict[str, np.ndarray]:
+    """Covariate shift in 2-D: two class blobs, translated along the class boundary for the target.
+
+    Labels come from one rule in both domains: the side of the line through ``TARGET_CENTRE`` normal
+    to ``RULE_NORMAL``.
+    """
+    offset = 1.5 * RULE_NORMAL
+    source_centres = [TARGET_CENTRE + (2.0, -2.0) - offset, TARGET_CENTRE + (2.0, -2.0) + offset]
+    target_centres = [TARGET_CENTRE - offset, TARGET_CENTRE + offset]
+    x_s, _ = make_blobs(n_samples=[300, 300], centers=source_centres, cluster_std=1.2, random_state=seed)
+    x_v, _ = make_blobs(n_samples=[200, 200], centers=source_centres, cluster_std=1.2, random_state=seed + 1)
+    x_t, _ = make_blobs(n_samples=[200, 200], centers=target_centres, cluster_std=0.8, random_state=seed + 2)
+
+    def label(x):
+        return ((x - TARGET_CENTRE) @ RULE_NORMAL > 0).astype(int)
+
+    return {"x_s": x_s, "x_v": x_v, "y_v": label(x_v), "x_t": x_t, "y_t": label(x_t)}
+
+
+def linear_classifier(angle_deg: float, scale: float = 3.0):
+    """Logits of a linear classifier through the target centre, its normal rotated from the rule's."""
+    a = math.radians(angle_deg)
+    normal = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) @ RULE_NORMAL
+
+    def logits(x):
+        z = scale * (x - TARGET_CENTRE) @ normal
+        return np.stack([-z / 2, z / 2], axis=1)
+
+    return logits
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_label_free_criteria_pick_the_best_target_classifier(seed):
+    data = shift_problem(seed)
+    candidates, target_acc = [], []
+    for angle in (35.0, 0.0, 70.0):  # the best one (angle 0) is in the middle of the list
+        model = linear_classifier(angle)
+        logits_v = model(data["x_v"])
+        probs_t = softmax(model(data["x_t"]), axis=1)
+        losses_v = -log_softmax(logits_v, axis=1)[np.arange(len(data["y_v"])), data["y_v"]]
+        candidates.append(
+            {
+                "probs_t": torch.from_numpy(probs_t),
+                "probs_s_val": softmax(logits_v, axis=1),
+                "labels_s_val": data["y_v"],
+                "features_s_train": data["x_s"],
+                "features_s_val": data["x_v"],
+                "losses_s_val": losses_v,
+                "features_t": data["x_t"],
+            }
+        )
+        target_acc.append(float(np.mean(probs_t.argmax(axis=1) == data["y_t"])))  # only to verify
+    best = int(np.argmax(target_acc))
+    assert best == 1 and target_acc[best] > 0.99 and max(target_acc[0], target_acc[2]) < 0.96
+    for criterion in ("im", "snd", "dev", "source_val_acc"):
+        assert select(candidates, criterion) == best, criterion
