@@ -41,14 +41,39 @@ BASELINES = {"source_only": "hftl.adaptation.SourceOnly", "target_oracle": "hftl
 
 
 class AdaptModel(nn.Module):
-    """The classifier plus the method's own modules (discriminator, adversarial head), trained together."""
+    """The classifier plus the method's own modules (discriminator, adversarial head), trained together.
+
+    Two-stage methods (ADDA) also hold a frozen ``source_encoder``: a copy of the encoder taken when
+    stage 2 starts. It lives in the model so checkpoints (and resume) carry it.
+    """
 
     def __init__(self, classifier: Classifier, method: nn.Module):
         super().__init__()
         self.classifier, self.method = classifier, method
+        self.source_encoder: nn.Module | None = None
+        if getattr(method, "two_stage", False):
+            self.source_encoder = copy.deepcopy(classifier.encoder).requires_grad_(False).eval()
+            self.register_buffer("stage2_started", torch.zeros((), dtype=torch.bool))
 
     def forward(self, **inputs: torch.Tensor):
         return self.classifier(**inputs)
+
+    def start_stage2(self) -> None:
+        """ADDA stage 2: freeze the source encoder at its stage-1 weights and the head; the encoder goes on
+        training as the *target* encoder. Idempotent, re-applied after a resume."""
+        if not bool(self.stage2_started):
+            self.source_encoder.load_state_dict(self.classifier.encoder.state_dict())
+            self.stage2_started.fill_(True)
+        self.classifier.head.requires_grad_(False)
+        self.source_encoder.eval()
+
+
+def adda_step(model: AdaptModel, xs: dict, xt: dict, *, progress: float) -> Any:
+    """Stage-2 ADDA loss: discriminator vs target encoder, source features from the frozen copy."""
+    with torch.no_grad():
+        f_s = model.source_encoder(**xs).pooled
+    out_t = model(**xt)
+    return model.method(f_s=f_s, f_t=out_t.features, logits_s=None, logits_t=out_t.logits, progress=progress)
 
 
 class AdaptRecipe:
@@ -179,21 +204,31 @@ class AdaptRecipe:
         running: dict[str, list[float]] = {}
         engine: Engine | None = None
 
+        stage1 = round(total * (1 - method.stage2_fraction)) if getattr(method, "two_stage", False) else None
+
         def step(m: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
             xs, xt = batch if isinstance(batch, tuple) else (batch, None)
             ys = xs.pop("labels")
-            out_s = m(**xs)
-            loss = nn.functional.cross_entropy(out_s.logits, ys)
-            if xt is None:
-                return loss, {}
-            out_t = m(**xt)
-            r = acc.unwrap_model(m).method(
-                f_s=out_s.features, f_t=out_t.features, logits_s=out_s.logits, logits_t=out_t.logits,
-                progress=engine.state.step / total,
-            )  # fmt: skip
+            xt = {k: v for k, v in xt.items() if k != "labels"} if xt is not None else None
+            inner, progress = acc.unwrap_model(m), engine.state.step / total
+            if stage1 is not None and engine.state.step >= stage1:  # ADDA stage 2: no source labels used
+                inner.start_stage2()
+                r = adda_step(inner, xs, xt, progress=progress)
+                loss = r.loss
+            else:
+                out_s = m(**xs)
+                loss = nn.functional.cross_entropy(out_s.logits, ys)
+                if xt is None or stage1 is not None:  # source-only, oracle, or ADDA stage 1
+                    return loss, {}
+                out_t = m(**xt)
+                r = inner.method(
+                    f_s=out_s.features, f_t=out_t.features, logits_s=out_s.logits, logits_t=out_t.logits,
+                    progress=progress,
+                )  # fmt: skip
+                loss = loss + method.trade_off * r.loss
             for k, v in r.metrics.items():
                 running.setdefault(k, []).append(v)
-            return loss + method.trade_off * r.loss, r.metrics
+            return loss, r.metrics
 
         criterion = CRITERIA[self.selection.criterion]
         engine = Engine(

@@ -360,3 +360,52 @@ def test_crop_or_pad():
     a = crop_or_pad(wave, 4, random=True, generator=np.random.default_rng(1))
     b = crop_or_pad(wave, 4, random=True, generator=np.random.default_rng(1))
     assert a.tolist() == b.tolist() and np.diff(a).tolist() == [1, 1, 1]
+
+
+# --- built-in MNIST / USPS (shared data folder) ----------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "sizes", "first_label"), [("mnist", (60000, 10000), 5), ("usps", (7291, 2007), 6)]
+)
+def test_builtin_mnist_usps(
+    monkeypatch: pytest.MonkeyPatch, name: str, sizes: tuple[int, int], first_label: int
+):
+    from hftl.data.builtin import load_builtin
+
+    monkeypatch.setenv("HFTL_DATA_DIR", str(real_data(name).parent))
+    dd = load_builtin(f"hftl:{name}", seed=0)
+    assert list(dd) == ["train", "test"] and (len(dd["train"]), len(dd["test"])) == sizes
+    assert dd["train"].features["label"].names == [str(d) for d in range(10)]
+    row = dd["train"][0]
+    assert row["image"].mode == "L" and row["image"].size == (28, 28) and row["label"] == first_label
+    pixels = np.asarray(dd["test"][0]["image"])
+    assert pixels.dtype == np.uint8 and np.median(pixels) < 64 and pixels.max() > 192  # white digit on black
+
+
+def test_builtin_usps_matches_the_text_file(monkeypatch: pytest.MonkeyPatch):
+    import gzip
+
+    from PIL import Image
+
+    folder = real_data("usps")
+    monkeypatch.setenv("HFTL_DATA_DIR", str(folder.parent))
+    with gzip.open(folder / "zip.test.gz", "rt") as f:
+        first = np.array(f.readline().split(), dtype=np.float64)
+    small = np.rint((first[1:].reshape(16, 16) + 1) * 127.5).astype(np.uint8)  # [-1, 1] -> 0..255
+    data = ClassificationData(path="hftl:usps", validation_size=0)
+    dd = data.load()
+    assert data.modality == "image" and data.label_names == [str(d) for d in range(10)]
+    assert dd["test"][0]["label"] == int(first[0])
+    expected = np.asarray(Image.fromarray(small).resize((28, 28), Image.BILINEAR))
+    assert (np.asarray(dd["test"][0]["image"]) == expected).all()
+
+
+def test_builtin_mnist_missing_data_folder_is_a_data_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from hftl.data.builtin import load_builtin
+
+    monkeypatch.setenv("HFTL_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="HFTL_DATA_DIR"):
+        load_builtin("hftl:mnist", seed=0)
+    monkeypatch.setenv("HFTL_DATA_DIR", str(tmp_path))
+    with pytest.raises(DataError, match="mnist_train.npz") as err:
+        load_builtin("hftl:mnist", seed=0)
+    assert str(tmp_path) in str(err.value) and "HFTL_DATA_DIR" in str(err.value)

@@ -339,6 +339,15 @@ def test_entropy():
         entropy(torch.ones(1, 2), reduction="sum")
 
 
+def test_statistics_stay_float32_under_autocast():
+    f_s, f_t = torch.randn(8, 4), torch.randn(8, 4) * 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        lin = nn.Linear(4, 4)
+        coral = CorrelationAlignmentLoss()(lin(f_s), lin(f_t)).loss
+        mcc = MinimumClassConfusionLoss()(lin(f_t)).loss
+    assert coral.dtype == mcc.dtype == torch.float32
+
+
 # --- a few SGD steps on shifted Gaussians --------------------------------------------------------------
 
 
@@ -388,7 +397,10 @@ def test_adversarial_losses_train(name):
     feat, head = nn.Linear(4, 8), nn.Linear(8, 3)
     if name == "dann":
         loss_fn = DomainAdversarialLoss(DomainDiscriminator(8, hidden_features=16))
-        call = lambda coeff: loss_fn(feat(x_s), feat(x_t), coeff=coeff)  # noqa: E731
+
+        def call(coeff):
+            return loss_fn(feat(x_s), feat(x_t), coeff=coeff)
+
     else:
         randomized = name.endswith("randomized")
         width = ConditionalDomainAdversarialLoss.discriminator_in_features(

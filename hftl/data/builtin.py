@@ -1,7 +1,9 @@
-"""Small data sets that ship inside installed libraries, addressed as ``path: hftl:<name>``.
+"""Built-in image data sets, addressed as ``path: hftl:<name>``.
 
-They need no download and no data folder, which makes them the data of the smoke tests and the
-quick-start configs.
+- ``hftl:sklearn_digits`` ships inside scikit-learn: no download and no data folder, which makes it
+  the data of the smoke tests and the quick-start configs.
+- ``hftl:mnist`` and ``hftl:usps`` (the MNIST <-> USPS digits benchmark) are read from the shared
+  data folder: env ``HFTL_DATA_DIR``, else ``../shared/data`` from the current directory or the repo.
 
 Example:
     >>> splits = load_builtin("sklearn_digits", seed=0)
@@ -11,14 +13,77 @@ Example:
 
 from __future__ import annotations
 
+import gzip
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import datasets
 import numpy as np
 
-from hftl.errors import ConfigError
+from hftl.errors import ConfigError, DataError
 
 PREFIX = "hftl:"
+DIGIT_NAMES = [str(d) for d in range(10)]
+
+
+def _digit_features() -> datasets.Features:
+    return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGIT_NAMES)})
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder: env ``HFTL_DATA_DIR``, else the first ``../shared/data`` or ``shared/data``
+    found from the current directory, else ``../shared/data`` next to the repo.
+
+    Raises:
+        DataError: if none of them is a folder.
+    """
+    env = os.environ.get("HFTL_DATA_DIR")
+    if env:
+        if not Path(env).is_dir():
+            raise DataError(
+                f"`HFTL_DATA_DIR` = {env!r} is not a folder; point it at the folder holding the data sets."
+            )
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2]
+    candidates = [
+        Path.cwd() / ".." / "shared" / "data",
+        Path.cwd() / "shared" / "data",
+        repo / ".." / "shared" / "data",
+    ]
+    found = next((p.resolve() for p in candidates if p.is_dir()), None)
+    if found is None:
+        raise DataError(
+            f"No shared data folder found (tried {', '.join(str(p) for p in candidates)}); set the environment "
+            "variable `HFTL_DATA_DIR` to the folder holding the data sets (with mnist/ and usps/)."
+        )
+    return found
+
+
+def _data_file(folder: str, name: str) -> Path:
+    path = shared_data_dir() / folder / name
+    if not path.is_file():
+        raise DataError(
+            f"Built-in data set `hftl:{folder}`: file not found: {path}. Put the {folder}/ folder (see its "
+            "PROVENANCE.md) in the shared data folder, or set `HFTL_DATA_DIR` to the folder that holds it."
+        )
+    return path
+
+
+def _gray_images(pixels: np.ndarray, labels: np.ndarray) -> datasets.Dataset:
+    """A Dataset of ``image`` (PIL mode "L") and ``label`` from ``(N, H, W)`` uint8 pixels.
+
+    Each image is stored as binary PGM bytes (a 15-byte header + the raw pixels, lossless, decoded by
+    PIL as mode "L"): building the 60,000 MNIST rows takes about a second, PNG encoding about ten.
+    """
+    _, height, width = pixels.shape
+    header = f"P5\n{width} {height}\n255\n".encode()
+    images = [
+        {"bytes": header + p.tobytes(), "path": None} for p in np.ascontiguousarray(pixels, dtype=np.uint8)
+    ]
+    return datasets.Dataset.from_dict(
+        {"image": images, "label": labels.astype(int).tolist()}, features=_digit_features()
+    )
 
 
 def sklearn_digits(*, seed: int, test_size: float = 0.2) -> datasets.DatasetDict:
@@ -47,7 +112,67 @@ def sklearn_digits(*, seed: int, test_size: float = 0.2) -> datasets.DatasetDict
     return full.train_test_split(test_size=test_size, stratify_by_column="label", seed=seed)
 
 
-BUILTINS: dict[str, Callable[..., datasets.DatasetDict]] = {"sklearn_digits": sklearn_digits}
+def mnist(*, seed: int = 0) -> datasets.DatasetDict:
+    """MNIST (LeCun et al.), 28x28 grayscale digits, from ``<data folder>/mnist/mnist_{train,test}.npz``.
+
+    Args:
+        seed: unused (the official train/test split); accepted like every built-in's.
+
+    Returns:
+        ``train`` (60,000) and ``test`` (10,000) splits with ``image`` (PIL "L", 28x28, white digit on
+        black) and ``label`` (ClassLabel ``"0".."9"``).
+
+    Raises:
+        DataError: if the data folder or a file is missing.
+    """
+    splits = {}
+    for split in ("train", "test"):
+        with np.load(_data_file("mnist", f"mnist_{split}.npz")) as arrays:
+            splits[split] = _gray_images(arrays["x"], arrays["y"])
+    return datasets.DatasetDict(splits)
+
+
+def usps(*, seed: int = 0) -> datasets.DatasetDict:
+    """USPS ZIP-code digits (ESL ``zip.train.gz`` / ``zip.test.gz``), resized to MNIST's 28x28.
+
+    Each text row is the label then 256 grey values in [-1, 1] (16x16, white digit on black). Values
+    map linearly to 0..255 (-1 -> 0, 1 -> 255) and the 16x16 images are resized to 28x28 with PIL's
+    bilinear filter, so both domains of the MNIST <-> USPS benchmark share one input size (as in ADDA
+    and TLlib, which also resize USPS to 28x28).
+
+    Args:
+        seed: unused (the official train/test split); accepted like every built-in's.
+
+    Returns:
+        ``train`` (7,291) and ``test`` (2,007) splits with ``image`` (PIL "L", 28x28) and ``label``
+        (ClassLabel ``"0".."9"``).
+
+    Raises:
+        DataError: if the data folder or a file is missing, or a row is malformed.
+    """
+    from PIL import Image
+
+    splits = {}
+    for split in ("train", "test"):
+        path = _data_file("usps", f"zip.{split}.gz")
+        try:
+            with gzip.open(path, "rt") as f:
+                rows = np.loadtxt(f, dtype=np.float32, ndmin=2)
+        except (OSError, ValueError) as err:
+            raise DataError(f"Cannot read {path}: {err}") from err
+        if rows.shape[1] != 257:
+            raise DataError(f"{path}: rows have {rows.shape[1]} values; expected 257 (label + 16x16 pixels).")
+        small = np.rint((rows[:, 1:].reshape(-1, 16, 16) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+        big = np.stack([np.asarray(Image.fromarray(p).resize((28, 28), Image.BILINEAR)) for p in small])
+        splits[split] = _gray_images(big, rows[:, 0])
+    return datasets.DatasetDict(splits)
+
+
+BUILTINS: dict[str, Callable[..., datasets.DatasetDict]] = {
+    "sklearn_digits": sklearn_digits,
+    "mnist": mnist,
+    "usps": usps,
+}
 
 
 def load_builtin(name: str, *, seed: int) -> datasets.DatasetDict:

@@ -325,12 +325,14 @@ class SpeechCNNTransformerModel(_ScratchModel):
         self.layer_norm = nn.LayerNorm(h)
         self.post_init()
 
-    def _get_feat_extract_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        """Frames after the two stride-2 convolutions: ``L -> (L + 2 * (k // 2) - k) // 2 + 1`` twice."""
+    def _conv_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames after one stride-2 convolution: ``L -> (L + 2 * (k // 2) - k) // 2 + 1 = ceil(L / 2)``."""
         k = self.config.conv_kernel_size
-        for _ in range(2):
-            lengths = torch.div(lengths + 2 * (k // 2) - k, 2, rounding_mode="floor") + 1
-        return lengths
+        return torch.div(lengths + 2 * (k // 2) - k, 2, rounding_mode="floor") + 1
+
+    def _get_feat_extract_output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames after both convolutions (the name wav2vec2 uses)."""
+        return self._conv_output_lengths(self._conv_output_lengths(lengths))
 
     def _get_feature_vector_attention_mask(
         self, num_frames: int, attention_mask: torch.Tensor
@@ -375,12 +377,25 @@ class SpeechCNNTransformerModel(_ScratchModel):
             ``num_layers + 1`` tensors, the last one after the final LayerNorm. Other keyword
             arguments are accepted and ignored.
         """
-        x = self._mel_time(input_features)
-        x = F.gelu(self.conv2(F.gelu(self.conv1(x)))).transpose(1, 2)  # (B, T', H)
-        x = self.dropout(x + _sinusoids(x.shape[1], x.shape[2], device=x.device, dtype=x.dtype))
-        padding = None
+        x = self._mel_time(input_features)  # (B, mel, T)
+        lengths = None
         if attention_mask is not None:
-            padding = self._get_feature_vector_attention_mask(x.shape[1], attention_mask) == 0
+            if attention_mask.shape != (x.shape[0], x.shape[2]):
+                raise ValueError(
+                    f"attention_mask {tuple(attention_mask.shape)} must be a frame-level mask (B, T) = "
+                    f"{(x.shape[0], x.shape[2])} for input_features {tuple(input_features.shape)}."
+                )
+            lengths = attention_mask.sum(-1).long()
+        for conv in (self.conv1, self.conv2):
+            if lengths is not None:  # zero the padding, so a clip encodes the same alone or in a padded batch
+                x = x * (torch.arange(x.shape[2], device=x.device) < lengths[:, None]).unsqueeze(1).to(
+                    x.dtype
+                )
+                lengths = self._conv_output_lengths(lengths)
+            x = F.gelu(conv(x))
+        x = x.transpose(1, 2)  # (B, T', H)
+        x = self.dropout(x + _sinusoids(x.shape[1], x.shape[2], device=x.device, dtype=x.dtype))
+        padding = None if lengths is None else torch.arange(x.shape[1], device=x.device) >= lengths[:, None]
         states = [x]
         for layer in self.layers:
             x = layer(x, src_key_padding_mask=padding)

@@ -44,7 +44,7 @@ def binary_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
 
 
 def check_pair(
-    name_s: str, x_s: torch.Tensor, name_t: str, x_t: torch.Tensor, *, same_rows: bool = False
+    name_s: str, x_s: torch.Tensor, name_t: str, x_t: torch.Tensor, *, same_rows: bool = False, hint: str = ""
 ) -> None:
     """Raise ``ValueError`` unless two 2-D tensors have the same width (and row count if ``same_rows``)."""
     if x_s.dim() != 2 or x_t.dim() != 2:
@@ -56,8 +56,7 @@ def check_pair(
         what = "shape" if same_rows else "feature width"
         raise ValueError(
             f"`{name_s}` and `{name_t}` must have the same {what}; got {tuple(x_s.shape)} and "
-            f"{tuple(x_t.shape)}."
-            + (" Draw equal source and target batches (or truncate both)." if same_rows else "")
+            f"{tuple(x_t.shape)}.{hint}"
         )
 
 

@@ -52,6 +52,7 @@ class CorrelationAlignmentLoss(nn.Module):
             )
         d = f_s.shape[1]
         with no_autocast(f_s):  # covariances in half precision lose the signal
-            f_s, f_t = at_least_float32(f_s), at_least_float32(f_t).to(at_least_float32(f_s).dtype)
+            f_s = at_least_float32(f_s)
+            f_t = at_least_float32(f_t).to(f_s.dtype)
             loss = (_covariance(f_s) - _covariance(f_t)).square().sum() / (4 * d * d)
         return LossOutput(loss=loss)

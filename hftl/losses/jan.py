@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from hftl.losses.base import LossOutput, check_pair
-from hftl.losses.mmd import mmd_from_kernel_matrix
+from hftl.losses.mmd import EQUAL_BATCHES_HINT, mmd_from_kernel_matrix
 
 
 class JointMultipleKernelMaximumMeanDiscrepancy(nn.Module):
@@ -67,7 +67,9 @@ class JointMultipleKernelMaximumMeanDiscrepancy(nn.Module):
         n = z_s[0].shape[0]
         kernel_matrix = None
         for layer, (layer_s, layer_t, layer_kernels) in enumerate(zip(z_s, z_t, self.kernels, strict=True)):
-            check_pair(f"z_s[{layer}]", layer_s, f"z_t[{layer}]", layer_t, same_rows=True)
+            check_pair(
+                f"z_s[{layer}]", layer_s, f"z_t[{layer}]", layer_t, same_rows=True, hint=EQUAL_BATCHES_HINT
+            )
             if layer_s.shape[0] != n:
                 raise ValueError(
                     f"every layer needs {n} rows (from z_s[0]); z_s[{layer}] has {tuple(layer_s.shape)}"

@@ -29,6 +29,9 @@ def mmd_from_kernel_matrix(
     return h.mean()
 
 
+EQUAL_BATCHES_HINT = " The estimator pairs examples: draw equal batches or truncate the larger one."
+
+
 class MultipleKernelMaximumMeanDiscrepancy(nn.Module):
     r"""The MK-MMD loss of DAN.
 
@@ -74,7 +77,7 @@ class MultipleKernelMaximumMeanDiscrepancy(nn.Module):
         self.linear = linear
 
     def forward(self, z_s: torch.Tensor, z_t: torch.Tensor) -> LossOutput:
-        check_pair("z_s", z_s, "z_t", z_t, same_rows=True)
+        check_pair("z_s", z_s, "z_t", z_t, same_rows=True, hint=EQUAL_BATCHES_HINT)
         if self.linear and z_s.shape[0] < 2:
             raise ValueError(f"the linear MMD estimator needs batches of 2+ examples; got {tuple(z_s.shape)}")
         features = torch.cat([z_s, z_t])
