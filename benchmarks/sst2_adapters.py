@@ -32,7 +32,9 @@ def run(config: str, out: Path, extra: list[str]) -> dict:
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as fh:
-        code = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        code = subprocess.call(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
     seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"{config} failed (exit {code}); see {log}")

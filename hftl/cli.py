@@ -22,14 +22,18 @@ from hftl.errors import HftlError
 
 def recipe_names() -> list[str]:
     root = resources.files("hftl.recipes")
-    return sorted(p.name[:-3] for p in root.iterdir() if p.name.endswith(".py") and not p.name.startswith("_"))
+    return sorted(
+        p.name[:-3] for p in root.iterdir() if p.name.endswith(".py") and not p.name.startswith("_")
+    )
 
 
 def recipe_file(name: str) -> Path:
     if name not in recipe_names():
         close = difflib.get_close_matches(name, recipe_names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise HftlError(f"Unknown recipe {name!r}; available: {', '.join(recipe_names())}.{hint} (`hftl ls` lists them)")
+        raise HftlError(
+            f"Unknown recipe {name!r}; available: {', '.join(recipe_names())}.{hint} (`hftl ls` lists them)"
+        )
     return Path(str(resources.files("hftl.recipes") / f"{name}.py"))
 
 
@@ -65,7 +69,14 @@ def _launch(path: Path, num_processes: int, extra: list[str]) -> int:
     import torch
 
     env = dict(os.environ)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes), "--multi_gpu"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        str(num_processes),
+        "--multi_gpu",
+    ]
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "1"  # `--cpu --num_processes N` would silently run one process
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(path)]
@@ -124,13 +135,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if split not in data:
         raise HftlError(f"--split {split!r} is not in the data; available splits: {', '.join(data)}")
     acc = Accelerator(cpu=args.cpu)
-    loader = acc.prepare(build_loader(data[split], collate_fn=model.encoder.collator(train=False), batch_size=args.batch_size, shuffle=False))
+    loader = acc.prepare(
+        build_loader(
+            data[split],
+            collate_fn=model.encoder.collator(train=False),
+            batch_size=args.batch_size,
+            shuffle=False,
+        )
+    )
     out = collect_predictions(acc, acc.prepare(model), loader)
     if "references" not in out:
-        raise HftlError(f"Split {split!r} has no labels, so it cannot be scored; pass labelled data with --data")
+        raise HftlError(
+            f"Split {split!r} has no labels, so it cannot be scored; pass labelled data with --data"
+        )
     report = classification_report(out["predictions"], out["references"], meta["label_names"])
     print(format_report(report, title=f"{split} ({len(data[split])} examples)"))
-    target = Path(args.output) if args.output else find_model_dir(args.output_dir).parent / f"eval_{split}.json"
+    target = (
+        Path(args.output) if args.output else find_model_dir(args.output_dir).parent / f"eval_{split}.json"
+    )
     write_metrics(target, {split: report, "data": args.data or "config"})
     print(f"Metrics written to {target}")
     return 0
@@ -141,7 +163,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     predictor = Predictor.from_pretrained(args.output_dir, allow_any_component=args.allow_any_component)
     results = predictor(args.inputs, batch_size=args.batch_size)
-    for item, res in zip(args.inputs, results):
+    for item, res in zip(args.inputs, results, strict=True):
         if args.json:
             print(json.dumps({"input": str(item), **res}))
         else:
@@ -153,29 +175,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hftl", description="Transfer pretrained encoders to new domains.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("ls", help="List recipes and their shipped configs.")
-    run = sub.add_parser("run", help="Run a recipe: hftl run finetune --config text/minilm_lora_sst2 key=value ...")
+    run = sub.add_parser(
+        "run", help="Run a recipe: hftl run finetune --config text/minilm_lora_sst2 key=value ..."
+    )
     run.add_argument("recipe")
-    run.add_argument("--num-processes", type=int, default=1, help="Data-parallel processes (accelerate launch).")
+    run.add_argument(
+        "--num-processes", type=int, default=1, help="Data-parallel processes (accelerate launch)."
+    )
     val = sub.add_parser("validate", help="Check a config against a recipe; reports every problem at once.")
     val.add_argument("--config", required=True)
-    val.add_argument("--recipe", help="Recipe to check against (default: the config's `recipe:` key, else finetune).")
+    val.add_argument(
+        "--recipe", help="Recipe to check against (default: the config's `recipe:` key, else finetune)."
+    )
     val.add_argument("--allow-any-component", action="store_true")
     val.add_argument("overrides", nargs="*")
-    cp = sub.add_parser("cp", help="Copy a recipe or shipped config to edit it: hftl cp finetune ./my_recipe.py")
+    cp = sub.add_parser(
+        "cp", help="Copy a recipe or shipped config to edit it: hftl cp finetune ./my_recipe.py"
+    )
     cp.add_argument("name")
     cp.add_argument("dest")
     cp.add_argument("--force", action="store_true", help="Overwrite an existing file.")
     ev = sub.add_parser("eval", help="Score a saved model on a labelled split.")
     ev.add_argument("output_dir")
-    ev.add_argument("--data", help="A data file/dir (csv, tsv, jsonl, parquet, audiofolder, ...); default: the training config's data.")
-    ev.add_argument("--split", help="Split to score (default: test of the config's data, or the whole --data file).")
+    ev.add_argument(
+        "--data",
+        help="A data file/dir (csv, tsv, jsonl, parquet, audiofolder, ...); default: the training config's data.",
+    )
+    ev.add_argument(
+        "--split", help="Split to score (default: test of the config's data, or the whole --data file)."
+    )
     ev.add_argument("--input-column")
     ev.add_argument("--label-column", default="label")
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--output", help="Where to write the metrics JSON (default: OUTPUT_DIR/eval_SPLIT.json).")
     ev.add_argument("--cpu", action="store_true")
     ev.add_argument("--allow-any-component", action="store_true")
-    pr = sub.add_parser("predict", help="Predict labels: hftl predict OUTPUT_DIR 'some text' | file.wav | image.png")
+    pr = sub.add_parser(
+        "predict", help="Predict labels: hftl predict OUTPUT_DIR 'some text' | file.wav | image.png"
+    )
     pr.add_argument("output_dir")
     pr.add_argument("inputs", nargs="+")
     pr.add_argument("--batch-size", type=int, default=32)
@@ -193,7 +230,13 @@ def main(argv: list[str] | None = None) -> int:
             processes, rest = _pop_num_processes(rest)
             return cmd_run(argparse.Namespace(recipe=recipe, num_processes=processes), rest)
         args = build_parser().parse_args(argv)
-        handler = {"ls": cmd_ls, "validate": cmd_validate, "cp": cmd_cp, "eval": cmd_eval, "predict": cmd_predict}[args.command]
+        handler = {
+            "ls": cmd_ls,
+            "validate": cmd_validate,
+            "cp": cmd_cp,
+            "eval": cmd_eval,
+            "predict": cmd_predict,
+        }[args.command]
         return handler(args)
     except HftlError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -28,7 +28,9 @@ class Predictor:
         self.collate = model.encoder.collator(train=False)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, device: str | None = None, allow_any_component: bool = False) -> Predictor:
+    def from_pretrained(
+        cls, path: str | Path, *, device: str | None = None, allow_any_component: bool = False
+    ) -> Predictor:
         model, _, meta = load_model(path, allow_any_component=allow_any_component)
         return cls(model, meta, device=device)
 
@@ -60,5 +62,11 @@ class Predictor:
             probs = self.model(**batch).logits.float().softmax(-1).cpu()
             for p in probs:
                 i = int(p.argmax())
-                results.append({"label": names[i], "score": float(p[i]), "scores": dict(zip(names, map(float, p), strict=True))})
+                results.append(
+                    {
+                        "label": names[i],
+                        "score": float(p[i]),
+                        "scores": dict(zip(names, map(float, p), strict=True)),
+                    }
+                )
         return results

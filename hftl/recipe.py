@@ -31,18 +31,24 @@ class RecipeClass(Protocol):
 
 
 def recipe_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Run an hftl recipe. Overrides: key.sub=value, ~key to delete.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Run an hftl recipe. Overrides: key.sub=value, ~key to delete."
+    )
     parser.add_argument("--config", required=True, help="Shipped config name (see `hftl ls`) or a YAML file.")
     parser.add_argument(
         "--allow-any-component",
         action="store_true",
         help="Let `_component_` import from any module (default: hftl, torch, transformers, peft, accelerate, datasets).",
     )
-    parser.add_argument("overrides", nargs="*", help="Dotted overrides such as optimizer.lr=3e-4 train.epochs=1.")
+    parser.add_argument(
+        "overrides", nargs="*", help="Dotted overrides such as optimizer.lr=3e-4 train.epochs=1."
+    )
     return parser
 
 
-def load_and_validate(recipe: type[RecipeClass], name_or_path: str, overrides: Sequence[str], *, allow_any: bool) -> DictConfig:
+def load_and_validate(
+    recipe: type[RecipeClass], name_or_path: str, overrides: Sequence[str], *, allow_any: bool
+) -> DictConfig:
     """Loads a config, applies overrides and reports every problem at once, before any weights load."""
     from hftl.config import load_config, resolve_config_path, validate_config
 
@@ -58,10 +64,14 @@ def load_and_validate(recipe: type[RecipeClass], name_or_path: str, overrides: S
     return cfg
 
 
-def recipe_main(recipe: type[RecipeClass], argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+def recipe_main(
+    recipe: type[RecipeClass], argv: Sequence[str] | None = None, *, prog: str | None = None
+) -> int:
     """Parses ``argv``, runs the recipe, prints user errors as one clear message (exit code 2)."""
     args = recipe_parser(prog or f"hftl run {recipe.__module__.rsplit('.', 1)[-1]}").parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HFTL_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("HFTL_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         cfg = load_and_validate(recipe, args.config, args.overrides, allow_any=args.allow_any_component)
         recipe(cfg, allow_any_component=args.allow_any_component).run()

@@ -30,7 +30,7 @@ from hftl.adaptation.selection import CRITERIA, score
 from hftl.config import instantiate, to_dataclass
 from hftl.data.paired import PairedLoader
 from hftl.errors import ConfigError
-from hftl.evaluation import classification_report, write_metrics
+from hftl.evaluation import write_metrics
 from hftl.models import Classifier, count_parameters
 from hftl.models.io import save_model
 from hftl.recipe import recipe_main
@@ -116,14 +116,20 @@ class AdaptRecipe:
                 f"`source` labels {self.source_data.label_names} differ from `target` labels "
                 f"{self.target_data.label_names}; set `label_names` on both to the same list"
             )
-        for name, splits, needed in (("source", self.source, ("train", "validation")), ("target", self.target, ("train", "test"))):
+        for name, splits, needed in (
+            ("source", self.source, ("train", "validation")),
+            ("target", self.target, ("train", "test")),
+        ):
             missing = [s for s in needed if s not in splits]
             if missing:
-                raise ConfigError(f"`{name}` data lacks split(s) {missing}; found {sorted(splits)}. Map them with `{name}.splits`.")
+                raise ConfigError(
+                    f"`{name}` data lacks split(s) {missing}; found {sorted(splits)}. Map them with `{name}.splits`."
+                )
 
     # -- one method --------------------------------------------------------------------------------
     def _loaders(self, encoder, method) -> tuple[Any, dict[str, Any]]:
         tc, acc = self.train_cfg, self.accelerator
+
         def loader(ds, *, train: bool, shuffle: bool, seed: int = self.seed):
             return acc.prepare(build_loader(
                 ds, collate_fn=encoder.collator(train=train), batch_size=tc.batch_size if train else tc.eval_batch_size or 2 * tc.batch_size,
@@ -140,12 +146,18 @@ class AdaptRecipe:
         else:
             train = loader(self.source["train"], train=True, shuffle=True)
         rng = np.random.default_rng(self.seed)
+
         def subset(ds, n):
             return ds.select(sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False)))
+
         evals = {
             "source_val": loader(self.source["validation"], train=False, shuffle=False),
-            "source_train": loader(subset(self.source["train"], self.selection.max_source_samples), train=False, shuffle=False),
-            "target_train": loader(subset(self.target["train"], self.selection.max_target_samples), train=False, shuffle=False),
+            "source_train": loader(
+                subset(self.source["train"], self.selection.max_source_samples), train=False, shuffle=False
+            ),
+            "target_train": loader(
+                subset(self.target["train"], self.selection.max_target_samples), train=False, shuffle=False
+            ),
             "target_test": loader(self.target["test"], train=False, shuffle=False),
         }
         return train, evals
@@ -171,7 +183,9 @@ class AdaptRecipe:
             out["labels"], out["losses"] = torch.cat(labels).numpy(), torch.cat(losses).numpy()
         return out
 
-    def _score(self, model: nn.Module, evals: dict[str, Any], running: dict[str, list[float]]) -> dict[str, float]:
+    def _score(
+        self, model: nn.Module, evals: dict[str, Any], running: dict[str, list[float]]
+    ) -> dict[str, float]:
         """Every selection criterion (none reads target labels) + target test accuracy for the report only."""
         o = {name: self._outputs(model, loader) for name, loader in evals.items()}
         inputs = {
@@ -181,7 +195,9 @@ class AdaptRecipe:
             "losses_s_val": o["source_val"]["losses"],
         }  # fmt: skip
         scores = {name: score(inputs, name) for name in CRITERIA}
-        scores["target_test_acc"] = float((o["target_test"]["probs"].argmax(-1) == o["target_test"]["labels"]).mean())
+        scores["target_test_acc"] = float(
+            (o["target_test"]["probs"].argmax(-1) == o["target_test"]["labels"]).mean()
+        )
         for k, v in running.items():
             if v:
                 scores[f"train_{k}"] = float(np.mean(v))
@@ -200,7 +216,9 @@ class AdaptRecipe:
         train_loader, evals = self._loaders(encoder, method)
         model, optimizer = acc.prepare(model, optimizer)
         total = steps_for(tc, len(train_loader))
-        scheduler = acc.prepare(build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes))
+        scheduler = acc.prepare(
+            build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes)
+        )
         running: dict[str, list[float]] = {}
         engine: Engine | None = None
 
@@ -277,7 +295,11 @@ class AdaptRecipe:
         self.accelerator = build_accelerator(self.train_cfg, self.output_dir)
         self.load_data()
         main_name = self._method_name()
-        plan = [(b, OmegaConf.create({"_component_": BASELINES[b]})) for b in self.report.baselines if b != main_name]
+        plan = [
+            (b, OmegaConf.create({"_component_": BASELINES[b]}))
+            for b in self.report.baselines
+            if b != main_name
+        ]
         plan.append((main_name, self.cfg.method))
         results: dict[str, Any] = {}
         for name, node in plan:
@@ -287,10 +309,21 @@ class AdaptRecipe:
         metrics = {"method": main_name, "selection_criterion": self.selection.criterion, "results": results}
         self.print_report(metrics)
         if self.accelerator.is_main_process:
-            meta_metrics = {"target_test_acc": results[main_name]["target_test_acc"], **{k: v for k, v in metrics.items() if k != "results"}}
-            path = save_model(main_model, self.output_dir / "model", adapter_kind=self._adapter_kind(), config=self.cfg, metrics=meta_metrics)
+            meta_metrics = {
+                "target_test_acc": results[main_name]["target_test_acc"],
+                **{k: v for k, v in metrics.items() if k != "results"},
+            }
+            path = save_model(
+                main_model,
+                self.output_dir / "model",
+                adapter_kind=self._adapter_kind(),
+                config=self.cfg,
+                metrics=meta_metrics,
+            )
             write_metrics(self.output_dir / "metrics.json", metrics)
-            self.accelerator.print(f"Model ({main_name}) written to {path}; metrics in {self.output_dir / 'metrics.json'}")
+            self.accelerator.print(
+                f"Model ({main_name}) written to {path}; metrics in {self.output_dir / 'metrics.json'}"
+            )
         self.accelerator.end_training()
         return metrics
 
@@ -313,7 +346,9 @@ class AdaptRecipe:
         for name, r in rows.items():
             pad = r.get("proxy_a_distance")
             pad_s = f"{pad['before']:.2f} → {pad['after']:.2f}" if pad else "-"
-            lines.append(f"{name:<16}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}")
+            lines.append(
+                f"{name:<16}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}"
+            )
         main, so = metrics["method"], rows.get("source_only")
         if so and main != "source_only" and rows[main]["target_test_acc"] < so["target_test_acc"]:
             lines.append(f"WARNING: negative transfer: {main} is below source-only on the target test set.")

@@ -52,7 +52,9 @@ class FinetuneRecipe:
         self.data = self._build("data")
         splits = self.data.load()
         if "train" not in splits:
-            raise ConfigError(f"`data` has no train split (found {sorted(splits)}); map one with `data.splits`")
+            raise ConfigError(
+                f"`data` has no train split (found {sorted(splits)}); map one with `data.splits`"
+            )
         self.splits, self.label_names = splits, self.data.label_names
 
         encoder = self._build("encoder")
@@ -76,7 +78,9 @@ class FinetuneRecipe:
         )  # fmt: skip
         eval_bs = tc.eval_batch_size or 2 * tc.batch_size
         self.eval_loaders = {
-            name: build_loader(splits[name], collate_fn=encoder.collator(train=False), batch_size=eval_bs, shuffle=False)
+            name: build_loader(
+                splits[name], collate_fn=encoder.collator(train=False), batch_size=eval_bs, shuffle=False
+            )
             for name in ("validation", "test")
             if name in splits
         }
@@ -84,7 +88,9 @@ class FinetuneRecipe:
         for name, loader in self.eval_loaders.items():
             self.eval_loaders[name] = self.accelerator.prepare(loader)
         self.total_steps = steps_for(tc, len(train_loader))
-        scheduler = build_scheduler(tc, optimizer, total_steps=self.total_steps, num_processes=self.accelerator.num_processes)
+        scheduler = build_scheduler(
+            tc, optimizer, total_steps=self.total_steps, num_processes=self.accelerator.num_processes
+        )
         scheduler = self.accelerator.prepare(scheduler)
         self.engine = Engine(
             accelerator=self.accelerator, model=self.model, optimizer=optimizer, scheduler=scheduler,
@@ -103,7 +109,9 @@ class FinetuneRecipe:
             "Device / precision": f"{self.accelerator.device} / {tc.mixed_precision}",
             "Output": str(self.output_dir),
         })  # fmt: skip
-        self.accelerator.init_trackers("hftl", config={k: v for k, v in vars(tc).items() if isinstance(v, int | float | str | bool)})
+        self.accelerator.init_trackers(
+            "hftl", config={k: v for k, v in vars(tc).items() if isinstance(v, int | float | str | bool)}
+        )
 
     def score(self, split: str) -> dict[str, Any]:
         out = collect_predictions(self.accelerator, self.model, self.eval_loaders[split], desc=split)
@@ -118,14 +126,22 @@ class FinetuneRecipe:
         for split in self.eval_loaders:
             report = self.score(split)
             metrics[split] = report
-            self.accelerator.print(format_report(report, title=f"{split} ({len(self.splits[split])} examples)"))
+            self.accelerator.print(
+                format_report(report, title=f"{split} ({len(self.splits[split])} examples)")
+            )
         metrics["history"] = self.state.history
         return metrics
 
     def save(self, metrics: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             model = self.accelerator.unwrap_model(self.model)
-            path = save_model(model, self.output_dir / MODEL_DIRNAME, adapter_kind=self.adapter.kind, config=self.cfg, metrics=metrics)
+            path = save_model(
+                model,
+                self.output_dir / MODEL_DIRNAME,
+                adapter_kind=self.adapter.kind,
+                config=self.cfg,
+                metrics=metrics,
+            )
             write_metrics(self.output_dir / "metrics.json", metrics)
             self.accelerator.print(f"Model written to {path}; metrics in {self.output_dir / 'metrics.json'}")
         self.accelerator.wait_for_everyone()

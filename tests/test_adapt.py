@@ -28,7 +28,9 @@ def write_csv(path: Path, n: int, words: dict[str, str], seed: int, *, flip_labe
     return str(path)
 
 
-def adapt_config(tmp_path: Path, tiny: str, method: str, *, target_train: str | None = None, **method_args) -> dict:
+def adapt_config(
+    tmp_path: Path, tiny: str, method: str, *, target_train: str | None = None, **method_args
+) -> dict:
     return {
         "recipe": "adapt",
         "output_dir": str(tmp_path / f"out_{method.rsplit('.', 1)[-1]}"),
@@ -85,7 +87,9 @@ def test_each_method_trains_and_lowers_source_loss(tmp_path, tiny_models, method
     history = result["history"]
     if method.endswith("ADDA"):  # stage 2 trains only the target encoder against the discriminator
         assert "eval_train_domain_acc" in history[-1]
-    assert {"im", "snd", "dev", "source_val_acc", "target_test_acc"} <= {k[5:] for k in history[0] if k.startswith("eval_")}
+    assert {"im", "snd", "dev", "source_val_acc", "target_test_acc"} <= {
+        k[5:] for k in history[0] if k.startswith("eval_")
+    }
     assert history[-1]["eval_source_val_acc"] >= 0.75  # the source task is learnt while adapting
 
 
@@ -109,10 +113,17 @@ def test_target_training_labels_cannot_change_the_model(tmp_path, tiny_models):
         sub = tmp_path / f"flip{flip}"
         sub.mkdir()
         train = write_csv(sub / "target_train.csv", 32, TARGET_WORDS, 1, flip_labels=flip)
-        cfg = adapt_config(sub, tiny_models["bert"], "hftl.adaptation.DANN", target_train=train, hidden_features=16)
+        cfg = adapt_config(
+            sub, tiny_models["bert"], "hftl.adaptation.DANN", target_train=train, hidden_features=16
+        )
         run(cfg, sub / "cfg.yaml")
         model_dir = Path(cfg["output_dir"]) / "model"
-        weights.append({**load_file(model_dir / "head.safetensors"), **load_file(model_dir / "encoder" / "model.safetensors")})
+        weights.append(
+            {
+                **load_file(model_dir / "head.safetensors"),
+                **load_file(model_dir / "encoder" / "model.safetensors"),
+            }
+        )
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert (weights[0][name] == weights[1][name]).all(), name

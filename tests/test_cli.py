@@ -102,10 +102,19 @@ def test_audio_finetune_end_to_end(tmp_path, tiny_models):
     for i in range(24):  # two "classes": low vs high tone, 8 kHz (resampled to 16 kHz by the collator)
         freq = 300 if i % 2 else 1500
         t = np.arange(int(8000 * rng.uniform(0.3, 0.6))) / 8000
-        sf.write(tmp_path / f"clip{i}.wav", 0.5 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size), 8000)
+        sf.write(
+            tmp_path / f"clip{i}.wav",
+            0.5 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size),
+            8000,
+        )
         rows.append(f"clip{i}.wav,{'low' if i % 2 else 'high'}")
     (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
-    enc = {"_component_": "hftl.encoders.AudioEncoder", "model": tiny_models["wav2vec2"], "max_duration": 0.5, "pooling": "stats"}
+    enc = {
+        "_component_": "hftl.encoders.AudioEncoder",
+        "model": tiny_models["wav2vec2"],
+        "max_duration": 0.5,
+        "pooling": "stats",
+    }
     data = {"path": str(tmp_path / "clips.csv"), "validation_size": 0.25, "test_size": 0.25}
     cfg = base_config(enc, data, tmp_path / "out", epochs=1, batch_size=4)
     assert hftl(["run", "finetune", "--config", dump(cfg, tmp_path / "cfg.yaml")]) == 0
@@ -132,7 +141,13 @@ def test_validate_reports_every_problem_at_once(tmp_path, text_config, capsys):
     assert hftl(["validate", "--config", config]) == 2
     err = capsys.readouterr().err
     assert "4 config errors" in err
-    for needle in ("`optimizer.lrr`", "did you mean `lr`", "`train.epochs`", "`head.in_features`", "`encoder.poolin`"):
+    for needle in (
+        "`optimizer.lrr`",
+        "did you mean `lr`",
+        "`train.epochs`",
+        "`head.in_features`",
+        "`encoder.poolin`",
+    ):
         assert needle in err
     assert "Traceback" not in err
     assert not Path(text_config["output_dir"]).exists()  # nothing was written
@@ -142,7 +157,12 @@ def test_validate_ok_and_shipped_configs(capsys):
     assert hftl(["ls"]) == 0
     listing = capsys.readouterr().out
     assert "finetune" in listing and "text/minilm_lora_sst2" in listing
-    for name in ("text/minilm_lora_sst2", "text/minilm_full_sst2", "text/minilm_probe_sst2", "vision/digits_resnet"):
+    for name in (
+        "text/minilm_lora_sst2",
+        "text/minilm_full_sst2",
+        "text/minilm_probe_sst2",
+        "vision/digits_resnet",
+    ):
         assert hftl(["validate", "--config", name]) == 0, name
 
 

@@ -33,4 +33,7 @@ def test_minilm_lora_steps_change_only_the_adapter(tmp_path, minilm_path, data_d
     assert code == 0
     enc = Path(out) / "model" / "encoder"
     assert (enc / "adapter_config.json").is_file() and not (enc / "model.safetensors").exists()
-    assert json.loads((out / "model" / "hftl_model.json").read_text())["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert (
+        json.loads((out / "model" / "hftl_model.json").read_text())["base_model"]
+        == "sentence-transformers/all-MiniLM-L6-v2"
+    )

@@ -20,7 +20,8 @@ class SelectionConfig:
         },
     )
     max_target_samples: int = field(
-        default=1000, metadata={"help": "Unlabelled target examples scored at each evaluation (seeded subset)."}
+        default=1000,
+        metadata={"help": "Unlabelled target examples scored at each evaluation (seeded subset)."},
     )
     max_source_samples: int = field(
         default=1000, metadata={"help": "Source training examples used by `dev` (seeded subset)."}
@@ -37,6 +38,8 @@ class ReportConfig:
     )
     diagnostics: bool = field(
         default=True,
-        metadata={"help": "Proxy A-distance before/after adaptation and a source-vs-target feature plot (PNG)."},
+        metadata={
+            "help": "Proxy A-distance before/after adaptation and a source-vs-target feature plot (PNG)."
+        },
     )
     plot: Literal["tsne", "pca"] = field(default="pca", metadata={"help": "Projection of the feature plot."})

@@ -50,7 +50,13 @@ class AdaptationMethod(nn.Module):
         self.trade_off = trade_off
 
     def forward(
-        self, *, f_s: torch.Tensor, f_t: torch.Tensor, logits_s: torch.Tensor, logits_t: torch.Tensor, progress: float
+        self,
+        *,
+        f_s: torch.Tensor,
+        f_t: torch.Tensor,
+        logits_s: torch.Tensor,
+        logits_t: torch.Tensor,
+        progress: float,
     ) -> LossOutput:
         raise NotImplementedError
 
@@ -123,7 +129,10 @@ class CDAN(_Adversarial):
     ):  # fmt: skip
         super().__init__(trade_off=trade_off, grl_alpha=grl_alpha, grl_max=grl_max)
         width = ConditionalDomainAdversarialLoss.discriminator_in_features(
-            num_classes=num_classes, features_dim=in_features, randomized=randomized, randomized_dim=randomized_dim
+            num_classes=num_classes,
+            features_dim=in_features,
+            randomized=randomized,
+            randomized_dim=randomized_dim,
         )
         self.loss = ConditionalDomainAdversarialLoss(
             DomainDiscriminator(width, hidden_features=hidden_features), num_classes=num_classes,
@@ -151,7 +160,10 @@ class MDD(_Adversarial):
         super().__init__(trade_off=trade_off, grl_alpha=grl_alpha, grl_max=grl_max)
         self.grl = GradientReverseLayer()
         self.adv_head = nn.Sequential(
-            nn.Linear(in_features, hidden_features), nn.ReLU(), nn.Dropout(0.5), nn.Linear(hidden_features, num_classes)
+            nn.Linear(in_features, hidden_features),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(hidden_features, num_classes),
         )
         self.loss = MarginDisparityDiscrepancy(margin=margin)
 
@@ -166,7 +178,9 @@ class MCC(AdaptationMethod):
 
     name = "mcc"
 
-    def __init__(self, *, in_features: int, num_classes: int, trade_off: float = 1.0, temperature: float = 2.5):
+    def __init__(
+        self, *, in_features: int, num_classes: int, trade_off: float = 1.0, temperature: float = 2.5
+    ):
         super().__init__(trade_off=trade_off)
         self.loss = MinimumClassConfusionLoss(temperature=temperature)
 
@@ -266,7 +280,9 @@ class ADDA(AdaptationMethod):
         if not 0.0 < stage2_fraction < 1.0:
             raise ConfigError(f"`method.stage2_fraction` must be in (0, 1); got {stage2_fraction}")
         self.stage2_fraction = stage2_fraction
-        self.discriminator = DomainDiscriminator(in_features, hidden_features=hidden_features, batch_norm=False)
+        self.discriminator = DomainDiscriminator(
+            in_features, hidden_features=hidden_features, batch_norm=False
+        )
 
     def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
         bce = nn.functional.binary_cross_entropy_with_logits

@@ -16,13 +16,19 @@ LORA_TARGETS: dict[str, list[str]] = {
     "roberta": ["query", "value"],
     "xlm-roberta": ["query", "value"],
     "distilbert": ["q_lin", "v_lin"],
-    **{t: ["q_proj", "v_proj"] for t in ("vit", "deit", "wav2vec2", "hubert", "wavlm", "audio-spectrogram-transformer", "whisper")},
+    **{
+        t: ["q_proj", "v_proj"]
+        for t in ("vit", "deit", "wav2vec2", "hubert", "wavlm", "audio-spectrogram-transformer", "whisper")
+    },
 }
 # IA3 rescales keys, values and the feed-forward output (Liu et al. 2022).
 IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "bert": (["key", "value", "output.dense"], ["output.dense"]),
     "roberta": (["key", "value", "output.dense"], ["output.dense"]),
-    **{t: (["k_proj", "v_proj", "fc2"], ["fc2"]) for t in ("vit", "deit", "audio-spectrogram-transformer", "whisper")},
+    **{
+        t: (["k_proj", "v_proj", "fc2"], ["fc2"])
+        for t in ("vit", "deit", "audio-spectrogram-transformer", "whisper")
+    },
     **{
         t: (["k_proj", "v_proj", "feed_forward.output_dense"], ["feed_forward.output_dense"])
         for t in ("wav2vec2", "hubert", "wavlm")
@@ -111,7 +117,9 @@ class IA3(_PeftAdapter):
             (scaled on their input rather than output).
     """
 
-    def __init__(self, *, target_modules: list[str] | None = None, feedforward_modules: list[str] | None = None):
+    def __init__(
+        self, *, target_modules: list[str] | None = None, feedforward_modules: list[str] | None = None
+    ):
         self.target_modules, self.feedforward_modules = target_modules, feedforward_modules
 
     def _config(self, model_type: str):

@@ -46,7 +46,9 @@ class AudioEncoder(Encoder):
     def load_processor(cls, path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
         from transformers import AutoFeatureExtractor
 
-        return AutoFeatureExtractor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        return AutoFeatureExtractor.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code
+        )
 
     def output_mask(self, inputs: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor | None:
         mask = inputs.get("attention_mask")

@@ -115,7 +115,9 @@ class Encoder(nn.Module):
             from transformers import AutoModel
 
             if processor is None:
-                raise ConfigError("`encoder.processor` is required when `encoder.model` is a config (nothing to load it from)")
+                raise ConfigError(
+                    "`encoder.processor` is required when `encoder.model` is a config (nothing to load it from)"
+                )
             self.name_or_path = f"{model.model_type} (random init from config)"
             self.backbone, self.processor = AutoModel.from_config(model), processor
         else:
@@ -125,7 +127,9 @@ class Encoder(nn.Module):
             self.backbone = self.backbone.get_encoder()  # e.g. Whisper: keep the encoder only
         num_layers = getattr(self.backbone.config, "num_hidden_layers", None)
         if num_layers is not None and not -num_layers - 1 <= layer <= num_layers:
-            raise ConfigError(f"`encoder.layer` = {layer} is outside -{num_layers + 1}..{num_layers} for this {num_layers}-layer model")
+            raise ConfigError(
+                f"`encoder.layer` = {layer} is outside -{num_layers + 1}..{num_layers} for this {num_layers}-layer model"
+            )
         self.layer = layer
         self.pool = Pooling(pooling, hidden_size_of(self.backbone.config))
         self.out_features = self.pool.out_features
@@ -155,7 +159,9 @@ class Encoder(nn.Module):
         params = [p for n, p in self.base_model.named_parameters() if n.startswith(prefix)]
         if not params:
             names = sorted({n.split(".")[0] for n, _ in self.base_model.named_parameters()})
-            raise ConfigError(f"`encoder.freeze_modules`: no backbone module starts with {prefix!r}; top-level modules are {names}")
+            raise ConfigError(
+                f"`encoder.freeze_modules`: no backbone module starts with {prefix!r}; top-level modules are {names}"
+            )
         for p in params:
             p.requires_grad_(False)
 

@@ -24,7 +24,9 @@ class VisionEncoder(Encoder):
     def load_processor(cls, path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
         from transformers import AutoImageProcessor
 
-        return AutoImageProcessor.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        return AutoImageProcessor.from_pretrained(
+            path, revision=revision, trust_remote_code=trust_remote_code
+        )
 
     def collator(self, *, train: bool) -> Any:
         from hftl.data import ImageCollator

@@ -64,7 +64,9 @@ def _write_model_dir(
         encoder.backbone.save_pretrained(tmp / "encoder", safe_serialization=True)
     if encoder.processor is not None:
         encoder.processor.save_pretrained(tmp / "encoder")
-    save_file({k: v.contiguous() for k, v in model.non_backbone_state_dict().items()}, str(tmp / "head.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.non_backbone_state_dict().items()}, str(tmp / "head.safetensors")
+    )
     meta = {
         "format": 1,
         "hftl_version": hftl.__version__,
@@ -87,14 +89,18 @@ def find_model_dir(path: str | Path) -> Path:
         if (candidate / META_FILE).is_file():
             return candidate
     if not path.exists():
-        raise ModelLoadError(f"Model directory {str(path)!r} does not exist. Pass the `output_dir` of a finished `hftl run`.")
+        raise ModelLoadError(
+            f"Model directory {str(path)!r} does not exist. Pass the `output_dir` of a finished `hftl run`."
+        )
     raise ModelLoadError(
         f"{str(path)!r} is not an hftl model: no {META_FILE} in it or in {MODEL_DIRNAME}/. "
         "Pass the `output_dir` of a finished `hftl run` (or its model/ folder)."
     )
 
 
-def load_model(path: str | Path, *, allow_any_component: bool = False) -> tuple[Classifier, DictConfig, dict[str, Any]]:
+def load_model(
+    path: str | Path, *, allow_any_component: bool = False
+) -> tuple[Classifier, DictConfig, dict[str, Any]]:
     """Rebuilds a saved classifier; returns ``(model, config, meta)`` with the model in eval mode."""
     from hftl.config import instantiate
 
@@ -103,7 +109,9 @@ def load_model(path: str | Path, *, allow_any_component: bool = False) -> tuple[
         meta = json.loads((model_dir / META_FILE).read_text())
         cfg = OmegaConf.load(model_dir / "config.yaml")
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"Cannot read {model_dir}: {err}. The directory is damaged; re-run training or re-download it.") from err
+        raise ModelLoadError(
+            f"Cannot read {model_dir}: {err}. The directory is damaged; re-run training or re-download it."
+        ) from err
     missing = [k for k in ("adapter", "base_model", "label_names", "modality") if k not in meta]
     if missing or "encoder" not in cfg or "head" not in cfg:
         raise ModelLoadError(
@@ -119,12 +127,19 @@ def load_model(path: str | Path, *, allow_any_component: bool = False) -> tuple[
         from peft import PeftModel
 
         encoder.backbone = PeftModel.from_pretrained(encoder.backbone, str(enc_dir))
-    head = instantiate(cfg.head, in_features=encoder.out_features, num_labels=len(meta["label_names"]), allow_any=allow_any_component)
+    head = instantiate(
+        cfg.head,
+        in_features=encoder.out_features,
+        num_labels=len(meta["label_names"]),
+        allow_any=allow_any_component,
+    )
     model = Classifier(encoder, head, meta["label_names"])
     missing, unexpected = model.load_state_dict(load_file(str(model_dir / "head.safetensors")), strict=False)
     missing = [k for k in missing if not k.startswith("encoder.backbone.")]
     if missing or unexpected:
-        raise ModelLoadError(f"{model_dir / 'head.safetensors'} does not match the config's head: missing {missing}, unexpected {unexpected}.")
+        raise ModelLoadError(
+            f"{model_dir / 'head.safetensors'} does not match the config's head: missing {missing}, unexpected {unexpected}."
+        )
     return model.eval(), cfg, meta
 
 

@@ -22,7 +22,9 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         cpu=config.cpu,
         log_with=config.report_to or None,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")),
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")
+        ),
         dataloader_config=DataLoaderConfiguration(non_blocking=True),
     )
 
@@ -54,7 +56,9 @@ def build_loader(
     )
 
 
-def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, *, total_steps: int, num_processes: int):
+def build_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, *, total_steps: int, num_processes: int
+):
     """``transformers.get_scheduler`` with warm-up; counts are scaled because accelerate steps the
     prepared scheduler once per process."""
     from transformers import get_scheduler

@@ -19,7 +19,9 @@ class TrainConfig:
     )
     batch_size: int = field(default=32, metadata={"help": "Examples per device per micro-batch."})
     eval_batch_size: int | None = field(default=None, metadata={"help": "Defaults to 2 × `batch_size`."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "Micro-batches per optimizer step."}
+    )
     mixed_precision: Literal["no", "fp16", "bf16"] = field(
         default="no", metadata={"help": "Autocast precision (accelerate). `bf16` on recent GPUs/CPUs."}
     )
@@ -32,11 +34,13 @@ class TrainConfig:
         default=None, metadata={"help": "Validate every N optimizer steps; null = at the end of each epoch."}
     )
     save_every_steps: int | None = field(
-        default=None, metadata={"help": "Write a resumable checkpoint every N steps; null = at each evaluation."}
+        default=None,
+        metadata={"help": "Write a resumable checkpoint every N steps; null = at each evaluation."},
     )
     keep_last: int = field(default=2, metadata={"help": "Checkpoints kept on disk (older ones are deleted)."})
     resume: bool = field(
-        default=True, metadata={"help": "Continue from the newest valid checkpoint in `output_dir/checkpoints`."}
+        default=True,
+        metadata={"help": "Continue from the newest valid checkpoint in `output_dir/checkpoints`."},
     )
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after N evaluations without improvement; null = never."}
@@ -44,7 +48,9 @@ class TrainConfig:
     metric_for_best: Literal["accuracy", "macro_f1", "loss"] = field(
         default="accuracy", metadata={"help": "Validation metric that selects the best model."}
     )
-    load_best_at_end: bool = field(default=True, metadata={"help": "Restore the best validation weights at the end."})
+    load_best_at_end: bool = field(
+        default=True, metadata={"help": "Restore the best validation weights at the end."}
+    )
     group_by_length: bool = field(
         default=True, metadata={"help": "Batch texts of similar length together (less padding)."}
     )
@@ -62,7 +68,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "keep_last", "log_every_steps"):
             if getattr(self, name) < 1:
                 problems.append(f"`train.{name}` must be >= 1; got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every_steps", "save_every_steps", "early_stopping_patience", "eval_batch_size"):
+        for name in (
+            "max_steps",
+            "eval_every_steps",
+            "save_every_steps",
+            "early_stopping_patience",
+            "eval_batch_size",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"`train.{name}` must be >= 1 or null; got {value}")

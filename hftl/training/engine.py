@@ -31,7 +31,9 @@ LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict
 EvalFn = Callable[[], dict[str, float]]
 
 
-def cross_entropy_step(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+def cross_entropy_step(
+    model: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float]]:
     labels = batch.pop("labels")
     loss = nn.functional.cross_entropy(model(**batch).logits, labels)
     return loss, {}
@@ -102,12 +104,26 @@ class Engine:
         path = latest_checkpoint(self.output_dir)
         if path is None:
             return
-        self.state = TrainState(**{k: v for k, v in load_checkpoint(self.acc, path).items() if k in TrainState.__dataclass_fields__})
-        self.acc.print(f"Resumed from {path} (step {self.state.step}, epoch {self.state.epoch}, batch {self.state.batch_in_epoch})")
+        self.state = TrainState(
+            **{
+                k: v
+                for k, v in load_checkpoint(self.acc, path).items()
+                if k in TrainState.__dataclass_fields__
+            }
+        )
+        self.acc.print(
+            f"Resumed from {path} (step {self.state.step}, epoch {self.state.epoch}, batch {self.state.batch_in_epoch})"
+        )
         self._saved_step = self.state.step
 
     def save(self) -> None:
-        save_checkpoint(self.acc, self.output_dir, step=self.state.step, state=asdict(self.state), keep_last=self.cfg.keep_last)
+        save_checkpoint(
+            self.acc,
+            self.output_dir,
+            step=self.state.step,
+            state=asdict(self.state),
+            keep_last=self.cfg.keep_last,
+        )
         self._saved_step = self.state.step
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -126,7 +142,9 @@ class Engine:
     def _restore_best(self) -> None:
         state = self.state
         if not self.best_path.exists():
-            logger.warning("Cannot restore the best weights: %s is missing; keeping the final weights.", self.best_path)
+            logger.warning(
+                "Cannot restore the best weights: %s is missing; keeping the final weights.", self.best_path
+            )
             return
         with safe_open(str(self.best_path), framework="pt") as f:
             written_at = (f.metadata() or {}).get("step")
@@ -137,7 +155,9 @@ class Engine:
                 self.best_path, written_at, state.best_step,
             )  # fmt: skip
             return
-        self.acc.print(f"Restoring the best validation weights (step {state.best_step}, {self.metric} {state.best_metric:.4f})")
+        self.acc.print(
+            f"Restoring the best validation weights (step {state.best_step}, {self.metric} {state.best_metric:.4f})"
+        )
         self.acc.unwrap_model(self.model).load_state_dict(load_file(str(self.best_path)), strict=False)
 
     # -- loop --------------------------------------------------------------------------------------
@@ -158,7 +178,9 @@ class Engine:
         else:
             self.state.bad_evals += 1
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        progress.write(f"step {self.state.step}: validation {shown} (best {self.state.best_metric:.4f} @ {self.state.best_step})")
+        progress.write(
+            f"step {self.state.step}: validation {shown} (best {self.state.best_metric:.4f} @ {self.state.best_step})"
+        )
         patience = self.cfg.early_stopping_patience
         return patience is not None and self.state.bad_evals >= patience
 
@@ -181,12 +203,16 @@ class Engine:
             # fresh process starts it at 0): set the counter, which also sets the sampler's epoch.
             loader.set_epoch(epoch)
         else:
-            sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None) or getattr(loader, "sampler", None)
+            sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None) or getattr(
+                loader, "sampler", None
+            )
             if hasattr(sampler, "set_epoch"):
                 sampler.set_epoch(epoch)
         if skip and hasattr(loader, "skip_first_batches"):  # e.g. hftl.data.paired.PairedLoader
             loader = loader.skip_first_batches(skip)
-        elif skip:  # skip_first_batches copies the epoch counter and skips indices, so nothing is collated twice
+        elif (
+            skip
+        ):  # skip_first_batches copies the epoch counter and skips indices, so nothing is collated twice
             loader = self.acc.skip_first_batches(loader, skip)
         return loader
 
@@ -195,10 +221,20 @@ class Engine:
         self.maybe_resume()
         cfg, state = self.cfg, self.state
         self.model.train()
-        progress = tqdm(total=self.total_steps, initial=state.step, desc="train", disable=not self.acc.is_local_main_process, dynamic_ncols=True)
+        progress = tqdm(
+            total=self.total_steps,
+            initial=state.step,
+            desc="train",
+            disable=not self.acc.is_local_main_process,
+            dynamic_ncols=True,
+        )
         patience = cfg.early_stopping_patience
         early_stopped = self.evaluate is not None and patience is not None and state.bad_evals >= patience
-        running, count, stop = torch.zeros((), device=self.acc.device), 0, state.step >= self.total_steps or early_stopped
+        running, count, stop = (
+            torch.zeros((), device=self.acc.device),
+            0,
+            state.step >= self.total_steps or early_stopped,
+        )
         while not stop:
             for batch in self._epoch_loader(state.epoch, skip=state.batch_in_epoch):
                 loss, logs = self._optimizer_step(batch)
@@ -213,7 +249,14 @@ class Engine:
                     mean_loss = (running / count).item()
                     lr = self.scheduler.get_last_lr()[0]
                     progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=state.epoch)
-                    self.acc.log({"train/loss": mean_loss, "train/lr": lr, **{f"train/{k}": v for k, v in logs.items()}}, step=state.step)
+                    self.acc.log(
+                        {
+                            "train/loss": mean_loss,
+                            "train/lr": lr,
+                            **{f"train/{k}": v for k, v in logs.items()},
+                        },
+                        step=state.step,
+                    )
                     running, count = torch.zeros((), device=self.acc.device), 0
                 stop = state.step >= self.total_steps
                 if stop and not cfg.eval_every_steps:
@@ -221,7 +264,9 @@ class Engine:
                 evaluated = False
                 if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
                     stop, evaluated = self._validate(progress) or stop, True
-                if (cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or (evaluated and not cfg.save_every_steps):
+                if (cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or (
+                    evaluated and not cfg.save_every_steps
+                ):
                     self.save()
                 if stop:
                     break
