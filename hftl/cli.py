@@ -1,4 +1,4 @@
-"""The ``hftl`` command: ls, run, validate, cp, eval, predict.
+"""The ``hftl`` command: ls, run, validate, cp, eval, predict, data.
 
 ``hftl run RECIPE --config NAME key=value ...`` runs ``recipes/RECIPE.py`` (shipped inside the package
 as ``hftl.recipes``) exactly as ``python recipes/RECIPE.py --config ...`` would.
@@ -171,6 +171,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    import time
+
+    from hftl.data.spoken_digits import make_spoken_digits
+
+    start = time.perf_counter()
+    voices = {"voices": args.voices} if args.voices else {}  # None: the module's DEFAULT_VOICES
+    manifest = make_spoken_digits(
+        args.out,
+        per_digit=args.per_digit,
+        digits=args.digits,
+        seed=args.seed,
+        force=args.force,
+        workers=args.workers,
+        **voices,
+    )
+    with open(manifest) as f:
+        count = sum(1 for _ in f) - 1
+    print(f"Wrote {count} clips (8 kHz mono WAV) and {manifest} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _add_data_commands(sub) -> None:
+    data = sub.add_parser("data", help="Make data sets: hftl data make-spoken-digits --out DIR")
+    commands = data.add_subparsers(dest="data_command", required=True)
+    mk = commands.add_parser(
+        "make-spoken-digits",
+        help="Synthesize spoken digits 0-9 with espeak-ng (8 kHz WAV + manifest.csv, source/target voices).",
+    )
+    mk.add_argument("--out", required=True, help="Folder to create (refused if non-empty, unless --force).")
+    mk.add_argument(
+        "--voices",
+        nargs="+",
+        help="espeak-ng voices, e.g. en-us en-gb en-us+f2 (`espeak-ng --voices=en` lists them); default: "
+        "8 voices (hftl.data.spoken_digits.DEFAULT_VOICES).",
+    )
+    mk.add_argument(
+        "--per-digit", type=int, default=6, help="Clips per voice and digit (random speed, pitch)."
+    )
+    mk.add_argument("--digits", nargs="+", type=int, default=list(range(10)), help="Digits to say (0-9).")
+    mk.add_argument("--seed", type=int, default=0, help="Seed of the voice groups, speeds and pitches.")
+    mk.add_argument("--workers", type=int, default=2, help="Parallel espeak-ng processes.")
+    mk.add_argument("--force", action="store_true", help="Replace a non-empty --out folder.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hftl", description="Transfer pretrained encoders to new domains.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--json", action="store_true", help="One JSON object per input with all class scores.")
     pr.add_argument("--allow-any-component", action="store_true")
+    _add_data_commands(sub)
     return parser
 
 
@@ -236,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             "cp": cmd_cp,
             "eval": cmd_eval,
             "predict": cmd_predict,
+            "data": cmd_data,
         }[args.command]
         return handler(args)
     except HftlError as err:

@@ -89,6 +89,9 @@ class ClassificationData:
             ``validation`` when the source has none; 0 disables.
         test_size: same for ``test``; None disables.
         unlabeled_splits: splits whose label column is dropped (target-domain training data).
+        filters: keep only the rows whose column value is listed, e.g. ``{speaker: [george, jackson]}``;
+            applied to every split right after reading the source (and mapping ``splits``), before
+            carving. Values are compared as strings; a ClassLabel column matches class ids or names.
         max_samples: keep a seeded random subset of at most this many rows per split (an int for
             every split or ``{split: n}``).
         seed: seed of the carved splits and of ``max_samples``.
@@ -114,6 +117,7 @@ class ClassificationData:
         validation_size: float | int = 0.1,
         test_size: float | int | None = None,
         unlabeled_splits: list[str] = [],  # noqa: B006 (never mutated; the documented config default)
+        filters: dict[str, list] | None = None,
         max_samples: int | dict[str, int] | None = None,
         seed: int = 42,
         delimiter: str | None = None,
@@ -128,6 +132,7 @@ class ClassificationData:
         self.splits = dict(splits or {})
         self.validation_size, self.test_size = validation_size, test_size
         self.unlabeled_splits = list(unlabeled_splits or [])
+        self.filters = filters
         self.max_samples = max_samples
         self.seed, self.delimiter, self.trust_remote_code = seed, delimiter, trust_remote_code
         self._check_args()
@@ -158,6 +163,14 @@ class ClassificationData:
         for split in self.unlabeled_splits:
             if split not in SPLITS:
                 problems.append(f"`data.unlabeled_splits` has {split!r}; allowed: {', '.join(SPLITS)}.")
+        if self.filters is not None and not isinstance(self.filters, dict):
+            problems.append(f"`data.filters` is {self.filters!r}; allowed: {{column: [values]}} or null.")
+        for column, values in self.filters.items() if isinstance(self.filters, dict) else []:
+            if isinstance(values, str | bytes) or not hasattr(values, "__len__") or not len(values):
+                problems.append(
+                    f"`data.filters.{column}` is {values!r}; allowed: a non-empty list of the values to "
+                    f"keep, e.g. `{column}: [a, b]`."
+                )
         ms = self.max_samples
         items = ms.items() if isinstance(ms, dict) else [] if ms is None else [("*", ms)]
         for key, n in items:
@@ -210,6 +223,7 @@ class ClassificationData:
             trust_remote_code=self.trust_remote_code,
         )
         dd, folders = self._select_splits(raw, folders)
+        dd = self._filter(dd)
         carve_val = "validation" not in dd and "train" in dd and self.validation_size != 0
         carve_test = "test" not in dd and "train" in dd and self.test_size not in (None, 0)
         planned = set(dd) | ({"validation"} if carve_val else set()) | ({"test"} if carve_test else set())
@@ -259,6 +273,31 @@ class ClassificationData:
                 )
         dd = datasets.DatasetDict({target: raw[source] for target, source in mapping.items()})
         return dd, {t: folders[s] for t, s in mapping.items() if s in folders}
+
+    def _filter(self, dd: datasets.DatasetDict) -> datasets.DatasetDict:
+        """Keeps the rows whose ``filters`` columns hold one of the listed values, in every split."""
+        for split, ds in dd.items() if self.filters else []:
+            keep = np.ones(len(ds), dtype=bool)
+            for column, values in self.filters.items():
+                if column not in ds.column_names:
+                    raise DataError(
+                        f"`data.filters` names column {column!r}, which split {split!r} of {self.path} does "
+                        f"not have; available columns: {ds.column_names}. Fix or remove the filter."
+                    )
+                feature, found = ds.features[column], [str(v) for v in _column(ds, column)]
+                allowed = {str(v) for v in values}
+                if isinstance(feature, datasets.ClassLabel):  # a class id or its name
+                    allowed |= {str(feature.str2int(v)) for v in allowed if v in feature.names}
+                keep &= np.array([v in allowed for v in found], dtype=bool)
+                if not keep.any():
+                    shown = sorted(set(found))
+                    raise DataError(
+                        f"`data.filters.{column}` = {values} leaves split {split!r} of {self.path} empty; "
+                        f"values found in column {column!r}: {shown[:20]}{' ...' if len(shown) > 20 else ''}."
+                    )
+            if not keep.all():
+                dd[split] = ds.select(np.flatnonzero(keep)).flatten_indices()
+        return dd
 
     def _standardize_columns(self, dd: datasets.DatasetDict, drop_labels: set[str]) -> datasets.DatasetDict:
         """Keeps only the input column and (where wanted) the label column, renamed ``label``."""

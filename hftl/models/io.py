@@ -16,6 +16,7 @@ Weights load from safetensors only (no pickle); remote code stays off unless the
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from hftl.models.classifier import Classifier
 
 MODEL_DIRNAME = "model"
 META_FILE = "hftl_model.json"
+HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # user/name
 
 
 def save_model(
@@ -83,8 +85,15 @@ def _write_model_dir(
 
 
 def find_model_dir(path: str | Path) -> Path:
-    """Accepts a model directory or a run's output directory (which holds ``model/``)."""
+    """Accepts a model directory, a run's output directory (which holds ``model/``) or a Hub repo id.
+
+    A ``user/name`` that is not a local path is downloaded from the Hub (``hftl push`` uploads this layout).
+    """
     path = Path(path)
+    if not path.exists() and HUB_REPO_ID.match(str(path)):
+        from hftl.hub.push import download_model
+
+        path = download_model(str(path))
     for candidate in (path, path / MODEL_DIRNAME):
         if (candidate / META_FILE).is_file():
             return candidate

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 from torch.utils.data import DataLoader
 
 from hftl.data.samplers import EpochSampler
@@ -26,6 +26,9 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
             project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")
         ),
         dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        # Encoders carry modules a recipe may not use (BERT's pooler under mean pooling, a discriminator
+        # outside its stage): DDP must not wait for their gradients. No effect in a single process.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
 
