@@ -1,4 +1,4 @@
-"""The ``hftl`` command: ls, run, validate, cp, eval, predict, data.
+"""The ``hftl`` command: ls, run, validate, cp, eval, predict, data, card, push, export.
 
 ``hftl run RECIPE --config NAME key=value ...`` runs ``recipes/RECIPE.py`` (shipped inside the package
 as ``hftl.recipes``) exactly as ``python recipes/RECIPE.py --config ...`` would.
@@ -216,6 +216,74 @@ def _add_data_commands(sub) -> None:
     mk.add_argument("--force", action="store_true", help="Replace a non-empty --out folder.")
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from hftl.hub import render_card
+
+    path = render_card(
+        args.output_dir,
+        repo_id=args.repo_id,
+        license=args.license,
+        language=args.language,
+        datasets=args.dataset,
+    )
+    print(f"Model card written to {path}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from hftl.hub import push_to_hub
+
+    url = push_to_hub(
+        args.output_dir,
+        repo_id=args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        create_pr=args.create_pr,
+        commit_message=args.commit_message,
+    )
+    print(f"Pushed {args.output_dir} to {args.repo_id}: {url}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hftl.hub import export_merged
+
+    if not args.merge:
+        raise HftlError("`hftl export` needs --merge (the only export format: a merged transformers model)")
+    out = export_merged(args.output_dir, args.out, force=args.force)
+    print(f"Exported a plain transformers classifier to {out} (AutoModelFor*Classification.from_pretrained)")
+    return 0
+
+
+def _add_hub_commands(sub) -> None:
+    card = sub.add_parser("card", help="(Re)render OUTPUT_DIR/model/README.md (model card) and its plots.")
+    card.add_argument("output_dir")
+    card.add_argument("--repo-id", help="Hub repo the card is for (shown in the loading example).")
+    card.add_argument(
+        "--license", help="License id for the front matter, e.g. apache-2.0 (default: unknown)."
+    )
+    card.add_argument("--language", help="Language code of the data, e.g. en (default: inferred when known).")
+    card.add_argument("--dataset", action="append", help="Hub dataset id trained on (repeatable).")
+    push = sub.add_parser(
+        "push", help="Upload OUTPUT_DIR/model to the Hub: hftl push OUTPUT_DIR --repo-id user/name"
+    )
+    push.add_argument("output_dir")
+    push.add_argument("--repo-id", required=True, help="user/name or org/name; created when missing.")
+    visibility = push.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_true", default=True, help="(default)")
+    visibility.add_argument("--public", dest="private", action="store_false", help="Create the repo public.")
+    push.add_argument("--revision", help="Branch to commit to (created when missing).")
+    push.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
+    push.add_argument("--commit-message")
+    export = sub.add_parser(
+        "export", help="Write a plain transformers classifier: hftl export --merge OUTPUT_DIR --out DIR"
+    )
+    export.add_argument("output_dir")
+    export.add_argument("--merge", action="store_true", help="Merge LoRA/IA3 weights into the base model.")
+    export.add_argument("--out", required=True, help="Directory to write.")
+    export.add_argument("--force", action="store_true", help="Replace a non-empty --out.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hftl", description="Transfer pretrained encoders to new domains.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -264,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="One JSON object per input with all class scores.")
     pr.add_argument("--allow-any-component", action="store_true")
     _add_data_commands(sub)
+    _add_hub_commands(sub)
     return parser
 
 
@@ -283,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
             "eval": cmd_eval,
             "predict": cmd_predict,
             "data": cmd_data,
+            "card": cmd_card,
+            "push": cmd_push,
+            "export": cmd_export,
         }[args.command]
         return handler(args)
     except HftlError as err:

@@ -324,6 +324,10 @@ class AdaptRecipe:
             self.accelerator.print(
                 f"Model ({main_name}) written to {path}; metrics in {self.output_dir / 'metrics.json'}"
             )
+            if self.cfg.get("push_to_hub"):
+                from hftl.hub import push_from_config
+
+                self.accelerator.print(f"Pushed to {push_from_config(self.cfg.push_to_hub, self.output_dir)}")
         self.accelerator.end_training()
         return metrics
 

@@ -144,6 +144,10 @@ class FinetuneRecipe:
             )
             write_metrics(self.output_dir / "metrics.json", metrics)
             self.accelerator.print(f"Model written to {path}; metrics in {self.output_dir / 'metrics.json'}")
+            if self.cfg.get("push_to_hub"):
+                from hftl.hub import push_from_config
+
+                self.accelerator.print(f"Pushed to {push_from_config(self.cfg.push_to_hub, self.output_dir)}")
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
 

@@ -35,6 +35,7 @@ ADAPTER_NAMES = {
     "hftl.adapters.FullFinetune": "full fine-tuning",
     "hftl.adapters.Frozen": "frozen encoder (linear probe)",
 }
+ADAPTER_TITLES = {"lora": "LoRA adapter", "ia3": "(IA)³ adapter"}
 ADAPTER_TAGS = {"peft": None, "full": "full-finetune", "frozen": "linear-probe"}  # peft: the adapter's name
 # Shared data sets whose Hub id and language are known: (substring of a data path, Hub id or None, language).
 KNOWN_DATA: list[tuple[str, str | None, str]] = [
@@ -102,7 +103,7 @@ def build_card(
         license=license or "unknown",
         tags=list(dict.fromkeys(tags)),
         model_name=ctx["model_id"],
-        eval_results=_eval_results(ctx, data_ids) or None,
+        eval_results=_eval_results(ctx) or None,
     )
     template = resources.files("hftl.hub") / "templates" / f"{ctx['family']}.md.j2"
     return ModelCard.from_template(data, template_str=template.read_text(encoding="utf-8"), **ctx)
@@ -137,6 +138,8 @@ def card_context(model_dir: Path, *, repo_id: str | None = None) -> dict[str, An
         "adapter_kind": meta["adapter"],
         "adapter_name": ADAPTER_NAMES.get(adapter_target, adapter_target.rsplit(".", 1)[-1]),
         "adapter_args": _args(cfg.adapter),
+        "adapter_title": ADAPTER_TITLES.get(ADAPTER_NAMES.get(adapter_target, ""))
+        or ADAPTER_NAMES.get(adapter_target, adapter_target.rsplit(".", 1)[-1]),
         "encoder_args": {k: v for k, v in _args(cfg.encoder).items() if k != "model"},
         "head": str(cfg.head.get("_component_", "")).rsplit(".", 1)[-1],
         "head_args": _args(cfg.head),
@@ -196,50 +199,46 @@ def _adaptation_context(cfg, metrics: dict[str, Any], run_dir: Path | None) -> d
     }
 
 
-def _eval_results(ctx: dict[str, Any], data_ids: list[str]) -> list:
+def _eval_results(ctx: dict[str, Any]) -> list:
     """model-index entries: accuracy (and macro F1) per split for fine-tuning, per domain for adaptation."""
     from huggingface_hub import EvalResult
 
-    task = ctx["pipeline_tag"]
-    rows: list[
-        tuple[str, str, str, str, float]
-    ] = []  # (dataset name, split, metric type, metric name, value)
+    rows: list[tuple[dict, str, str, str, str, float]] = []  # (data node, name, split, metric, title, value)
     if ctx["family"] == "finetune":
+        node = ctx["data_nodes"][0]
         for split, report in ctx["splits"].items():
-            rows.append((ctx["data_name"], split, "accuracy", "Accuracy", report["accuracy"]))
+            rows.append((node, ctx["data_name"], split, "accuracy", "Accuracy", report["accuracy"]))
             if "macro_f1" in report:
-                rows.append((ctx["data_name"], split, "f1", "Macro F1", report["macro_f1"]))
+                rows.append((node, ctx["data_name"], split, "f1", "Macro F1", report["macro_f1"]))
     else:
+        source, target = ctx["data_nodes"]
         main = ctx["results"].get(ctx["method"], {})
         if ctx["adapted_acc"] is not None:
-            rows.append(
-                (f"{ctx['target_name']} (target)", "test", "accuracy", "Accuracy", ctx["adapted_acc"])
-            )
+            name = f"{ctx['target_name']} (target)"
+            rows.append((target, name, "test", "accuracy", "Accuracy", ctx["adapted_acc"]))
         if "source_val_acc" in main:
-            rows.append(
-                (
-                    f"{ctx['source_name']} (source)",
-                    "validation",
-                    "accuracy",
-                    "Accuracy",
-                    main["source_val_acc"],
-                )
-            )
-    dataset_type = data_ids[0] if len(data_ids) == 1 else None
+            name = f"{ctx['source_name']} (source)"
+            rows.append((source, name, "validation", "accuracy", "Accuracy", main["source_val_acc"]))
     return [
         EvalResult(
-            task_type=task,
-            dataset_type=dataset_type
+            task_type=ctx["pipeline_tag"],
+            dataset_type=_hub_path(node)
             or re.sub(r"\W+", "-", name.split(" (")[0]).strip("-").lower()
             or "custom",
             dataset_name=name,
             dataset_split=split,
             metric_type=metric,
-            metric_name=metric_name,
+            metric_name=title,
             metric_value=round(float(value), 4),
         )
-        for name, split, metric, metric_name, value in rows
+        for node, name, split, metric, title, value in rows
     ]
+
+
+def _hub_path(node: dict[str, Any]) -> str | None:
+    """The data's Hub id when it was loaded by one (then the split names are the Hub's own)."""
+    path = str(node.get("path", ""))
+    return path if HUB_ID.match(path) and not Path(path).exists() else None
 
 
 def _local(path: str | Path) -> Path:
@@ -271,9 +270,8 @@ def _paths(node: dict[str, Any]) -> list[str]:
 
 def _hints(node: dict[str, Any]) -> list[tuple[str | None, str]]:
     found = [(hub_id, lang) for key, hub_id, lang in KNOWN_DATA if any(key in p for p in _paths(node))]
-    path = str(node.get("path", ""))
-    if not found and HUB_ID.match(path) and not Path(path).exists():
-        found.append((path, ""))  # a Hub dataset id: language unknown
+    if not found and _hub_path(node):
+        found.append((_hub_path(node), ""))  # a Hub dataset id: language unknown
     return found
 
 

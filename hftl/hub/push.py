@@ -7,8 +7,9 @@ prints, logs or writes it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from hftl.errors import HftlError, ModelLoadError
+from hftl.errors import ConfigError, HftlError, ModelLoadError
 from hftl.models.io import find_model_dir
 
 # Never uploaded: training state, caches, editor/OS junk, and the placeholder card peft writes in encoder/.
@@ -110,8 +111,30 @@ def download_model(repo_id: str, *, revision: str | None = None) -> Path:
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
         raise ModelLoadError(
-            f"{repo_id!r} is not a local directory, and downloading it from the Hub failed: {reason}. "
+            f"{repo_id!r} does not exist locally, and downloading it from the Hub failed: {reason}. "
             "Pass an existing local model directory, or a Hub repo id you can access (log in with "
             "`hf auth login` for private repos; unset HF_HUB_OFFLINE when it is not cached yet)."
         ) from None
     return path
+
+
+PUSH_KEYS = ("repo_id", "private", "revision", "create_pr", "commit_message")
+
+
+def push_from_config(node: Any, output_dir: str | Path) -> str:
+    """Pushes a finished run as a recipe config's ``push_to_hub: {repo_id: ..., private: true}`` asks.
+
+    Raises:
+        ConfigError: the node is not a mapping with ``repo_id`` and only the keys of :func:`push_to_hub`.
+    """
+    from omegaconf import OmegaConf
+
+    args = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    unknown = sorted(set(args) - set(PUSH_KEYS)) if isinstance(args, dict) else []
+    if not isinstance(args, dict) or "repo_id" not in args or unknown:
+        raise ConfigError(
+            f"`push_to_hub` must be a mapping with `repo_id` and optionally {', '.join(PUSH_KEYS[1:])}; got "
+            f"{args!r}{f' (unknown keys {unknown})' if unknown else ''}. The model is saved: push it with "
+            f"`hftl push {output_dir} --repo-id user/name`."
+        )
+    return push_to_hub(output_dir, **args)
