@@ -73,7 +73,10 @@ def test_audio_mean_pooling_linear_head_exports_exactly(tmp_path, tiny_models, k
     _export(run, tmp_path / "hf")
 
     rng = np.random.default_rng(0)
-    clips = [rng.standard_normal(16000).astype(np.float32) * 0.1, rng.standard_normal(9000).astype(np.float32)]
+    clips = [
+        rng.standard_normal(16000).astype(np.float32) * 0.1,
+        rng.standard_normal(9000).astype(np.float32),
+    ]
     extractor = AutoFeatureExtractor.from_pretrained(tmp_path / "hf")
     inputs = extractor(clips, sampling_rate=16000, padding=True, return_tensors="pt")
     model = AutoModelForAudioClassification.from_pretrained(tmp_path / "hf").eval()

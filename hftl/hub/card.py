@@ -96,7 +96,7 @@ def build_card(
         tags += ["domain-adaptation", ctx["method"]]
     data = ModelCardData(
         base_model=ctx["base_model_id"],
-        library_name="peft" if ctx["adapter_kind"] == "peft" else "transformers",
+        library_name=ctx["library_name"],
         pipeline_tag=ctx["pipeline_tag"],
         datasets=data_ids or None,
         language=lang,
@@ -136,6 +136,7 @@ def card_context(model_dir: Path, *, repo_id: str | None = None) -> dict[str, An
         "base_model": base,
         "base_model_id": base if HUB_ID.match(base) and not Path(base).exists() else None,
         "adapter_kind": meta["adapter"],
+        "library_name": _library(model_dir, meta["adapter"]),
         "adapter_name": ADAPTER_NAMES.get(adapter_target, adapter_target.rsplit(".", 1)[-1]),
         "adapter_args": _args(cfg.adapter),
         "adapter_title": ADAPTER_TITLES.get(ADAPTER_NAMES.get(adapter_target, ""))
@@ -239,6 +240,18 @@ def _hub_path(node: dict[str, Any]) -> str | None:
     """The data's Hub id when it was loaded by one (then the split names are the Hub's own)."""
     path = str(node.get("path", ""))
     return path if HUB_ID.match(path) and not Path(path).exists() else None
+
+
+def _library(model_dir: Path, adapter_kind: str) -> str:
+    """``peft`` for adapters, ``transformers`` for a native transformers encoder, else ``hftl`` (an hftl
+    architecture such as a model trained from scratch, which needs hftl to load)."""
+    if adapter_kind == "peft":
+        return "peft"
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    config = model_dir / "encoder" / "config.json"
+    model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    return "transformers" if model_type is None or model_type in CONFIG_MAPPING_NAMES else "hftl"
 
 
 def _local(path: str | Path) -> Path:
