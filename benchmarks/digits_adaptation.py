@@ -42,6 +42,7 @@ def run(direction: str, method: str, seed: int, out: Path, baselines: bool, extr
         cmd += ["~method.hidden_features"]
     cmd += extra
     print("$", " ".join(cmd), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with open(str(out) + ".log", "w") as fh:
         code = subprocess.call(

@@ -155,7 +155,9 @@ def test_data_dir_resolver(tmp_path, monkeypatch):
 def test_data_dir_resolver_fails_with_advice(tmp_path, monkeypatch):
     monkeypatch.delenv("HFTL_DATA_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(_parse, "__file__", str(tmp_path / "a" / "b" / "c" / "_parse.py"))
+    import hftl.data.builtin as builtin  # owns the search order the resolver uses
+
+    monkeypatch.setattr(builtin, "__file__", str(tmp_path / "a" / "b" / "c" / "builtin.py"))
     cfg = _cfg(data={"path": "${hftl.data_dir:}/x.csv"})
     with pytest.raises(ConfigError) as e:
         validate_config(cfg)

@@ -6,7 +6,6 @@ import difflib
 import importlib.resources
 import inspect
 import io
-import os
 import pathlib
 import re
 from collections.abc import Sequence
@@ -196,16 +195,13 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 def _data_dir(sub: str = "") -> str:
     """Resolver ``${hftl.data_dir:}``: the folder holding the data sets, optionally joined with ``sub``."""
-    candidates = [pathlib.Path.cwd() / ".." / "shared" / "data", pathlib.Path.cwd() / "shared" / "data"]
-    candidates.append(pathlib.Path(__file__).resolve().parents[2] / ".." / "shared" / "data")
-    env = os.environ.get("HFTL_DATA_DIR")
-    found = pathlib.Path(env) if env else next((p.resolve() for p in candidates if p.is_dir()), None)
-    if found is None:
-        tried = ", ".join(str(p) for p in candidates)
-        raise ConfigError(
-            f"`${{hftl.data_dir:}}`: no data folder found (tried {tried}); set the environment variable "
-            "`HFTL_DATA_DIR` to the folder holding the data sets"
-        )
+    from hftl.data.builtin import shared_data_dir  # one search order for configs and built-in data sets
+    from hftl.errors import DataError
+
+    try:
+        found = shared_data_dir()
+    except DataError as err:
+        raise ConfigError(f"`${{hftl.data_dir:}}`: {err}") from err
     return str(found / sub) if sub else str(found)
 
 
