@@ -1,0 +1,159 @@
+"""Domain-adaptation tables through `hftl run adapt`: one suite per data set, one command each.
+
+Run (from the repo root; data in $HFTL_DATA_DIR or ../shared/data):
+    python benchmarks/adaptation.py --suite digits                    # MNIST <-> USPS, LeNet from scratch
+    python benchmarks/adaptation.py --suite fsdd                      # FSDD leave-one-speaker-out, 6 speakers
+    python benchmarks/adaptation.py --suite blitzer                   # Amazon reviews, 12 pairs, MiniLM + LoRA (GPU)
+    python benchmarks/adaptation.py --suite digits --pairs M-U --methods DANN --seeds 0 1 2 --extra train.epochs=1
+
+Each row is one `hftl run adapt` command (printed, and logged next to its output dir). The first method
+of a pair also trains the `source_only` and `target_oracle` baselines with the same budget. Checkpoints
+are chosen without target labels (the config's `selection.criterion`); target test accuracy is read
+once at the end. Writes benchmarks/results/adaptation_<suite>.md (quoted by the README) and a JSON
+line per run in adaptation_<suite>.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
+DOMAINS = {"B": "books", "D": "dvd", "E": "electronics", "K": "kitchen"}
+
+
+def _blitzer(s: str, t: str) -> list[str]:
+    root = "${hftl.data_dir:amazon_mds_raw_bertaad"
+    return [f"source.path={root}/{DOMAINS[s]}}}", f"target.path={root}/{DOMAINS[t]}}}"]
+
+
+def _speaker(held_out: str) -> list[str]:
+    rest = ",".join(x for x in SPEAKERS if x != held_out)
+    return [f"source.filters.speaker=[{rest}]", f"target.filters.speaker=[{held_out}]"]
+
+
+SUITES: dict[str, dict] = {
+    "digits": {
+        "config": "vision/lenet_mnist_usps",
+        "pairs": {
+            "M-U": ["source.path=hftl:mnist", "target.path=hftl:usps"],
+            "U-M": ["source.path=hftl:usps", "target.path=hftl:mnist"],
+        },
+        "methods": ["DANN", "CDAN", "MCC"],
+        # TLlib's digits benchmark (LeNet), target accuracy %.
+        "reference": {
+            "M-U": {"source_only": 82.1, "dann": 91.7, "cdan": 96.0, "mcc": 95.1},
+            "U-M": {"source_only": 74.6, "dann": 95.2, "cdan": 97.7, "mcc": 94.6},
+        },
+        "reference_name": "TLlib (LeNet)",
+    },
+    "fsdd": {
+        "config": "audio/fsdd_speaker_shift",
+        "pairs": {f"->{s}": _speaker(s) for s in SPEAKERS},
+        "methods": ["DANN", "CDAN", "MCC", "CORAL"],
+        "reference": {},
+        "reference_name": "-",
+    },
+    "blitzer": {
+        "config": "text/minilm_lora_dann_books_kitchen",
+        "pairs": {f"{s}->{t}": _blitzer(s, t) for s in DOMAINS for t in DOMAINS if s != t},
+        "methods": ["DANN", "CDAN", "MCC", "CORAL"],
+        "reference": {},
+        "reference_name": "-",
+    },
+}
+NO_DISCRIMINATOR = {"MCC", "CORAL", "DAN", "JAN", "SelfTraining"}  # drop `hidden_features` from the config
+
+
+def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bool, extra: list[str]) -> dict:
+    out = out / f"{pair.replace('->', '_to_')}_{method.lower()}_s{seed}"
+    cmd = [
+        "hftl", "run", "adapt", "--config", suite["config"], f"output_dir={out}", f"seed={seed}",
+        *suite["pairs"][pair], f"method._component_=hftl.adaptation.{method}", "train.resume=false",
+        "report.baselines=" + ("[source_only,target_oracle]" if baselines else "[]"),
+    ]  # fmt: skip
+    if method in NO_DISCRIMINATOR:
+        cmd.append("~method.hidden_features")
+    cmd += extra
+    print("$", " ".join(cmd), flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(f"{out}.log", "w") as fh:
+        code = subprocess.call(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
+    if code != 0:
+        raise SystemExit(f"failed (exit {code}); see {out}.log")
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {
+        "pair": pair, "method": method.lower(), "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+        "target_acc": {name: r["target_test_acc"] for name, r in metrics["results"].items()},
+        "command": " ".join(cmd),
+    }  # fmt: skip
+
+
+def table(name: str, suite: dict, results: dict[tuple[str, str], list[float]], argv: list[str]) -> str:
+    methods = ["source_only", *[m.lower() for m in suite["methods"]], "target_oracle"]
+    pairs = list(dict.fromkeys(p for p, _ in results))
+    lines = [
+        f"# Domain adaptation: {name} (`{suite['config']}`), target test accuracy %",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores. Command: "
+        f"`python benchmarks/adaptation.py {' '.join(argv)}`. Mean ± std over seeds; checkpoint chosen "
+        f"without target labels. Reference: {suite['reference_name']}.",
+        "",
+        "| pair | " + " | ".join(methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for pair in [*pairs, "mean"]:
+        cells = []
+        for m in methods:
+            accs = (
+                [np.mean(results[(p, m)]) for p in pairs if (p, m) in results]
+                if pair == "mean"
+                else results.get((pair, m), [])
+            )
+            ref = suite["reference"].get(pair, {}).get(m)
+            cell = f"{np.mean(accs):.1f} ± {np.std(accs):.1f}" if accs else "-"
+            cells.append(cell + (f" ({ref})" if ref is not None else ""))
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", required=True, choices=list(SUITES))
+    parser.add_argument("--pairs", nargs="+", help="Default: every pair of the suite.")
+    parser.add_argument("--methods", nargs="+", help="Default: the suite's methods.")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--out", default="outputs/bench_adaptation")
+    parser.add_argument("--extra", nargs="*", default=[], help="Overrides passed to every run.")
+    args = parser.parse_args()
+    suite = dict(SUITES[args.suite])
+    suite["methods"] = args.methods or suite["methods"]
+    results: dict[tuple[str, str], list[float]] = {}
+    for pair in args.pairs or list(suite["pairs"]):
+        for seed in args.seeds:
+            for i, method in enumerate(suite["methods"]):
+                row = run(suite, pair, method, seed, Path(args.out) / args.suite, i == 0, args.extra)
+                with open(HERE / "results" / f"adaptation_{args.suite}.jsonl", "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
+                for name, acc in row["target_acc"].items():
+                    results.setdefault((pair, name), []).append(100 * acc)
+    text = table(args.suite, suite, results, sys.argv[1:])
+    (HERE / "results" / f"adaptation_{args.suite}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
