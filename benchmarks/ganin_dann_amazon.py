@@ -315,20 +315,30 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--out", default=str(HERE / "results" / "ganin_dann_amazon"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--resume", action="store_true", help="Keep the runs already in the .jsonl and run only the missing ones."
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/ganin_dann_amazon.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/ganin_dann_amazon.py " + " ".join(a for a in sys.argv[1:] if a != "--resume")
     jsonl = out.with_suffix(".jsonl")
-    jsonl.write_text("")
     rows: list[dict] = []
+    if args.resume and jsonl.exists():
+        rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    else:
+        jsonl.write_text("")
+    key = ("pair", "method", "seed", "lr", "lam", "batch_size")
+    done = {tuple(r[k] for k in key) for r in rows}
     root = data_root()
     for pair in args.pairs:
         data = load_pair(root, pair)
         for method in args.methods:
             for seed in args.seeds:
                 lam = args.lam if method == "DANN" else 0.0
+                if (pair, method, seed, args.lr, lam, args.batch_size) in done:
+                    continue
                 result = fit(
                     data,
                     lam=lam,
