@@ -108,8 +108,8 @@ def table(name: str, suite: dict, results: dict[tuple[str, str], list[float]], a
         f"# Domain adaptation: {name} (`{suite['config']}`), target test accuracy %",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores. Command: "
-        f"`python benchmarks/adaptation.py {' '.join(argv)}`. Mean ± std over seeds; checkpoint chosen "
-        f"without target labels. Reference: {suite['reference_name']}.",
+        f"`python benchmarks/adaptation.py {' '.join(argv)}`. Mean ± std over seeds (a single number: one "
+        f"seed); checkpoint chosen without target labels. Reference in parentheses: {suite['reference_name']}.",
         "",
         "| pair | " + " | ".join(methods) + " |",
         "|---|" + "---|" * len(methods),
@@ -123,7 +123,12 @@ def table(name: str, suite: dict, results: dict[tuple[str, str], list[float]], a
                 else results.get((pair, m), [])
             )
             ref = suite["reference"].get(pair, {}).get(m)
-            cell = f"{np.mean(accs):.1f} ± {np.std(accs):.1f}" if accs else "-"
+            if not accs:
+                cell = "-"
+            elif pair == "mean":  # mean over pairs of the per-pair means
+                cell = f"**{np.mean(accs):.1f}**"
+            else:
+                cell = f"{np.mean(accs):.1f} ± {np.std(accs):.1f}" if len(accs) > 1 else f"{accs[0]:.1f}"
             cells.append(cell + (f" ({ref})" if ref is not None else ""))
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -316,7 +316,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "ganin_dann_amazon"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
-        "--resume", action="store_true", help="Keep the runs already in the .jsonl and run only the missing ones."
+        "--resume",
+        action="store_true",
+        help="Keep the runs already in the .jsonl and run only the missing ones.",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
