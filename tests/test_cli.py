@@ -201,3 +201,11 @@ def test_recipe_script_runs_the_same_code_path(tmp_path, text_config):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Running training" in proc.stdout
     assert json.loads((Path(text_config["output_dir"]) / "metrics.json").read_text())["steps"] == 2
+
+
+def test_bf16_mixed_precision_run(tmp_path, text_config):
+    config = dump(text_config, tmp_path / "cfg.yaml")
+    assert hftl(["run", "finetune", "--config", config, "train.mixed_precision=bf16", "train.max_steps=3"]) == 0
+    metrics = json.loads((Path(text_config["output_dir"]) / "metrics.json").read_text())
+    assert metrics["steps"] == 3 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert np.isfinite(metrics["test"]["loss"])
