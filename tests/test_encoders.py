@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import transformers
 from PIL import Image
@@ -20,19 +18,6 @@ from hftl.encoders import (
 from hftl.errors import ConfigError, ModelLoadError
 
 TEXTS = [{"text": "the movie was very good"}, {"text": "bad"}]
-
-
-@pytest.fixture(scope="module")
-def wavs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """Two 16 kHz clips of 1.0 s and 0.5 s written with soundfile."""
-    root = tmp_path_factory.mktemp("wavs")
-    rng = np.random.default_rng(0)
-    rows = []
-    for name, seconds in (("long", 1.0), ("short", 0.5)):
-        path = root / f"{name}.wav"
-        sf.write(path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"), 16000)
-        rows.append({"audio": str(path)})
-    return rows
 
 
 def _images() -> list[dict]:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 import transformers
 from PIL import Image
@@ -28,19 +26,6 @@ def _extractor(kind: str):
     if kind == "speech2text":
         return transformers.Speech2TextFeatureExtractor(feature_size=40, num_mel_bins=40, sampling_rate=16000)
     return transformers.WhisperFeatureExtractor(feature_size=40, sampling_rate=16000)
-
-
-@pytest.fixture(scope="module")
-def wavs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """Two 16 kHz clips of 1.0 s and 0.5 s written with soundfile."""
-    root = tmp_path_factory.mktemp("wavs")
-    rng = np.random.default_rng(0)
-    rows = []
-    for name, seconds in (("long", 1.0), ("short", 0.5)):
-        path = root / f"{name}.wav"
-        sf.write(path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"), 16000)
-        rows.append({"audio": str(path)})
-    return rows
 
 
 # --- models -----------------------------------------------------------------------------------------
