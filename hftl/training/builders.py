@@ -16,7 +16,15 @@ from hftl.training.config import TrainConfig
 
 
 def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerator:
-    """An Accelerator for ``config`` (precision, accumulation, trackers) logging under ``output_dir``."""
+    """An Accelerator for ``config`` (precision, accumulation, trackers) logging under ``output_dir``.
+
+    accelerate keeps its state in a process-wide singleton that refuses a second, different precision;
+    a recipe owns its run, so the previous run's state (e.g. an earlier run in the same notebook or test
+    session) is dropped first. The distributed process group (``PartialState``) is kept.
+    """
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
