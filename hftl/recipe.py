@@ -58,10 +58,33 @@ def load_and_validate(
         runtime_args=recipe.RUNTIME_ARGS,
         sections=recipe.SECTIONS,
         required=recipe.REQUIRED,
+        top_level=top_level_keys(recipe),
         allow_any=allow_any,
         source=str(resolve_config_path(name_or_path)),
     )
     return cfg
+
+
+def top_level_keys(recipe: type[RecipeClass]) -> set[str]:
+    """Top-level config keys a recipe reads: its required, section and component keys, ``OPTIONAL``,
+    and the ones every recipe shares (``recipe``, ``seed``, ``output_dir``)."""
+    keys = {"recipe", "seed", "output_dir", *getattr(recipe, "OPTIONAL", ())}
+    for dotted in (*recipe.REQUIRED, *recipe.SECTIONS, *recipe.RUNTIME_ARGS):
+        keys.add(dotted.split(".", 1)[0].split("[", 1)[0])
+    return keys
+
+
+def check_output_dir(cfg: DictConfig) -> None:
+    """``output_dir`` must be a folder or not exist yet; checked before anything is built."""
+    from pathlib import Path
+
+    from hftl.errors import ConfigError
+
+    out = cfg.get("output_dir")
+    if out is not None and Path(str(out)).exists() and not Path(str(out)).is_dir():
+        raise ConfigError(
+            f"`output_dir`: {out} exists and is a file, not a folder; pass `output_dir=` a new or existing folder"
+        )
 
 
 def recipe_main(
@@ -74,6 +97,7 @@ def recipe_main(
     )
     try:
         cfg = load_and_validate(recipe, args.config, args.overrides, allow_any=args.allow_any_component)
+        check_output_dir(cfg)
         recipe(cfg, allow_any_component=args.allow_any_component).run()
     except HftlError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -77,16 +77,17 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> DictConfig:
     path = resolve_config_path(name_or_path)
     text = path.read_text(encoding="utf-8")
     try:
+        top = yaml.safe_load(text)  # OmegaConf takes a bare scalar for a key, or fails with OSError
+        if not isinstance(top, dict | None):
+            raise ConfigError(
+                f"the top level must be a mapping of `key: value` lines, found a {type(top).__name__}",
+                source=str(path),
+            )
         cfg = OmegaConf.load(io.StringIO(text))
     except yaml.YAMLError as e:
         raise ConfigError(_yaml_problem(e, text), source=str(path)) from e
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot load the YAML: {str(e).splitlines()[0]}", source=str(path)) from e
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(
-            f"the top level must be a mapping of `key: value` lines, found a {type(cfg).__name__}",
-            source=str(path),
-        )
     return apply_overrides(cfg, overrides)
 
 

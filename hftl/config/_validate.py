@@ -280,6 +280,7 @@ def validate_config(
     runtime_args: Mapping[str, Collection[str]] = {},  # noqa: B006 - read only
     sections: Mapping[str, type] = {},  # noqa: B006 - read only
     required: Collection[str] = (),
+    top_level: Collection[str] | None = None,
     allow_any: bool = False,
     source: str | None = None,
 ) -> None:
@@ -291,6 +292,8 @@ def validate_config(
             passes at run time; they may be missing from the YAML and must not be set there.
         sections: dotted key -> dataclass that the plain section must fit.
         required: keys (dotted allowed) that must exist.
+        top_level: every top-level key the recipe reads; any other (a misspelt section) is a problem.
+            None skips the check.
         allow_any: allow components outside :data:`ALLOWED_PREFIXES`.
         source: the config file, named in the error.
 
@@ -298,6 +301,12 @@ def validate_config(
         ConfigError: one error listing every problem found.
     """
     problems: list[str] = []
+    if top_level is not None:
+        for key in cfg:
+            if key not in top_level:
+                close = difflib.get_close_matches(str(key), sorted(top_level), n=1)
+                hint = f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(sorted(top_level))}"
+                problems.append(f"`{key}`: unknown section, this recipe never reads it; {hint}")
     for key in required:
         try:
             found = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False)

@@ -1,0 +1,331 @@
+"""The bad-input corpus: each case builds one broken input and says what the error must name.
+
+A case is run through the real CLI (``hftl.cli.main``, in process) by ``test_bad_inputs.py``, and
+``make_table.py`` writes the table of cases and the messages they produce to ``docs/bad_inputs.md``.
+Every failing case must exit non-zero with one ``error:`` line that names the field or file and the fix,
+and leave no model, checkpoint or metrics behind; a ``handled`` case must run to the end.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import yaml
+
+WORDS = {"pos": "good great fine nice love", "neg": "bad awful poor hate boring"}
+
+
+@dataclass
+class Env:
+    """What a case builds on: a scratch folder and the tiny model dirs (``bert``, ``wav2vec2``, ``vit``)."""
+
+    root: Path
+    models: dict[str, str]
+
+    @property
+    def out(self) -> Path:
+        return self.root / "out"
+
+
+@dataclass
+class Case:
+    id: str
+    category: str
+    what: str
+    build: Callable[[Env], list[str]]  # returns the CLI argv
+    expect: list[str] = field(default_factory=list)  # fragments the error line must contain
+    handled: bool = False  # the run must succeed (the input is repaired, with a note)
+
+
+# --- builders -------------------------------------------------------------------------------------------
+def text_csv(path: Path, n: int = 24, *, labels: tuple[str, ...] = ("pos", "neg"), seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    rows = ["text,label"]
+    for i in range(n):
+        label = labels[i % len(labels)]
+        words = " ".join(rng.choice(WORDS.get(label, "so so").split(), size=3))
+        rows.append(f"the movie was {words},{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def text_config(env: Env, **data) -> dict:
+    files = {
+        "train": text_csv(env.root / "train.csv"),
+        "validation": text_csv(env.root / "val.csv", 8, seed=1),
+        "test": text_csv(env.root / "test.csv", 8, seed=2),
+    }
+    return {
+        "recipe": "finetune",
+        "output_dir": str(env.out),
+        "encoder": {
+            "_component_": "hftl.encoders.TextEncoder",
+            "model": env.models["bert"],
+            "max_length": 16,
+        },
+        "adapter": {"_component_": "hftl.adapters.FullFinetune"},
+        "head": {"_component_": "hftl.models.LinearHead"},
+        "data": {"_component_": "hftl.data.ClassificationData", "path": "csv", "data_files": files, **data},
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-3},
+        "train": {"epochs": 1, "batch_size": 8},
+    }
+
+
+def run_config(env: Env, cfg: dict, *overrides: str) -> list[str]:
+    path = env.root / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return ["run", "finetune", "--config", str(path), *overrides]
+
+
+def text_run(*overrides: str, **data) -> Callable[[Env], list[str]]:
+    return lambda env: run_config(env, text_config(env, **data), *overrides)
+
+
+def with_file(
+    name: str, content: bytes | str, split: str | None = "train", **data
+) -> Callable[[Env], list[str]]:
+    """The text config with one split's file replaced (``split=None``: a single file, carved)."""
+
+    def build(env: Env) -> list[str]:
+        cfg = text_config(env, **data)
+        path = env.root / name
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        if split is None:
+            cfg["data"] = {"_component_": "hftl.data.ClassificationData", "path": str(path), **data}
+        else:
+            cfg["data"]["data_files"][split] = str(path)
+        return run_config(env, cfg)
+
+    return build
+
+
+def audio_run(write: Callable[[Path], str], *, name: str = "bad.wav") -> Callable[[Env], list[str]]:
+    """A manifest of 8 good 16 kHz clips plus one clip written by ``write`` (returns its path)."""
+
+    def build(env: Env) -> list[str]:
+        rng = np.random.default_rng(0)
+        rows = ["audio,label"]
+        for i in range(8):
+            path = env.root / f"ok{i}.wav"
+            sf.write(path, (0.1 * rng.standard_normal(4000)).astype("float32"), 16000)
+            rows.append(f"{path},{'yes' if i % 2 else 'no'}")
+        rows.append(f"{write(env.root / name)},yes")
+        cfg = text_config(env)
+        (env.root / "manifest.csv").write_text("\n".join(rows) + "\n")
+        cfg["encoder"] = {"_component_": "hftl.encoders.AudioEncoder", "model": env.models["wav2vec2"]}
+        cfg["data"] = {
+            "_component_": "hftl.data.ClassificationData",
+            "path": str(env.root / "manifest.csv"),
+            "modality": "audio",
+            "validation_size": 2,
+            "test_size": 2,
+        }
+        return run_config(env, cfg)
+
+    return build
+
+
+def wav(samples: np.ndarray, rate: int = 16000) -> Callable[[Path], str]:
+    def write(path: Path) -> str:
+        sf.write(path, samples.astype("float32"), rate)
+        return str(path)
+
+    return write
+
+
+def raw(content: bytes) -> Callable[[Path], str]:
+    def write(path: Path) -> str:
+        path.write_bytes(content)
+        return str(path)
+
+    return write
+
+
+def image_run(make: Callable[[Path], None], name: str = "bad.png") -> Callable[[Env], list[str]]:
+    """An imagefolder of 8 good 16×16 images in two classes plus one written by ``make``."""
+
+    def build(env: Env) -> list[str]:
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        for i in range(8):
+            folder = env.root / "images" / ("a" if i % 2 else "b")
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+        make(env.root / "images" / "a" / name)
+        cfg = text_config(env)
+        cfg["encoder"] = {"_component_": "hftl.encoders.VisionEncoder", "model": env.models["vit"]}
+        cfg["data"] = {
+            "_component_": "hftl.data.ClassificationData",
+            "path": str(env.root / "images"),
+            "modality": "image",
+            "validation_size": 2,
+            "test_size": 2,
+        }
+        return run_config(env, cfg)
+
+    return build
+
+
+def model_dir(kind: str) -> Callable[[Env], list[str]]:
+    def build(env: Env) -> list[str]:
+        import shutil
+
+        src = Path(env.models["bert"])
+        dst = env.root / "model"
+        shutil.copytree(src, dst)
+        if kind == "pickle":
+            import torch
+            from safetensors.torch import load_file
+
+            torch.save(load_file(dst / "model.safetensors"), dst / "pytorch_model.bin")
+            (dst / "model.safetensors").unlink()
+        elif kind == "no-config":
+            (dst / "config.json").unlink()
+        cfg = text_config(env)
+        cfg["encoder"]["model"] = str(dst)
+        return run_config(env, cfg)
+
+    return build
+
+
+def png_zero_size(path: Path) -> None:
+    """A PNG whose header claims 0×0 pixels (PIL refuses to open it)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def png_truncated(path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(path)
+    path.write_bytes(path.read_bytes()[:40])
+
+
+def jpeg_cmyk(path: Path) -> None:
+    from PIL import Image
+
+    Image.new("CMYK", (16, 16), (10, 200, 30, 0)).save(path.with_suffix(".jpg"))
+
+
+def predict_on(what: str) -> Callable[[Env], list[str]]:
+    def build(env: Env) -> list[str]:
+        folder = env.root / "model"
+        if what == "encoder-only":
+            import shutil
+
+            shutil.copytree(env.models["bert"], folder)
+        return ["predict", str(folder), "the movie was good"]
+
+    return build
+
+
+def _nan_audio() -> np.ndarray:
+    x = np.zeros(4000)
+    x[100:200] = np.nan
+    return x
+
+
+_sine = 0.1 * np.sin(np.arange(4000) / 5.0)
+
+CASES: list[Case] = [
+    # --- configs -------------------------------------------------------------------------------------
+    Case("yaml-syntax", "config", "config file that is not valid YAML",
+         lambda env: (env.root.joinpath("c.yaml").write_text("train: [epochs: 1\n"),
+                      ["run", "finetune", "--config", str(env.root / "c.yaml")])[1],
+         ["c.yaml"]),
+    Case("config-not-found", "config", "`--config` names no shipped config and no file",
+         lambda env: ["run", "finetune", "--config", "text/no_such_config"], ["text/no_such_config", "hftl ls"]),
+    Case("unknown-section", "config", "misspelt top-level section (`trian:`)",
+         lambda env: run_config(env, {**text_config(env), "trian": {"epochs": 1}}), ["trian"]),
+    Case("unknown-argument", "config", "argument the component does not take",
+         text_run("optimizer.lerning_rate=0.1"), ["optimizer.lerning_rate"]),
+    Case("unknown-train-key", "config", "misspelt `train.` field on the command line",
+         text_run("train.epocs=2"), ["train.epocs", "epochs"]),
+    Case("wrong-type", "config", "a string where an int is expected", text_run("train.epochs=abc"),
+         ["train.epochs", "abc"]),
+    Case("bad-choice", "config", "value outside a `Literal` choice", text_run("train.mixed_precision=fp8"),
+         ["train.mixed_precision", "bf16"]),
+    Case("out-of-range", "config", "batch size 0", text_run("train.batch_size=0"), ["train.batch_size"]),
+    Case("component-not-allowed", "config", "`_component_` outside the allow-list",
+         text_run("optimizer._component_=os.system"), ["os.system", "--allow-any-component"]),
+    Case("component-not-found", "config", "`_component_` that does not exist",
+         text_run("head._component_=hftl.models.NoSuchHead"), ["hftl.models.NoSuchHead"]),
+    Case("missing-section", "config", "required section deleted", text_run("~encoder"), ["encoder"]),
+    Case("bad-override", "config", "override without `=`", text_run("train.epochs"), ["train.epochs", "="]),
+    # --- data ------------------------------------------------------------------------------------------
+    Case("missing-data-file", "data", "data file that does not exist",
+         text_run(**{"data_files": {"train": "/nonexistent/train.csv"}}), ["/nonexistent/train.csv"]),
+    Case("empty-file", "data", "0-byte CSV", with_file("empty.csv", b""), ["empty.csv"]),
+    Case("header-only", "data", "CSV with a header and no rows", with_file("header.csv", "text,label\n"),
+         ["header.csv", "0 rows"]),
+    Case("no-label-column", "data", "CSV without a label column",
+         with_file("nolabel.csv", "text,stars\nfine,1\nbad,2\n" * 4, None), ["label", "stars"]),
+    Case("no-text-column", "data", "CSV without a text column",
+         with_file("notext.csv", "body,label\nfine,pos\nbad,neg\n" * 4, None), ["text", "body"]),
+    Case("mismatched-columns", "data", "train and test files with different columns",
+         with_file("other.csv", "review,label\nfine,pos\nbad,neg\n", "test"), ["other.csv", "review"]),
+    Case("empty-text", "data", "a row with empty text",
+         with_file("emptytext.csv", "text,label\nfine,pos\n,neg\nbad,neg\n"), ["row 1"]),
+    Case("unknown-label", "data", "test label not in the training label set",
+         with_file("test.csv", "text,label\nfine,pos\nmeh,neutral\n", "test"), ["neutral"]),
+    Case("bad-split-name", "data", "split mapping to a split the data does not have",
+         text_run(splits={"validation": "dev"}), ["dev"]),
+    Case("unsupported-format", "data", "data file with an unknown extension",
+         lambda env: run_config(env, {**text_config(env), "data": {
+             "_component_": "hftl.data.ClassificationData",
+             "path": (env.root.joinpath("d.xlsx").write_bytes(b"PK\x03\x04"), str(env.root / "d.xlsx"))[1]}}),
+         ["d.xlsx"]),
+    Case("not-utf8", "data", "CSV in Latin-1, not UTF-8",
+         with_file("latin1.csv", "text,label\ncaf\xe9 ok,pos\nbad,neg\n".encode("latin-1")), ["latin1.csv"]),
+    # --- audio -----------------------------------------------------------------------------------------
+    Case("audio-corrupt", "audio", "file with a .wav name and garbage bytes",
+         audio_run(raw(b"RIFF\x00\x00garbage" * 10)), ["bad.wav"]),
+    Case("audio-empty-file", "audio", "0-byte .wav", audio_run(raw(b"")), ["bad.wav"]),
+    Case("audio-zero-length", "audio", "valid WAV header, 0 samples", audio_run(wav(np.zeros(0))), ["bad.wav"]),
+    Case("audio-nan", "audio", "samples that are NaN", audio_run(wav(_nan_audio())), ["bad.wav", "NaN"]),
+    Case("audio-missing", "audio", "manifest row pointing at a missing file",
+         audio_run(lambda path: str(path.with_name("missing.wav"))), ["missing.wav"]),
+    Case("audio-unsupported", "audio", "a file in a format no decoder reads",
+         audio_run(raw(b"\x00" * 64), name="clip.xyz"), ["clip.xyz"]),
+    Case("audio-stereo", "audio", "stereo clip (mixed down)",
+         audio_run(wav(np.stack([_sine, _sine], axis=1))), handled=True),
+    Case("audio-odd-rate", "audio", "44.1 kHz clip (resampled)", audio_run(wav(_sine, 44100)), handled=True),
+    Case("audio-huge", "audio", "a 60 s clip (cropped to max_duration)",
+         audio_run(wav(0.1 * np.sin(np.arange(16000 * 60) / 5.0))), handled=True),
+    # --- images ----------------------------------------------------------------------------------------
+    Case("image-truncated", "image", "PNG cut off after 40 bytes", image_run(png_truncated), ["bad.png"]),
+    Case("image-zero-size", "image", "PNG whose header says 0×0", image_run(png_zero_size), ["bad.png"]),
+    Case("image-cmyk", "image", "CMYK JPEG (converted to RGB)", image_run(jpeg_cmyk), handled=True),
+    # --- models ----------------------------------------------------------------------------------------
+    Case("model-missing", "model", "encoder directory that does not exist",
+         text_run("encoder.model=/nonexistent/model"), ["/nonexistent/model"]),
+    Case("model-wrong-modality", "model", "a speech model given to the text encoder",
+         lambda env: run_config(env, text_config(env), f"encoder.model={env.models['wav2vec2']}"),
+         ["TextEncoder"]),
+    Case("model-pickle-only", "model", "weights only as pytorch_model.bin (pickle)", model_dir("pickle"),
+         ["pytorch_model.bin", "safetensors"]),
+    Case("model-no-config", "model", "model folder without config.json", model_dir("no-config"),
+         ["config.json"]),
+    Case("predict-not-a-model", "model", "`hftl predict` on a folder with no hftl model",
+         predict_on("missing"), ["model"]),
+    Case("predict-encoder-only", "model", "`hftl predict` on a bare encoder (no classifier head)",
+         predict_on("encoder-only"), ["model"]),
+    # --- runtime ---------------------------------------------------------------------------------------
+    Case("nan-loss", "runtime", "learning rate so large the loss becomes NaN",
+         text_run("optimizer.lr=1e30", "train.max_grad_norm=null"), ["NaN", "optimizer.lr"]),
+    Case("output-is-a-file", "runtime", "`output_dir` that is an existing file",
+         lambda env: (env.root.joinpath("taken").write_text("x"),
+                      run_config(env, text_config(env), f"output_dir={env.root / 'taken'}"))[1],
+         ["taken"]),
+]  # fmt: skip
