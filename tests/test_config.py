@@ -404,3 +404,10 @@ def test_interpolation_problems_name_the_key(monkeypatch):
         "`head.in_features`: cannot resolve `${oc.env:HFTL_NOPE_VAR}`: Environment variable 'HFTL_NOPE_VAR' not found",
         "`train.epochs`: cannot resolve `${nowhere}`: Interpolation key 'nowhere' not found",
     ]
+
+
+def test_yaml11_boolean_words_stay_words_on_the_command_line():
+    from hftl.config import load_config
+
+    cfg = load_config("text/minilm_lora_sst2", ["train.mixed_precision=no", "train.resume=false", "x=off"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.resume is False and cfg.x == "off"

@@ -101,10 +101,17 @@ def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
     return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}: {what} (line reads `{shown}`)"
 
 
+# YAML 1.1 reads these words as booleans; on the command line they are meant as words (only true/false
+# are booleans there, as in YAML 1.2).
+_YAML11_BOOLEANS = {"yes", "no", "on", "off", "y", "n"}
+
+
 def _parse_value(raw: str):
     """Parse an override's value as YAML (OmegaConf's dialect: ``3e-4`` is a float); ``a=`` gives ``""``."""
     if raw.strip() == "":
         return ""
+    if raw.strip().lower() in _YAML11_BOOLEANS:  # `train.mixed_precision=no` means the string "no"
+        return raw.strip()
     parsed = OmegaConf.from_dotlist([f"v={raw}"])
     return OmegaConf.to_container(parsed, resolve=False)["v"]
 

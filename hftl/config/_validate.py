@@ -49,7 +49,8 @@ def _expected(value: Any, hint: Any) -> str | None | object:
         return " or ".join(dict.fromkeys(arms))
     if origin is typing.Literal:
         ok = any(value == a and type(value) is type(a) for a in args)
-        return None if ok else "one of " + ", ".join(repr(a) for a in args)
+        quote = " (YAML reads a bare no/yes/off/on as a boolean: quote it)" if isinstance(value, bool) else ""
+        return None if ok else "one of " + ", ".join(repr(a) for a in args) + quote
     if hint in _SCALARS:  # bool is not an int here; an int is a fine float
         ok = isinstance(value, int | float if hint is float else hint)
         ok = ok and (hint is bool or not isinstance(value, bool))

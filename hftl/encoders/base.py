@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -190,6 +191,12 @@ def _load(path: str, name: str, *, revision: str | None, trust_remote_code: bool
 
     try:
         return AutoModel.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a non-tensor object
+        raise ModelLoadError(
+            f"Refused to load `encoder.model` = {name!r}: its pickled weights (pytorch_model.bin) hold objects "
+            "that are not tensors, and unpickling them could run code. Fix: use a checkpoint with "
+            "model.safetensors, or convert this one where you trust its origin."
+        ) from err
     except (OSError, ValueError, KeyError) as err:
         if os.path.isdir(path):  # a local directory that is not a transformers model
             hint = f"check that {path} holds a transformers config.json and model.safetensors"

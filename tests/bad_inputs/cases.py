@@ -179,11 +179,14 @@ def model_dir(kind: str) -> Callable[[Env], list[str]]:
         src = Path(env.models["bert"])
         dst = env.root / "model"
         shutil.copytree(src, dst)
-        if kind == "pickle":
+        if kind in ("pickle", "pickle-code"):
             import torch
             from safetensors.torch import load_file
 
-            torch.save(load_file(dst / "model.safetensors"), dst / "pytorch_model.bin")
+            state = load_file(dst / "model.safetensors")
+            if kind == "pickle-code":  # a pickle that would run code when unpickled without weights_only
+                state["evil"] = Evil()
+            torch.save(state, dst / "pytorch_model.bin")
             (dst / "model.safetensors").unlink()
         elif kind == "no-config":
             (dst / "config.json").unlink()
@@ -192,6 +195,15 @@ def model_dir(kind: str) -> Callable[[Env], list[str]]:
         return run_config(env, cfg)
 
     return build
+
+
+class Evil:
+    """Unpickling this runs a shell command: what ``torch.load(weights_only=True)`` exists to refuse."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned",))
 
 
 def png_zero_size(path: Path) -> None:
@@ -313,8 +325,10 @@ CASES: list[Case] = [
     Case("model-wrong-modality", "model", "a speech model given to the text encoder",
          lambda env: run_config(env, text_config(env), f"encoder.model={env.models['wav2vec2']}"),
          ["TextEncoder"]),
-    Case("model-pickle-only", "model", "weights only as pytorch_model.bin (pickle)", model_dir("pickle"),
-         ["pytorch_model.bin", "safetensors"]),
+    Case("model-pickle-only", "model", "weights only as pytorch_model.bin (loaded with `weights_only=True`)",
+         model_dir("pickle"), handled=True),
+    Case("model-pickle-code", "model", "pytorch_model.bin whose pickle would run code",
+         model_dir("pickle-code"), ["pytorch_model.bin"]),
     Case("model-no-config", "model", "model folder without config.json", model_dir("no-config"),
          ["config.json"]),
     Case("predict-not-a-model", "model", "`hftl predict` on a folder with no hftl model",
