@@ -1,4 +1,4 @@
-"""The ``hftl`` command: ls, run, validate, cp, eval, predict, data, card, push, export.
+"""The ``hftl`` command: ls, run, validate, cp, eval, predict, assess, data, card, push, export.
 
 ``hftl run RECIPE --config NAME key=value ...`` runs ``recipes/RECIPE.py`` (shipped inside the package
 as ``hftl.recipes``) exactly as ``python recipes/RECIPE.py --config ...`` would.
@@ -171,6 +171,25 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assess(args: argparse.Namespace) -> int:
+    from hftl.assess import main as assess_main
+
+    return assess_main(args.config, args.overrides, allow_any=args.allow_any_component)
+
+
+def _add_assess_command(sub) -> None:
+    assess = sub.add_parser(
+        "assess",
+        help="Forecast transfer before training: rank candidate encoders x source domains for a target "
+        "(LogME, H-score, LEEP/NCE, PAD, MMD) with negative-transfer warnings.",
+    )
+    assess.add_argument(
+        "--config", required=True, help="Assess config name (e.g. assess/amazon_sources) or YAML."
+    )
+    assess.add_argument("--allow-any-component", action="store_true")
+    assess.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. assess.target_labeled=200.")
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     import time
 
@@ -331,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--json", action="store_true", help="One JSON object per input with all class scores.")
     pr.add_argument("--allow-any-component", action="store_true")
+    _add_assess_command(sub)
     _add_data_commands(sub)
     _add_hub_commands(sub)
     return parser
@@ -351,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             "cp": cmd_cp,
             "eval": cmd_eval,
             "predict": cmd_predict,
+            "assess": cmd_assess,
             "data": cmd_data,
             "card": cmd_card,
             "push": cmd_push,

@@ -37,3 +37,7 @@ class DataError(HftlError):
 
 class ModelLoadError(HftlError):
     """A model directory or Hub id that cannot be loaded."""
+
+
+class TrainingError(HftlError):
+    """Training cannot go on (the loss diverged to NaN/inf); nothing from the bad steps is saved."""

@@ -1,7 +1,8 @@
 """What every recipe script shares: argument parsing, config loading/validation, error reporting.
 
-A recipe module defines a class with ``RUNTIME_ARGS``, ``SECTIONS`` and ``REQUIRED`` (used to validate
-configs before any weights load) and a ``run()`` method, and ends with::
+A recipe module defines a class with ``RUNTIME_ARGS``, ``SECTIONS``, ``REQUIRED`` and, when it
+reads other top-level keys only if present, ``OPTIONAL`` (all used to validate configs before any
+weights load) and a ``run()`` method, and ends with::
 
     def main(argv=None):
         return recipe_main(MyRecipe, argv)

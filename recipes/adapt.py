@@ -7,7 +7,9 @@ Run:
 
 One run trains the configured ``method`` and the ``report.baselines`` (``source_only``: no adaptation;
 ``target_oracle``: trained on labelled target data, the upper bound) with the same encoder, adapter and
-budget, and prints the adapted number beside both. Target *training* data is loaded without its label
+budget, and prints the adapted number beside both. With an ``intermediate:`` data node the run is
+transitive (``hftl.adaptation.transitive``): source → intermediate, then from those weights → target,
+reported beside the direct source → target run. Target *training* data is loaded without its label
 column (dropped at load time); only the final evaluator reads target test labels. The checkpoint is
 chosen by a label-free criterion (``selection.criterion``), never by target labels.
 """
@@ -18,6 +20,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from accelerate.utils import set_seed
@@ -27,6 +30,7 @@ from torch import nn
 from hftl.adaptation.config import ReportConfig, SelectionConfig
 from hftl.adaptation.diagnostics import plot_domains, proxy_a_distance
 from hftl.adaptation.selection import CRITERIA, score
+from hftl.adaptation.transitive import TransitiveConfig, label_counts, pseudo_labelled
 from hftl.config import instantiate, to_dataclass
 from hftl.data.paired import PairedLoader
 from hftl.errors import ConfigError
@@ -34,8 +38,17 @@ from hftl.evaluation import write_metrics
 from hftl.models import Classifier, count_parameters
 from hftl.models.io import save_model
 from hftl.recipe import recipe_main
-from hftl.training import Engine, TrainConfig, steps_for
-from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
+from hftl.training import Engine, LayerwiseConfig, TrainConfig, steps_for
+from hftl.training.builders import (
+    build_accelerator,
+    build_loader,
+    build_optimizer,
+    build_scheduler,
+    build_unfreezer,
+    describe_layerwise,
+    print_summary,
+    train_lengths,
+)
 
 BASELINES = {"source_only": "hftl.adaptation.SourceOnly", "target_oracle": "hftl.adaptation.TargetOracle"}
 
@@ -84,15 +97,21 @@ class AdaptRecipe:
         "optimizer": {"params"},
         "method": {"in_features", "num_classes"},
         "target": {"unlabeled_splits"},
+        "intermediate": {"unlabeled_splits"},
     }
-    SECTIONS = {"train": TrainConfig, "selection": SelectionConfig, "report": ReportConfig}
+    SECTIONS = {
+        "train": TrainConfig, "train.layerwise": LayerwiseConfig, "selection": SelectionConfig,
+        "report": ReportConfig, "transitive": TransitiveConfig,
+    }  # fmt: skip
     REQUIRED = ("output_dir", "encoder", "adapter", "head", "source", "target", "method", "optimizer")
+    OPTIONAL = ("intermediate", "push_to_hub")  # top-level keys read when present
 
     def __init__(self, cfg: DictConfig, *, allow_any_component: bool = False):
         self.cfg, self.allow_any = cfg, allow_any_component
         self.train_cfg = to_dataclass(TrainConfig, cfg.get("train"), key="train")
         self.selection = to_dataclass(SelectionConfig, cfg.get("selection"), key="selection")
         self.report = to_dataclass(ReportConfig, cfg.get("report"), key="report")
+        self.transitive = to_dataclass(TransitiveConfig, cfg.get("transitive"), key="transitive")
         self.output_dir = Path(cfg.output_dir)
         self.seed = int(cfg.get("seed", 42))
 
@@ -100,9 +119,10 @@ class AdaptRecipe:
         return instantiate(node, allow_any=self.allow_any, **runtime)
 
     # -- data --------------------------------------------------------------------------------------
-    def _target(self, *, labelled: bool):
-        node = self.cfg.target
-        extra = {} if "validation_size" in node else {"validation_size": 0}
+    def _target(self, *, labelled: bool, key: str = "target"):
+        node = self.cfg[key]
+        defaults = {"validation_size": 0} if key == "target" else {"validation_size": 0, "test_size": 0}
+        extra = {k: v for k, v in defaults.items() if k not in node}
         data = self._build(node, unlabeled_splits=[] if labelled else ["train"], **extra)
         return data, data.load()
 
@@ -111,15 +131,26 @@ class AdaptRecipe:
         self.source = self.source_data.load()
         self.target_data, self.target = self._target(labelled=False)  # label column dropped at load time
         self.label_names = self.source_data.label_names
+        self.intermediate = None  # transitive transfer: unlabelled like the target
+        if self.cfg.get("intermediate") is not None:
+            data, self.intermediate = self._target(labelled=False, key="intermediate")
+            if data.label_names and data.label_names != self.label_names:
+                raise ConfigError(
+                    f"`intermediate` labels {data.label_names} differ from `source` labels {self.label_names}; "
+                    "set `label_names` on both to the same list"
+                )
         if self.target_data.label_names != self.label_names:
             raise ConfigError(
                 f"`source` labels {self.source_data.label_names} differ from `target` labels "
                 f"{self.target_data.label_names}; set `label_names` on both to the same list"
             )
-        for name, splits, needed in (
+        checks = [
             ("source", self.source, ("train", "validation")),
             ("target", self.target, ("train", "test")),
-        ):
+        ]
+        if self.intermediate is not None:
+            checks.append(("intermediate", self.intermediate, ("train",)))
+        for name, splits, needed in checks:
             missing = [s for s in needed if s not in splits]
             if missing:
                 raise ConfigError(
@@ -127,36 +158,39 @@ class AdaptRecipe:
                 )
 
     # -- one method --------------------------------------------------------------------------------
-    def _loaders(self, encoder, method) -> tuple[Any, dict[str, Any]]:
+    def _loaders(self, encoder, method, source: dict, target: dict) -> tuple[Any, dict[str, Any]]:
+        """Training batches and the evaluation loaders; ``target`` is the domain adapted to (the
+        intermediate in stage 1 of a transitive run), the test split is always the final target's."""
         tc, acc = self.train_cfg, self.accelerator
 
         def loader(ds, *, train: bool, shuffle: bool, seed: int = self.seed):
             return acc.prepare(build_loader(
                 ds, collate_fn=encoder.collator(train=train), batch_size=tc.batch_size if train else tc.eval_batch_size or 2 * tc.batch_size,
                 shuffle=shuffle, seed=seed, num_workers=tc.num_workers,
+                lengths=train_lengths(ds, encoder, tc) if train and shuffle else None,
             ))  # fmt: skip
 
         if method.uses_target_labels:
             train = loader(self._target(labelled=True)[1]["train"], train=True, shuffle=True)
         elif method.uses_target:
             train = PairedLoader(
-                loader(self.source["train"], train=True, shuffle=True),
-                loader(self.target["train"], train=True, shuffle=True, seed=self.seed + 1),
+                loader(source["train"], train=True, shuffle=True),
+                loader(target["train"], train=True, shuffle=True, seed=self.seed + 1),
             )
         else:
-            train = loader(self.source["train"], train=True, shuffle=True)
+            train = loader(source["train"], train=True, shuffle=True)
         rng = np.random.default_rng(self.seed)
 
         def subset(ds, n):
             return ds.select(sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False)))
 
         evals = {
-            "source_val": loader(self.source["validation"], train=False, shuffle=False),
+            "source_val": loader(source["validation"], train=False, shuffle=False),
             "source_train": loader(
-                subset(self.source["train"], self.selection.max_source_samples), train=False, shuffle=False
+                subset(source["train"], self.selection.max_source_samples), train=False, shuffle=False
             ),
             "target_train": loader(
-                subset(self.target["train"], self.selection.max_target_samples), train=False, shuffle=False
+                subset(target["train"], self.selection.max_target_samples), train=False, shuffle=False
             ),
             "target_test": loader(self.target["test"], train=False, shuffle=False),
         }
@@ -204,21 +238,33 @@ class AdaptRecipe:
             v.clear()
         return scores
 
-    def run_method(self, name: str, node: Any) -> dict[str, Any]:
+    def run_method(
+        self, name: str, node: Any, *, source: dict | None = None, target: dict | None = None,
+        init: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Trains one method (defaults: ``self.source`` → ``self.target``, from the pretrained encoder;
+        ``init``: classifier weights to start from)."""
         tc, acc = self.train_cfg, self.accelerator
+        source, target = source or self.source, target or self.target
         set_seed(self.seed)
         encoder = self._build(self.cfg.encoder)
         self._build(self.cfg.adapter).apply(encoder)
         head = self._build(self.cfg.head, in_features=encoder.out_features, num_labels=len(self.label_names))
         method = self._build(node, in_features=encoder.out_features, num_classes=len(self.label_names))
         model = AdaptModel(Classifier(encoder, head, self.label_names), method)
-        optimizer = self._build(self.cfg.optimizer, params=[p for p in model.parameters() if p.requires_grad])
-        train_loader, evals = self._loaders(encoder, method)
+        if init is not None:
+            model.classifier.load_state_dict(init)
+        optimizer = build_optimizer(
+            lambda params: self._build(self.cfg.optimizer, params=params), model,
+            backbone=encoder.backbone, layerwise=tc.layerwise,
+        )  # fmt: skip
+        train_loader, evals = self._loaders(encoder, method, source, target)
         model, optimizer = acc.prepare(model, optimizer)
         total = steps_for(tc, len(train_loader))
         scheduler = acc.prepare(
             build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes)
         )
+        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=len(train_loader))
         running: dict[str, list[float]] = {}
         engine: Engine | None = None
 
@@ -253,16 +299,17 @@ class AdaptRecipe:
             accelerator=acc, model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
             config=tc, output_dir=self.output_dir / "runs" / name, total_steps=total, loss_fn=step,
             evaluate=lambda: self._score(model, evals, running),
-            metric=self.selection.criterion, higher_is_better=criterion.higher_is_better,
+            metric=self.selection.criterion, higher_is_better=criterion.higher_is_better, on_step=unfreezer,
         )  # fmt: skip
         trainable, params = count_parameters(model)
         print_summary(acc, f"Adapting with {name}", {
             "Method": f"{type(method).__name__} (trade-off {method.trade_off})",
             "Encoder / adapter": f"{encoder.name_or_path} / {self.cfg.adapter._component_}",
             "Trainable parameters": f"{trainable:,} of {params:,}",
-            "Source train / val": f"{len(self.source['train']):,} / {len(self.source['validation']):,}",
-            "Target train (unlabelled) / test": f"{len(self.target['train']):,} / {len(self.target['test']):,}",
+            "Source train / val": f"{len(source['train']):,} / {len(source['validation']):,}",
+            "Target train (unlabelled) / test": f"{len(target['train']):,} / {len(self.target['test']):,}",
             "Optimizer steps": total,
+            **describe_layerwise(optimizer, unfreezer),
             "Selection": f"{self.selection.criterion} (no target labels)",
         })  # fmt: skip
         before = self._outputs(model, evals["source_train"]), self._outputs(model, evals["target_train"])
@@ -300,12 +347,16 @@ class AdaptRecipe:
             for b in self.report.baselines
             if b != main_name
         ]
-        plan.append((main_name, self.cfg.method))
+        if self.intermediate is None or self.transitive.direct:
+            plan.append((main_name, self.cfg.method))
         results: dict[str, Any] = {}
         for name, node in plan:
             results[name] = self.run_method(name, node)
             if name == main_name:
                 main_model = self._model
+        if self.intermediate is not None:
+            main_name = self.run_transitive(main_name, results)
+            main_model = self._model
         metrics = {"method": main_name, "selection_criterion": self.selection.criterion, "results": results}
         self.print_report(metrics)
         if self.accelerator.is_main_process:
@@ -331,6 +382,27 @@ class AdaptRecipe:
         self.accelerator.end_training()
         return metrics
 
+    def run_transitive(self, name: str, results: dict[str, Any]) -> str:
+        """Stage 1 adapts source → intermediate; stage 2 starts from its weights and adapts to the target
+        (from the source plus pseudo-labelled intermediate data). Returns the stage-2 result's name."""
+        stage1, stage2 = f"{name}_stage1", f"{name}_transitive"
+        results[stage1] = self.run_method(stage1, self.cfg.method, target=self.intermediate)
+        model, source = self._model, self.source
+        if self.transitive.pseudo_labels:
+            loader = self.accelerator.prepare(build_loader(
+                self.intermediate["train"], collate_fn=model.encoder.collator(train=False), shuffle=False,
+                batch_size=self.train_cfg.eval_batch_size or 2 * self.train_cfg.batch_size,
+            ))  # fmt: skip
+            pseudo = pseudo_labelled(
+                self.intermediate["train"], self._outputs(model, loader)["probs"], like=self.source["train"],
+                threshold=self.transitive.threshold, balance=self.transitive.balance,
+            )  # fmt: skip
+            results[stage1]["pseudo_labels"] = label_counts(pseudo, self.label_names)
+            source = {**self.source, "train": datasets.concatenate_datasets([self.source["train"], pseudo])}
+        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        results[stage2] = self.run_method(stage2, self.cfg.method, source=source, init=init)
+        return stage2
+
     def _method_name(self) -> str:
         from hftl.config import get_component
 
@@ -342,20 +414,28 @@ class AdaptRecipe:
         return get_component(self.cfg.adapter._component_, allow_any=self.allow_any).kind
 
     def print_report(self, metrics: dict[str, Any]) -> None:
-        rows = metrics["results"]
+        rows, main = metrics["results"], metrics["method"]
+        width = max(16, *(len(n) + 2 for n in rows))
         lines = [
             f"***** Adaptation report (checkpoint chosen by {metrics['selection_criterion']}, no target labels) *****",
-            f"{'method':<16}{'target test acc':>17}{'source val acc':>16}{'PAD before→after':>20}",
+            f"{'method':<{width}}{'target test acc':>17}{'source val acc':>16}{'PAD before→after':>20}",
         ]
         for name, r in rows.items():
             pad = r.get("proxy_a_distance")
             pad_s = f"{pad['before']:.2f} → {pad['after']:.2f}" if pad else "-"
             lines.append(
-                f"{name:<16}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}"
+                f"{name:<{width}}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}"
             )
-        main, so = metrics["method"], rows.get("source_only")
+        so, direct = rows.get("source_only"), rows.get(main.removesuffix("_transitive"))
         if so and main != "source_only" and rows[main]["target_test_acc"] < so["target_test_acc"]:
             lines.append(f"WARNING: negative transfer: {main} is below source-only on the target test set.")
+        if main.endswith("_transitive"):
+            lines.append(
+                f"{main.removesuffix('_transitive')}_stage1: adapted source → intermediate (scored on the target)."
+            )
+            if direct is not None:
+                gain = 100 * (rows[main]["target_test_acc"] - direct["target_test_acc"])
+                lines.append(f"Transitive vs direct: {gain:+.2f} points on the target test set.")
         self.accelerator.print("\n".join(lines))
 
 

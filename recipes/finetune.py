@@ -24,8 +24,17 @@ from hftl.evaluation.predictions import collect_predictions
 from hftl.models import Classifier, count_parameters
 from hftl.models.io import MODEL_DIRNAME, save_model
 from hftl.recipe import recipe_main
-from hftl.training import Engine, TrainConfig, steps_for
-from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
+from hftl.training import Engine, LayerwiseConfig, TrainConfig, steps_for
+from hftl.training.builders import (
+    build_accelerator,
+    build_loader,
+    build_optimizer,
+    build_scheduler,
+    build_unfreezer,
+    describe_layerwise,
+    print_summary,
+    train_lengths,
+)
 
 
 class FinetuneRecipe:
@@ -33,8 +42,9 @@ class FinetuneRecipe:
 
     # Values the recipe passes at run time; a config must not set them.
     RUNTIME_ARGS = {"head": {"in_features", "num_labels"}, "optimizer": {"params"}}
-    SECTIONS = {"train": TrainConfig}
+    SECTIONS = {"train": TrainConfig, "train.layerwise": LayerwiseConfig}
     REQUIRED = ("output_dir", "encoder", "adapter", "head", "data", "optimizer")
+    OPTIONAL = ("push_to_hub",)  # top-level keys read when present
 
     def __init__(self, cfg: DictConfig, *, allow_any_component: bool = False):
         self.cfg, self.allow_any = cfg, allow_any_component
@@ -66,15 +76,15 @@ class FinetuneRecipe:
         self.adapter.apply(encoder)
         head = self._build("head", in_features=encoder.out_features, num_labels=len(self.label_names))
         self.model = Classifier(encoder, head, self.label_names)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = self._build("optimizer", params=params)
+        optimizer = build_optimizer(  # one group, or one per layer with `train.layerwise`
+            lambda params: self._build("optimizer", params=params), self.model,
+            backbone=encoder.backbone, layerwise=tc.layerwise,
+        )  # fmt: skip
 
-        lengths = None
-        if tc.group_by_length and encoder.modality == "text":
-            lengths = [len(t.split()) for t in splits["train"]["text"]]  # word count ≈ token count order
         train_loader = build_loader(
             splits["train"], collate_fn=encoder.collator(train=True), batch_size=tc.batch_size,
-            shuffle=True, seed=self.seed, lengths=lengths, num_workers=tc.num_workers,
+            shuffle=True, seed=self.seed, lengths=train_lengths(splits["train"], encoder, tc),
+            num_workers=tc.num_workers,
         )  # fmt: skip
         eval_bs = tc.eval_batch_size or 2 * tc.batch_size
         self.eval_loaders = {
@@ -92,10 +102,11 @@ class FinetuneRecipe:
             tc, optimizer, total_steps=self.total_steps, num_processes=self.accelerator.num_processes
         )
         scheduler = self.accelerator.prepare(scheduler)
+        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=len(train_loader))
         self.engine = Engine(
             accelerator=self.accelerator, model=self.model, optimizer=optimizer, scheduler=scheduler,
             train_loader=train_loader, config=tc, output_dir=self.output_dir, total_steps=self.total_steps,
-            evaluate=(lambda: self.score("validation")) if "validation" in splits else None,
+            evaluate=(lambda: self.score("validation")) if "validation" in splits else None, on_step=unfreezer,
         )  # fmt: skip
         trainable, total = count_parameters(self.model)
         print_summary(self.accelerator, "Running training", {
@@ -107,6 +118,7 @@ class FinetuneRecipe:
             "Epochs / optimizer steps": f"{tc.epochs} / {self.total_steps}",
             "Batch size per device × accumulation × processes": f"{tc.batch_size} × {tc.gradient_accumulation_steps} × {self.accelerator.num_processes}",
             "Device / precision": f"{self.accelerator.device} / {tc.mixed_precision}",
+            **describe_layerwise(optimizer, unfreezer),
             "Output": str(self.output_dir),
         })  # fmt: skip
         self.accelerator.init_trackers(

@@ -8,9 +8,13 @@ from hftl.adapters.simple import Adapter
 from hftl.encoders.base import Encoder
 from hftl.errors import ConfigError
 
-# peft ships defaults for BERT but none for ViT/wav2vec2/HuBERT/WavLM/AST/Whisper (transformers 5 names
-# their attention projections q_proj/k_proj/v_proj): the attention query/value projections, as in the
-# LoRA paper.
+# peft ships defaults for BERT but none for ViT/wav2vec2/HuBERT/WavLM/AST/Whisper. transformers 5 names their
+# attention projections q_proj/k_proj/v_proj (ViT and AST too, no longer query/value; checked on tiny configs by
+# tests/test_audio_encoders.py): LoRA wraps the query/value projections, as in the LoRA paper.
+# WavLM's attention passes q/k/v_proj.weight straight to F.multi_head_attention_forward (the modules' forward
+# never runs), so LoRA/IA3 there would train nothing: it adapts the feed-forward layers instead.
+_WAV2VEC2_LIKE = ("wav2vec2", "hubert", "data2vec-audio", "unispeech", "unispeech-sat", "sew")
+_WAVLM_FFN = ["feed_forward.intermediate_dense", "feed_forward.output_dense"]
 LORA_TARGETS: dict[str, list[str]] = {
     "bert": ["query", "value"],
     "roberta": ["query", "value"],
@@ -18,8 +22,10 @@ LORA_TARGETS: dict[str, list[str]] = {
     "distilbert": ["q_lin", "v_lin"],
     **{
         t: ["q_proj", "v_proj"]
-        for t in ("vit", "deit", "wav2vec2", "hubert", "wavlm", "audio-spectrogram-transformer", "whisper")
+        for t in ("vit", "deit", "audio-spectrogram-transformer", "whisper", *_WAV2VEC2_LIKE)
     },
+    "wav2vec2-conformer": ["linear_q", "linear_v"],
+    "wavlm": _WAVLM_FFN,
 }
 # IA3 rescales keys, values and the feed-forward output (Liu et al. 2022).
 IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {
@@ -31,8 +37,9 @@ IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {
     },
     **{
         t: (["k_proj", "v_proj", "feed_forward.output_dense"], ["feed_forward.output_dense"])
-        for t in ("wav2vec2", "hubert", "wavlm")
+        for t in _WAV2VEC2_LIKE
     },
+    "wavlm": (_WAVLM_FFN, ["feed_forward.output_dense"]),
 }
 
 

@@ -11,13 +11,22 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import inspect
-from collections.abc import Iterable
+import io
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Sampler
 
 from hftl.data.audio import crop_or_pad, decode_audio
+from hftl.data.augment import AudioAugment, AudioAugmentConfig
+from hftl.errors import ConfigError, DataError
+
+# Example field added by KeyedDataset: (dataset index, sampler epoch), the seed of its random choices.
+EXAMPLE_KEY = "_example_key"
 
 
 def _with_labels(batch, examples: list[dict]) -> dict[str, torch.Tensor]:
@@ -52,22 +61,52 @@ class TextCollator:
 
 
 class AudioCollator:
-    """Decodes ``audio``, crops long clips and runs the feature extractor with padding to the longest.
+    """Decodes ``audio``, augments and crops training clips, and runs the feature extractor.
+
+    Each training example gets its own random generator (crop offset, augmentation draws, masks),
+    seeded from ``seed`` and the example's *key*:
+
+    * examples read through :class:`KeyedDataset` carry ``(dataset index, sampler epoch)``; the
+      randomness is then a function of ``(seed, index, epoch)`` only: identical with any batch size,
+      number of DataLoader workers, process count, and after an exact resume.
+    * other examples fall back to ``(seed, hash of the audio path or bytes, how many times this
+      collator object has seen that clip)``: reproducible for an uninterrupted run with
+      ``num_workers=0``, but **not** resume-exact (a resumed process starts counting at 0 again)
+      and, with workers, each worker counts separately.
+
+    Evaluation (``train=False``) is deterministic: centre crop, no augmentation.
 
     Args:
         feature_extractor: a transformers feature extractor; its ``sampling_rate`` sets the decode rate.
         max_duration: clips longer than this many seconds are cropped to it; None keeps full clips.
-        train: crop at a random offset (augmentation) instead of the centre.
-        seed: seed of the random crops, so a run is reproducible.
+        train: random crops and augmentation (instead of centre crops, no augmentation).
+        seed: base seed of the per-example generators.
+        augment: waveform and SpecAugment settings (:class:`hftl.data.augment.AudioAugmentConfig`, a
+            mapping of its fields, or an :class:`~hftl.data.augment.AudioAugment`); applied only when
+            ``train`` is True.
+        padding: ``longest`` pads to the longest clip of the batch; ``max_length`` to the extractor's
+            fixed length (Whisper's encoder needs its 30 s ``chunk_length``). AST's extractor always
+            pads to its ``max_length`` frames.
 
     Returns (on call):
         The extractor's tensors (``input_values`` ``(B, T)`` for wav2vec2-style extractors, with
-        ``T <= max_duration * sampling_rate``) and ``attention_mask`` when the extractor supports it;
-        ``labels`` shape ``(B,)``.
+        ``T <= max_duration * sampling_rate``; ``input_features`` ``(B, mel, frames)`` for Whisper;
+        ``input_values`` ``(B, frames, mel)`` for AST) and ``attention_mask`` when the extractor
+        supports it; ``labels`` shape ``(B,)``.
+
+    Raises:
+        ConfigError: SpecAugment masks are enabled but the extractor gives waveforms, not spectrograms.
     """
 
     def __init__(
-        self, feature_extractor, *, max_duration: float | None = None, train: bool = False, seed: int = 0
+        self,
+        feature_extractor,
+        *,
+        max_duration: float | None = None,
+        train: bool = False,
+        seed: int = 0,
+        augment: AudioAugment | AudioAugmentConfig | Mapping[str, Any] | None = None,
+        padding: Literal["longest", "max_length"] = "longest",
     ):
         if max_duration is not None and max_duration <= 0:
             raise ValueError(
@@ -76,27 +115,95 @@ class AudioCollator:
         self.feature_extractor = feature_extractor
         self.sampling_rate = int(feature_extractor.sampling_rate)
         self.max_length = None if max_duration is None else int(round(max_duration * self.sampling_rate))
-        self.train = train
-        self.generator = np.random.default_rng(seed)
+        self.train, self.seed = train, seed
+        if augment is not None and not isinstance(augment, AudioAugment):
+            augment = AudioAugment(augment)
+        self.augment = augment
+        # Loader builders wrap the data set with `with_example_keys` when this is True.
+        self.uses_example_keys = train
+        self._seen: dict[int, int] = {}  # fallback keys: clip hash -> times collated
         params = inspect.signature(feature_extractor.__call__).parameters
-        self._mask_kwargs = {"return_attention_mask": True} if "return_attention_mask" in params else {}
+        self._kwargs: dict[str, Any] = (
+            {"return_attention_mask": True} if "return_attention_mask" in params else {}
+        )
+        if "padding" in params:
+            self._kwargs["padding"] = padding
+        self._hop = int(getattr(feature_extractor, "hop_length", 0) or self.sampling_rate // 100)
+        self._spectrogram = None
+        if augment is not None and augment.config.spectrogram_enabled:
+            self._spectrogram = self._spectrogram_layout()
+
+    def _extract(self, waves: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        return self.feature_extractor(
+            waves, sampling_rate=self.sampling_rate, return_tensors="pt", **self._kwargs
+        )
+
+    def _spectrogram_layout(self) -> tuple[str, int]:
+        """Which output holds the spectrogram and its mel axis (0: ``(mel, T)``, 1: ``(T, mel)``)."""
+        probe = np.random.default_rng(0).standard_normal(self.sampling_rate // 10).astype(np.float32)
+        out = self._extract(
+            [0.01 * probe]
+        )  # 0.1 s of faint noise (silence gives NaN in normalizing extractors)
+        bins = getattr(self.feature_extractor, "num_mel_bins", None) or getattr(
+            self.feature_extractor, "feature_size", None
+        )
+        for name in ("input_features", "input_values"):
+            x = out.get(name)
+            if x is None or x.dim() != 3:
+                continue
+            if type(self.feature_extractor).__name__.startswith("Whisper") or x.shape[2] != bins:
+                if x.shape[1] == bins:
+                    return name, 0
+            else:
+                return name, 1
+        shapes = {k: tuple(v.shape) for k, v in out.items()}
+        raise ConfigError(
+            "`encoder.augment`: time/frequency masks need spectrogram inputs, but "
+            f"{type(self.feature_extractor).__name__} gives {shapes} (no (batch, mel, frames) output with "
+            f"{bins} mel bins). Set `time_mask_prob` and `freq_mask_prob` to 0 for waveform encoders."
+        )
+
+    def _generator(self, example: dict) -> np.random.Generator:
+        key = example.get(EXAMPLE_KEY)
+        if key is not None:
+            entropy = [self.seed, 0, int(key[0]), int(key[1])]
+        else:
+            ident = _audio_hash(example["audio"])
+            count = self._seen[ident] = self._seen.get(ident, -1) + 1
+            entropy = [self.seed, 1, ident, count]
+        return np.random.default_rng(np.random.SeedSequence(entropy))
+
+    def _train_clip(self, wave: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+        augment = self.augment
+        if self.max_length is not None and augment is not None and augment.config.waveform_enabled:
+            # Augment only what survives the crop: a window long enough for the fastest speed factor.
+            margin = max(augment.config.speeds) if augment.config.speed_prob > 0 else 1.0
+            window = int(np.ceil(self.max_length * margin))
+            if len(wave) > window:
+                wave = crop_or_pad(wave, window, random=True, generator=generator)
+        if augment is not None:
+            wave = augment(wave, self.sampling_rate, generator=generator)
+        if self.max_length is not None and len(wave) > self.max_length:
+            wave = crop_or_pad(wave, self.max_length, random=True, generator=generator)
+        return wave
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         waves = [decode_audio(ex["audio"], sampling_rate=self.sampling_rate) for ex in examples]
-        if self.max_length is not None:
+        if self.train:
+            generators = [self._generator(ex) for ex in examples]
+            waves = [self._train_clip(w, g) for w, g in zip(waves, generators, strict=True)]
+        elif self.max_length is not None:
             waves = [
-                crop_or_pad(w, self.max_length, random=self.train, generator=self.generator)
-                if len(w) > self.max_length
-                else w
+                crop_or_pad(w, self.max_length, random=False) if len(w) > self.max_length else w
                 for w in waves
             ]
-        batch = self.feature_extractor(
-            waves,
-            sampling_rate=self.sampling_rate,
-            padding="longest",
-            return_tensors="pt",
-            **self._mask_kwargs,
-        )
+        batch = dict(self._extract(waves))
+        if self.train and self._spectrogram is not None:
+            name, freq_axis = self._spectrogram
+            batch[name] = torch.stack([
+                self.augment.mask(x, freq_axis=freq_axis, generator=g, num_frames=-(-len(w) // self._hop))
+                for x, w, g in zip(batch[name], waves, generators, strict=True)
+            ])  # fmt: skip
         return _with_labels(batch, examples)
 
 
@@ -151,3 +258,121 @@ def text_lengths(dataset: Iterable[dict], tokenizer=None, *, batch_size: int = 1
         ids = tokenizer(texts[start : start + batch_size], truncation=False)["input_ids"]
         lengths += [len(x) for x in ids]
     return lengths
+
+
+def _audio_hash(item: str | dict) -> int:
+    """A 63-bit hash of an audio item's path (or its bytes when it has no path), stable across processes."""
+    if isinstance(item, dict):
+        data = item.get("path") or item.get("bytes") or b""
+    else:
+        data = item
+    data = data.encode() if isinstance(data, str) else bytes(data)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little") >> 1
+
+
+def audio_lengths(dataset: Iterable[dict], *, sampling_rate: int = 16_000) -> list[int]:
+    """Per-example lengths of ``audio`` in samples at ``sampling_rate``, for length-grouped sampling.
+
+    Reads only each file's header (``soundfile.info``): nothing is decoded.
+
+    Args:
+        dataset: a ``datasets.Dataset`` (or any sequence of dicts) with an undecoded ``audio`` column
+            (paths or ``{"path", "bytes"}`` items).
+        sampling_rate: the rate the clips will be decoded at (the encoder's).
+
+    Returns:
+        One length per example, in dataset order: ``ceil(frames × sampling_rate / file_rate)``.
+
+    Raises:
+        DataError: naming a file that is missing or whose header cannot be read.
+    """
+    import soundfile as sf
+
+    if hasattr(dataset, "with_format"):
+        items = dataset.with_format("arrow")["audio"].to_pylist()
+    else:
+        items = [ex["audio"] for ex in dataset]
+    lengths = []
+    for item in items:
+        if isinstance(item, dict):
+            name = item.get("path") or "<in-memory audio bytes>"
+            source = io.BytesIO(item["bytes"]) if item.get("bytes") else item.get("path")
+        else:
+            name = source = item
+        try:
+            info = sf.info(source)
+        except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+            raise DataError(
+                f"Cannot read the header of audio file {name}: {err}. Fix or remove the file (group_by_length "
+                "reads every training clip's duration)."
+            ) from err
+        lengths.append(-(-int(info.frames) * sampling_rate // int(info.samplerate)))
+    return lengths
+
+
+class EpochKeySampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, epoch)`` for each index of an epoch-seeded sampler (see :class:`KeyedDataset`).
+
+    The epoch travels with the index, so DataLoader workers (which hold stale copies of the collator
+    and dataset) still see the sampler's current epoch.
+
+    Args:
+        sampler: a sampler with ``epoch`` and ``set_epoch`` (:class:`hftl.data.samplers.EpochSampler`).
+    """
+
+    def __init__(self, sampler: Sampler[int]):
+        self.sampler = sampler
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((i, epoch) for i in self.sampler)
+
+
+class KeyedDataset(Dataset):
+    """Reads ``(index, epoch)`` keys from :class:`EpochKeySampler` and adds them to each example.
+
+    The collator seeds each example's random choices from the key (``EXAMPLE_KEY`` field), which makes
+    augmentation a function of ``(seed, index, epoch)``: exact under resume and any worker count.
+
+    Example:
+        >>> sampler = EpochKeySampler(EpochSampler(len(ds), seed=0))
+        >>> loader = DataLoader(KeyedDataset(ds), sampler=sampler, batch_size=8, collate_fn=collator)
+    """
+
+    def __init__(self, dataset: Sequence[dict]):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        return {**self.dataset[int(key[0])], EXAMPLE_KEY: (int(key[0]), int(key[1]))}
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict]:
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if getitems is None:
+            return [self[k] for k in keys]
+        rows = getitems([int(k[0]) for k in keys])  # one Arrow read for the batch
+        return [{**row, EXAMPLE_KEY: (int(k[0]), int(k[1]))} for row, k in zip(rows, keys, strict=True)]
+
+
+def with_example_keys(dataset: Sequence[dict], sampler: Sampler[int]) -> tuple[KeyedDataset, EpochKeySampler]:
+    """The ``(dataset, sampler)`` pair that gives each example its ``(index, epoch)`` key.
+
+    Wire it where the training loader is built, when the collator asks for keys
+    (``getattr(collate_fn, "uses_example_keys", False)``)::
+
+        sampler = EpochSampler(len(dataset), seed=seed, shuffle=True)
+        dataset, sampler = with_example_keys(dataset, sampler)
+    """
+    return KeyedDataset(dataset), EpochKeySampler(sampler)

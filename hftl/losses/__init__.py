@@ -11,16 +11,22 @@ from hftl.losses.cdan import ConditionalDomainAdversarialLoss
 from hftl.losses.coral import CorrelationAlignmentLoss
 from hftl.losses.dann import DomainAdversarialLoss
 from hftl.losses.discriminator import DomainDiscriminator
+from hftl.losses.distillation import HintLoss, KnowledgeDistillationLoss, LwFLoss
 from hftl.losses.entropy import certainty_weights, entropy
 from hftl.losses.grl import GradientReverseFunction, GradientReverseLayer, grl_coefficient
 from hftl.losses.jan import JointMultipleKernelMaximumMeanDiscrepancy
 from hftl.losses.kernels import GaussianKernel, gaussian_kernels
 from hftl.losses.mcc import MinimumClassConfusionLoss
 from hftl.losses.mdd import MarginDisparityDiscrepancy
+from hftl.losses.metric import BatchHardTripletLoss, ContrastiveLoss, CosineSimilarityLoss, TripletLoss
 from hftl.losses.mmd import MultipleKernelMaximumMeanDiscrepancy
 from hftl.losses.self_training import ConfidenceThresholdSelfTraining
 
 __all__ = [
+    "BatchHardTripletLoss",
+    "ContrastiveLoss",
+    "CosineSimilarityLoss",
+    "TripletLoss",
     "ConditionalDomainAdversarialLoss",
     "ConfidenceThresholdSelfTraining",
     "CorrelationAlignmentLoss",
@@ -29,8 +35,11 @@ __all__ = [
     "GaussianKernel",
     "GradientReverseFunction",
     "GradientReverseLayer",
+    "HintLoss",
     "JointMultipleKernelMaximumMeanDiscrepancy",
+    "KnowledgeDistillationLoss",
     "LossOutput",
+    "LwFLoss",
     "MarginDisparityDiscrepancy",
     "MinimumClassConfusionLoss",
     "MultipleKernelMaximumMeanDiscrepancy",

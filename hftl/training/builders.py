@@ -1,7 +1,8 @@
-"""Small builders shared by recipes: accelerator, loaders, LR schedule, run summary."""
+"""Small builders shared by recipes: accelerator, loaders, optimizer, LR schedule, run summary."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,9 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 from torch.utils.data import DataLoader
 
+from hftl.data.collate import with_example_keys
 from hftl.data.samplers import EpochSampler
-from hftl.training.config import TrainConfig
+from hftl.training.config import LayerwiseConfig, TrainConfig
 
 
 def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerator:
@@ -52,6 +54,8 @@ def build_loader(
 ) -> DataLoader:
     """A DataLoader with an epoch-seeded sampler (length-grouped when ``lengths`` is given)."""
     sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle, lengths=lengths, batch_size=batch_size)
+    if getattr(collate_fn, "uses_example_keys", False):  # per-example (index, epoch) seeds: exact resume
+        dataset, sampler = with_example_keys(dataset, sampler)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -65,6 +69,75 @@ def build_loader(
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
     )
+
+
+def build_optimizer(
+    make: Callable[..., torch.optim.Optimizer],
+    model: torch.nn.Module,
+    *,
+    backbone: torch.nn.Module,
+    layerwise: LayerwiseConfig,
+) -> torch.optim.Optimizer:
+    """The optimizer over ``model``'s trainable parameters, in layer-wise groups when ``layerwise`` is active.
+
+    Args:
+        make: builds the optimizer from ``params=`` (the recipe's ``optimizer:`` node, e.g.
+            ``lambda params: instantiate(cfg.optimizer, params=params)``).
+        model: the model to train; its parameters with ``requires_grad`` are optimized.
+        backbone: the encoder's transformers model inside ``model`` (depths are counted in it).
+        layerwise: the ``train.layerwise`` section.
+
+    Returns:
+        With ``layerwise`` off, ``make(params=trainable)`` (one group). Otherwise one group per depth, top
+        first (so logs show the head's learning rate), each at ``lr × lr_decay ** depth``; see
+        :mod:`hftl.training.layerwise`.
+    """
+    from hftl.training.layerwise import layer_groups, scale_group_lrs
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not layerwise.active:
+        return make(params=params)
+    optimizer = make(
+        params=layer_groups(model, backbone=backbone, lr_decay=layerwise.lr_decay, params=params)
+    )
+    scale_group_lrs(optimizer)
+    return optimizer
+
+
+def build_unfreezer(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, *, batches_per_epoch: int
+) -> Callable[[int], None] | None:
+    """The gradual-unfreezing hook of ``config.layerwise`` for :class:`~hftl.training.Engine`'s ``on_step``.
+
+    Args:
+        config: the ``train:`` section.
+        optimizer: built by :func:`build_optimizer`.
+        batches_per_epoch: ``len(train_loader)`` (per process), to turn epochs into optimizer steps.
+
+    Returns:
+        ``None`` when gradual unfreezing is off. The hook freezes on its first call, which the engine makes
+        after ``accelerator.prepare`` wrapped the model, so DDP registers every parameter that will train.
+    """
+    from hftl.training.layerwise import GradualUnfreezer
+
+    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    every = config.layerwise.unfreeze_interval(steps_per_epoch)
+    return None if every is None else GradualUnfreezer(optimizer, every_steps=every)
+
+
+def describe_layerwise(optimizer: torch.optim.Optimizer, unfreezer: Any) -> dict[str, str]:
+    """Lines for the run summary: learning rate per depth and the unfreezing schedule."""
+    groups = optimizer.param_groups
+    if len(groups) < 2 and unfreezer is None:
+        return {}
+    lrs = ", ".join(f"{g.get('name', i)} {g['lr']:.2e}" for i, g in enumerate(groups))
+    lines = {"Layer-wise learning rates": lrs}
+    if unfreezer is not None:
+        lines["Gradual unfreezing"] = (
+            f"one depth every {unfreezer.every_steps} steps, all {unfreezer.max_depth + 1} depths train from "
+            f"step {unfreezer.fully_unfrozen_at}"
+        )
+    return lines
 
 
 def build_scheduler(
@@ -88,3 +161,20 @@ def print_summary(accelerator: Accelerator, title: str, items: dict[str, Any]) -
     width = max(len(k) for k in items)
     lines = [f"***** {title} *****", *(f"  {k:<{width}} = {v}" for k, v in items.items())]
     accelerator.print("\n".join(lines))
+
+
+def train_lengths(dataset: Any, encoder: Any, config: TrainConfig) -> list[int] | None:
+    """Per-example lengths for length-grouped batches (``train.group_by_length``), or None.
+
+    Text: word counts (same order as token counts, no tokenizing). Audio: frames at the encoder's rate,
+    read from file headers without decoding. Other modalities: None (fixed-size inputs).
+    """
+    if not config.group_by_length:
+        return None
+    if encoder.modality == "text":
+        return [len(t.split()) for t in dataset["text"]]
+    if encoder.modality == "audio":
+        from hftl.data import audio_lengths
+
+        return audio_lengths(dataset, sampling_rate=encoder.sampling_rate)
+    return None

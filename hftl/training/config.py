@@ -2,8 +2,84 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
+
+
+@dataclass
+class LayerwiseConfig:
+    """Discriminative learning rates and gradual unfreezing (``train.layerwise:``).
+
+    Depth counts from the top: the head (and every module outside the encoder backbone) is depth 0 and
+    trains at the optimizer's ``lr``; the backbone's top numbered layer (``layer.N`` / ``layers.N`` /
+    ``blocks.N`` ...) is depth 1, the next one down depth 2, ...; parameters before the first layer
+    (embeddings, a speech encoder's convolutional feature extractor) are the deepest group. A group at
+    depth ``d`` trains at ``lr × lr_decay ** d`` (Howard & Ruder 2018, "Universal Language Model
+    Fine-tuning for Text Classification"). With gradual unfreezing only depth 0 trains at first; every
+    ``unfreeze_every_steps`` optimizer steps (or epochs) the next group down joins, until all train.
+    The defaults change nothing.
+
+    Example:
+        ``train.layerwise.lr_decay=0.8 train.layerwise.unfreeze_every_epochs=1``
+    """
+
+    lr_decay: float = field(
+        default=1.0,
+        metadata={
+            "help": "Learning-rate factor per layer from the head down, in (0, 1]: depth d trains at "
+            "lr × lr_decay^d. 1 = one learning rate for all (ULMFiT uses 1/2.6 ≈ 0.38; BERT fine-tuning "
+            "0.65-0.95)."
+        },
+    )
+    unfreeze_every_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Gradual unfreezing: start with only the head trainable and unfreeze the next layer "
+            "down every N optimizer steps. null = everything trains from the start."
+        },
+    )
+    unfreeze_every_epochs: int | None = field(
+        default=None,
+        metadata={"help": "Like `unfreeze_every_steps`, counted in epochs (ULMFiT: 1)."},
+    )
+
+    def __post_init__(self) -> None:
+        from hftl.errors import ConfigError
+
+        problems = []
+        if not 0.0 < self.lr_decay <= 1.0:
+            problems.append(
+                f"`train.layerwise.lr_decay` must be in (0, 1]; got {self.lr_decay}. Use 1 for one "
+                "learning rate everywhere, e.g. 0.8 to shrink it by 20 % per layer from the head down."
+            )
+        for name in ("unfreeze_every_steps", "unfreeze_every_epochs"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                problems.append(f"`train.layerwise.{name}` must be >= 1 or null; got {value}")
+        if self.unfreeze_every_steps is not None and self.unfreeze_every_epochs is not None:
+            problems.append(
+                "`train.layerwise.unfreeze_every_steps` and `train.layerwise.unfreeze_every_epochs` are both "
+                "set; keep one of them"
+            )
+        if problems:
+            raise ConfigError(problems)
+
+    @property
+    def active(self) -> bool:
+        """Whether this section changes training at all (else the recipe builds one parameter group)."""
+        return self.lr_decay != 1.0 or self.gradual
+
+    @property
+    def gradual(self) -> bool:
+        """Whether gradual unfreezing is on."""
+        return self.unfreeze_every_steps is not None or self.unfreeze_every_epochs is not None
+
+    def unfreeze_interval(self, steps_per_epoch: int) -> int | None:
+        """Optimizer steps between two unfreezings (``None`` when gradual unfreezing is off)."""
+        if self.unfreeze_every_epochs is not None:
+            return self.unfreeze_every_epochs * max(1, steps_per_epoch)
+        return self.unfreeze_every_steps
 
 
 @dataclass
@@ -60,10 +136,23 @@ class TrainConfig:
         default_factory=list, metadata={"help": "Trackers for accelerate: tensorboard, trackio, wandb, ..."}
     )
     cpu: bool = field(default=False, metadata={"help": "Train on CPU even when a GPU is present."})
+    layerwise: LayerwiseConfig = field(
+        default_factory=LayerwiseConfig,
+        metadata={
+            "help": "Layer-wise learning rates and gradual unfreezing (`lr_decay`, `unfreeze_every_steps`, "
+            "`unfreeze_every_epochs`); see LayerwiseConfig."
+        },
+    )
 
     def __post_init__(self) -> None:
         from hftl.errors import ConfigError
 
+        if self.layerwise is None:
+            self.layerwise = LayerwiseConfig()
+        elif isinstance(self.layerwise, Mapping):  # a YAML section
+            from hftl.config import to_dataclass
+
+            self.layerwise = to_dataclass(LayerwiseConfig, self.layerwise, key="train.layerwise")
         problems = []
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "keep_last", "log_every_steps"):
             if getattr(self, name) < 1:

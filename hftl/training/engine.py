@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from hftl.errors import TrainingError
 from hftl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from hftl.training.config import TrainConfig
 
@@ -29,6 +30,8 @@ logger = logging.getLogger(__name__)
 LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 # () -> validation metrics such as {"accuracy": 0.9, "loss": 0.3}
 EvalFn = Callable[[], dict[str, float]]
+# (optimizer steps done) -> None, e.g. hftl.training.layerwise.GradualUnfreezer
+StepHook = Callable[[int], None]
 
 
 def cross_entropy_step(
@@ -70,6 +73,9 @@ class Engine:
             ``config.metric_for_best``).
         higher_is_better: direction of ``metric`` (default: lower is better only for ``loss``).
         total_steps: optimizer steps of the whole run.
+        on_step: called with the optimizer-step count before training starts (after a resume) and
+            after every optimizer step; state that is a function of the step (gradual unfreezing)
+            is thereby the same in a resumed and an uninterrupted run.
     """
 
     def __init__(
@@ -87,12 +93,14 @@ class Engine:
         loss_fn: LossFn = cross_entropy_step,
         metric: str | None = None,
         higher_is_better: bool | None = None,
+        on_step: StepHook | None = None,
     ):
         self.acc, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.train_loader, self.cfg, self.output_dir = train_loader, config, Path(output_dir)
         self.total_steps, self.evaluate, self.loss_fn = total_steps, evaluate, loss_fn
         self.metric = metric or config.metric_for_best
         self.higher_is_better = self.metric != "loss" if higher_is_better is None else higher_is_better
+        self.on_step = on_step or (lambda step: None)
         self.state = TrainState()
         self.best_path = self.output_dir / "checkpoints" / "best_trainable.safetensors"
         self._saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
@@ -128,7 +136,9 @@ class Engine:
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         model = self.acc.unwrap_model(self.model)
-        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        # what the optimizer may change, including parameters frozen for now (gradual unfreezing)
+        optimized = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        names = {n for n, p in model.named_parameters() if p.requires_grad or id(p) in optimized}
         return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
 
     def _save_best(self) -> None:
@@ -184,6 +194,18 @@ class Engine:
         patience = self.cfg.early_stopping_patience
         return patience is not None and self.state.bad_evals >= patience
 
+    def _check_finite(self, mean_loss: float) -> None:
+        """Stops a diverged run before anything of it is saved (checked where the loss reaches the host)."""
+        if math.isfinite(mean_loss):
+            return
+        lr = max(group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups)
+        what = "NaN" if math.isnan(mean_loss) else "infinite"
+        raise TrainingError(
+            f"the training loss became {what} by step {self.state.step} (peak learning rate {lr:.3g}); nothing "
+            "from the diverged steps was saved. Fix: lower `optimizer.lr`, keep `train.max_grad_norm` set "
+            "(gradient clipping), or use `train.mixed_precision=bf16` instead of fp16."
+        )
+
     def _optimizer_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         with self.acc.accumulate(self.model):
             loss, logs = self.loss_fn(self.model, batch)
@@ -220,6 +242,7 @@ class Engine:
         """Trains to ``total_steps`` (or early stop), restores the best weights, returns the final state."""
         self.maybe_resume()
         cfg, state = self.cfg, self.state
+        self.on_step(state.step)
         self.model.train()
         progress = tqdm(
             total=self.total_steps,
@@ -228,6 +251,18 @@ class Engine:
             disable=not self.acc.is_local_main_process,
             dynamic_ncols=True,
         )
+        try:
+            self._train_loop(progress)
+        finally:
+            progress.close()  # before any error message, so it starts on its own line
+        self.acc.wait_for_everyone()
+        if cfg.load_best_at_end and state.best_step is not None and state.best_step != state.step:
+            self._restore_best()
+        return state
+
+    def _train_loop(self, progress: tqdm) -> None:
+        """Optimizer steps with logging, validation and checkpoints until ``total_steps`` or early stop."""
+        cfg, state = self.cfg, self.state
         patience = cfg.early_stopping_patience
         early_stopped = self.evaluate is not None and patience is not None and state.bad_evals >= patience
         running, count, stop = (
@@ -244,9 +279,11 @@ class Engine:
                 if not self.acc.sync_gradients:
                     continue
                 state.step += 1
+                self.on_step(state.step)
                 progress.update(1)
                 if state.step % cfg.log_every_steps == 0:
                     mean_loss = (running / count).item()
+                    self._check_finite(mean_loss)
                     lr = self.scheduler.get_last_lr()[0]
                     progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=state.epoch)
                     self.acc.log(
@@ -262,7 +299,10 @@ class Engine:
                 if stop and not cfg.eval_every_steps:
                     break  # final validation and checkpoint happen after the loop
                 evaluated = False
-                if cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0:
+                due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0
+                if due or (cfg.save_every_steps and state.step % cfg.save_every_steps == 0):
+                    self._check_finite((running / max(count, 1)).item())  # never save diverged weights
+                if due:
                     stop, evaluated = self._validate(progress) or stop, True
                 if (cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or (
                     evaluated and not cfg.save_every_steps
@@ -271,6 +311,7 @@ class Engine:
                 if stop:
                     break
             else:  # epoch finished
+                self._check_finite((running / max(count, 1)).item())
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 if not cfg.eval_every_steps:
@@ -278,15 +319,11 @@ class Engine:
                     if not cfg.save_every_steps:
                         self.save()
                 stop = stop or state.step >= self.total_steps
+        self._check_finite((running / max(count, 1)).item())
         if self.evaluate is not None and (not state.history or state.history[-1]["step"] != state.step):
             self._validate(progress)  # the run ended between validations: score the final weights too
         if self._saved_step != state.step:
             self.save()  # the final state, so re-running the same command finds the run finished
-        progress.close()
-        self.acc.wait_for_everyone()
-        if cfg.load_best_at_end and state.best_step is not None and state.best_step != state.step:
-            self._restore_best()
-        return state
 
 
 def steps_for(config: TrainConfig, batches_per_epoch: int) -> int:

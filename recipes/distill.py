@@ -1,0 +1,478 @@
+"""Knowledge distillation: a trained teacher → a smaller, faster student (KD + optional FitNets hints).
+
+Run:
+    hftl run distill --config text/minilm_distill_sst2 [key=value ...]
+    python recipes/distill.py --config recipes/configs/text/minilm_distill_sst2.yaml   # same code
+
+``setup()`` makes sure the teacher exists (``teacher.path``, a saved hftl model; trained first with
+``hftl run finetune --config teacher.finetune_config`` when missing), builds the student (its encoder
+config, optionally initialised from the teacher's merged weights and cut down to ``distill.student_layers``),
+records the teacher's logits once per training example (``distill.cache_teacher_logits``), then trains the
+student on ``loss`` (KD) + ``hints.weight`` × ``hints`` (FitNets) over the labelled ``data`` and the
+optional ``unlabeled`` data (soft loss only). ``evaluate()`` scores student and teacher on the same splits
+and times both on the same batch; ``save()`` writes the student as an ordinary hftl model directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from hftl.config import instantiate, to_dataclass
+from hftl.encoders.base import hidden_size_of
+from hftl.errors import ConfigError, ModelLoadError
+from hftl.evaluation import classification_report, format_report, write_metrics
+from hftl.evaluation.predictions import collect_predictions
+from hftl.losses.distillation import IGNORE_LABEL, SoftTargetCollator, record_logits
+from hftl.models import Classifier, count_parameters
+from hftl.models.io import MODEL_DIRNAME, find_model_dir, load_model, save_model
+from hftl.recipe import recipe_main
+from hftl.training import Engine, TrainConfig, steps_for
+from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
+
+
+@dataclass
+class TeacherConfig:
+    """Where the teacher comes from (``teacher:``)."""
+
+    path: str = field(
+        metadata={"help": "A saved hftl model (run output dir or its model/), e.g. a LoRA MiniLM."}
+    )
+    finetune_config: str | None = field(
+        default=None,
+        metadata={"help": "When `path` holds no model yet: train it first with this `finetune` config."},
+    )
+    finetune_overrides: list[str] = field(
+        default_factory=list, metadata={"help": "Overrides for that teacher run, e.g. [train.max_steps=500]."}
+    )
+
+
+@dataclass
+class DistillConfig:
+    """How the student is built and fed (``distill:``)."""
+
+    student_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Keep only these transformer layers of the student encoder (0-based), e.g. [0, 5]."
+        },
+    )
+    init_from_teacher: bool = field(
+        default=True,
+        metadata={"help": "Start the student from the teacher's (LoRA-merged) encoder and head weights; "
+                  "needs the same architecture before `student_layers` cuts it."},
+    )  # fmt: skip
+    cache_teacher_logits: bool = field(
+        default=True,
+        metadata={"help": "Run the teacher once over the training data and keep its logits in memory "
+                  "(off: the teacher runs on every batch; hints always need that)."},
+    )  # fmt: skip
+    speed_batch_size: int = field(default=64, metadata={"help": "Test examples in the timed batch."})
+    speed_repeats: int = field(default=20, metadata={"help": "Timed forward passes per model (median kept)."})
+
+    def __post_init__(self) -> None:
+        if self.student_layers is not None and (not self.student_layers or min(self.student_layers) < 0):
+            raise ConfigError(
+                f"`distill.student_layers` is {self.student_layers}; give non-empty 0-based layer indices or null"
+            )
+        if self.speed_batch_size < 1 or self.speed_repeats < 1:
+            raise ConfigError("`distill.speed_batch_size` and `distill.speed_repeats` must be >= 1")
+
+
+def keep_layers(encoder: nn.Module, layers: list[int]) -> None:
+    """Cuts a transformers encoder down to ``layers`` (in that order), updating ``num_hidden_layers``."""
+    base = encoder.base_model
+    n = base.config.num_hidden_layers
+    stack = next((m for m in base.modules() if isinstance(m, nn.ModuleList) and len(m) == n), None)
+    if stack is None or max(layers) >= n:
+        raise ConfigError(
+            f"`distill.student_layers` = {layers}: the student has {n} layers (indices 0..{n - 1})"
+            + ("" if stack is not None else " and no layer list hftl can cut; set it to null")
+        )
+    kept = [stack[i] for i in layers]
+    for i in range(n - 1, -1, -1):
+        del stack[i]
+    stack.extend(kept)
+    for i, layer in enumerate(kept):  # attention caches index layers by position
+        for m in layer.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = i
+    base.config.num_hidden_layers = len(layers)
+
+
+def merged_backbone(encoder: nn.Module) -> nn.Module:
+    """A copy of ``encoder.backbone`` with any LoRA/IA3 weights merged in (a plain transformers model)."""
+    backbone = copy.deepcopy(encoder.backbone)
+    return backbone.merge_and_unload() if hasattr(backbone, "merge_and_unload") else backbone
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two text encoders turn the same text into the same input ids."""
+    pa, pb = getattr(a, "processor", None), getattr(b, "processor", None)
+    return (
+        type(pa) is type(pb)
+        and getattr(a, "max_length", None) == getattr(b, "max_length", None)
+        and (not hasattr(pa, "get_vocab") or pa.get_vocab() == pb.get_vocab())
+    )
+
+
+@torch.no_grad()
+def time_forward(runs: dict[str, tuple[nn.Module, dict]], *, repeats: int, accelerator) -> dict[str, float]:
+    """Median seconds of one forward pass per ``name: (model, batch)``, after 3 warm-up passes.
+
+    The models run in turn within each repeat, so a machine's load changing over time hits them alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    cuda = any(b[next(iter(b))].is_cuda for _, b in runs.values())
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    with accelerator.autocast():
+        for i in range(repeats + 3):
+            for name, (model, batch) in runs.items():
+                model.eval()
+                sync()
+                start = time.perf_counter()
+                model(**batch)
+                sync()
+                if i >= 3:
+                    times[name].append(time.perf_counter() - start)
+    return {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+
+
+class DistillModel(nn.Module):
+    """The student plus the trainable parts of the distillation losses (FitNets regressors)."""
+
+    def __init__(self, student: Classifier, hints: nn.Module | None):
+        super().__init__()
+        self.student, self.hints = student, hints
+
+    def forward(self, **inputs: torch.Tensor):
+        return self.student(**inputs)
+
+    def forward_states(self, **inputs: torch.Tensor):
+        """Logits and every hidden state (for hints)."""
+        enc = self.student.encoder
+        out = enc.backbone(**inputs, output_hidden_states=True, return_dict=True)
+        hidden = out.hidden_states[enc.layer]
+        mask = enc.output_mask(inputs, hidden)
+        return self.student.head(enc.pool(hidden, mask)), out.hidden_states, mask
+
+
+def _combine(main: Any, *extra: tuple[float, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """``main.loss + Σ weight · extra.loss`` and every metric."""
+    loss, logs = main.loss, dict(main.metrics)
+    for weight, out in extra:
+        loss, logs = loss + weight * out.loss, {**logs, **out.metrics}
+    return loss, logs
+
+
+class DistillRecipe:
+    """Teacher → student distillation with accuracy and inference-speed report."""
+
+    RUNTIME_ARGS = {
+        "student.head": {"in_features", "num_labels"},
+        "optimizer": {"params"},
+        "hints": {"student_features", "teacher_features"},
+        "unlabeled": {"unlabeled_splits"},
+    }
+    SECTIONS = {"train": TrainConfig, "teacher": TeacherConfig, "distill": DistillConfig}
+    REQUIRED = ("output_dir", "teacher", "student.encoder", "student.head", "data", "loss", "optimizer")
+
+    def __init__(self, cfg: DictConfig, *, allow_any_component: bool = False):
+        self.cfg, self.allow_any = cfg, allow_any_component
+        self.train_cfg = to_dataclass(TrainConfig, cfg.get("train"), key="train")
+        self.teacher_cfg = to_dataclass(TeacherConfig, cfg.get("teacher"), key="teacher")
+        self.distill_cfg = to_dataclass(DistillConfig, cfg.get("distill"), key="distill")
+        self.output_dir = Path(cfg.output_dir)
+        self.seed = int(cfg.get("seed", 42))
+        if (
+            self.teacher_cfg.finetune_config is not None
+        ):  # every problem of the teacher run, before any weights
+            from hftl.recipes.finetune import FinetuneRecipe
+
+            from hftl.recipe import load_and_validate
+
+            self._teacher_run = load_and_validate(
+                FinetuneRecipe,
+                self.teacher_cfg.finetune_config,
+                [*self.teacher_cfg.finetune_overrides, f"output_dir={self.teacher_cfg.path}"],
+                allow_any=allow_any_component,
+            )
+
+    def _build(self, node: Any, **runtime: Any) -> Any:
+        return instantiate(node, allow_any=self.allow_any, **runtime)
+
+    # -- teacher -----------------------------------------------------------------------------------
+    def load_teacher(self) -> Classifier:
+        tc = self.teacher_cfg
+        try:
+            find_model_dir(tc.path)
+        except ModelLoadError:
+            if tc.finetune_config is None:
+                raise ConfigError(
+                    f"`teacher.path` = {tc.path!r} holds no trained model; point it at a finished `hftl run` "
+                    "output or set `teacher.finetune_config` to train the teacher first"
+                ) from None
+            from hftl.recipes.finetune import FinetuneRecipe
+
+            print(f"Training the teacher first: {tc.finetune_config} -> {tc.path}")
+            FinetuneRecipe(self._teacher_run, allow_any_component=self.allow_any).run()
+        teacher, _, _ = load_model(tc.path, allow_any_component=self.allow_any)
+        return teacher.requires_grad_(False)
+
+    # -- student -----------------------------------------------------------------------------------
+    def build_student(self, teacher: Classifier) -> Classifier:
+        dc, node = self.distill_cfg, self.cfg.student
+        encoder = self._build(node.encoder)
+        head = self._build(node.head, in_features=encoder.out_features, num_labels=len(self.label_names))
+        if dc.init_from_teacher:
+            try:
+                encoder.base_model.load_state_dict(merged_backbone(teacher.encoder).state_dict())
+                encoder.pool.load_state_dict(teacher.encoder.pool.state_dict())
+                head.load_state_dict(teacher.head.state_dict())
+            except RuntimeError as err:
+                raise ConfigError(
+                    "`distill.init_from_teacher`: the student's encoder/head differ from the teacher's "
+                    f"({str(err).splitlines()[0]}); use the teacher's architecture in `student` or set it to false"
+                ) from err
+        if dc.student_layers is not None:
+            keep_layers(encoder, dc.student_layers)
+        self.adapter = self._build(node.adapter) if "adapter" in node else None
+        if self.adapter is not None:
+            self.adapter.apply(encoder)
+        return Classifier(encoder, head, self.label_names)
+
+    # -- data --------------------------------------------------------------------------------------
+    def training_set(self) -> datasets.Dataset:
+        """Labelled train rows plus ``unlabeled`` train rows (label :data:`IGNORE_LABEL`: soft loss only)."""
+        train = self.splits["train"].cast_column("label", datasets.Value("int64"))
+        if "unlabeled" not in self.cfg:
+            return train
+        extra = self._build(self.cfg.unlabeled, unlabeled_splits=["train"]).load()["train"]
+        col = self.data.modality
+        if col not in extra.column_names:
+            raise ConfigError(
+                f"`unlabeled` holds columns {extra.column_names} but `data` is {col}; give {col} inputs"
+            )
+        extra = extra.select_columns([col]).add_column("label", [IGNORE_LABEL] * len(extra))
+        return datasets.concatenate_datasets([train, extra.cast(train.features)])
+
+    def setup(self) -> None:
+        tc, dc = self.train_cfg, self.distill_cfg
+        teacher = self.load_teacher()  # may train it first (its own run and accelerator)
+        self.accelerator = acc = build_accelerator(tc, self.output_dir)
+        set_seed(self.seed)
+        self.data = self._build(self.cfg.data)
+        self.splits = self.data.load()
+        if "train" not in self.splits:
+            raise ConfigError(
+                f"`data` has no train split (found {sorted(self.splits)}); map one with `data.splits`"
+            )
+        self.label_names = self.data.label_names
+        if teacher.label_names != self.label_names:
+            raise ConfigError(
+                f"the teacher predicts {teacher.label_names} but `data` has labels {self.label_names}; set "
+                "`data.label_names` to the teacher's list (same order)"
+            )
+        student = self.build_student(teacher)
+        enc_s, enc_t = student.encoder, teacher.encoder
+        self.shared_inputs = same_tokenizer(enc_s, enc_t)
+        hints = None
+        if "hints" in self.cfg:
+            hints = self._build(
+                self.cfg.hints,
+                student_features=hidden_size_of(enc_s.base_model.config),
+                teacher_features=hidden_size_of(enc_t.base_model.config),
+            )
+        self.cache = dc.cache_teacher_logits and hints is None
+        if not self.cache and not self.shared_inputs:
+            raise ConfigError(
+                "teacher and student tokenize differently, so the teacher cannot run on the student's batches: "
+                "set `distill.cache_teacher_logits: true` and remove `hints`, or use the teacher's tokenizer"
+            )
+        self.teacher = teacher.to(acc.device).eval()
+        train_set = self.training_set()
+        collate = enc_s.collator(train=True)
+        eval_bs = tc.eval_batch_size or 2 * tc.batch_size
+        if self.cache:  # one teacher pass, kept per example (in memory, with the dataset)
+            plain = build_loader(
+                train_set, collate_fn=enc_t.collator(train=False), batch_size=eval_bs, shuffle=False
+            )
+            with acc.autocast():
+                logits = record_logits(self.teacher, plain, device=acc.device)
+            train_set = train_set.add_column("teacher_logits", logits.tolist())
+            collate = SoftTargetCollator(collate)
+        train_loader = build_loader(
+            train_set, collate_fn=collate, batch_size=tc.batch_size, shuffle=True, seed=self.seed,
+            num_workers=tc.num_workers,
+        )  # fmt: skip
+        self.eval_loaders = {
+            (who, split): acc.prepare(build_loader(
+                self.splits[split], collate_fn=enc.collator(train=False), batch_size=eval_bs, shuffle=False
+            ))
+            for split in ("validation", "test") if split in self.splits
+            for who, enc in (("student", enc_s), ("teacher", enc_t))
+        }  # fmt: skip
+        self.model = DistillModel(student, hints)
+        self.loss = self._build(self.cfg.loss)
+        optimizer = self._build(
+            self.cfg.optimizer, params=[p for p in self.model.parameters() if p.requires_grad]
+        )
+        self.model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
+        total = steps_for(tc, len(train_loader))
+        scheduler = acc.prepare(
+            build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes)
+        )
+        self.engine = Engine(
+            accelerator=acc, model=self.model, optimizer=optimizer, scheduler=scheduler,
+            train_loader=train_loader, config=tc, output_dir=self.output_dir, total_steps=total,
+            loss_fn=self.step, evaluate=(lambda: self.score("student", "validation"))
+            if "validation" in self.splits else None,
+        )  # fmt: skip
+        (s_train, s_all), (_, t_all) = count_parameters(self.model), count_parameters(self.teacher)
+        print_summary(acc, "Running distillation", {
+            "Teacher": f"{self.teacher_cfg.path} ({enc_t.name_or_path}, {t_all:,} parameters)",
+            "Student": f"{enc_s.name_or_path}, layers {dc.student_layers or 'all'}, {s_all:,} parameters "
+                       f"({s_train:,} trainable), init from {'teacher' if dc.init_from_teacher else 'its config'}",
+            "Loss": f"{type(self.loss).__name__}" + (f" + {hints.weight} × {type(hints).__name__}" if hints else ""),
+            "Teacher logits": "cached once per example" if self.cache else "computed per batch",
+            "Examples": f"train {len(train_set):,} (unlabelled {sum(1 for y in train_set['label'] if y == IGNORE_LABEL):,})",
+            "Optimizer steps": total,
+            "Device / precision": f"{acc.device} / {tc.mixed_precision}",
+        })  # fmt: skip
+
+    def teacher_forward(self, batch: dict[str, torch.Tensor], *, states: bool) -> tuple[torch.Tensor, Any]:
+        """Teacher logits (and every hidden state when ``states``) on the student's own batch."""
+        enc = self.teacher.encoder
+        with torch.no_grad(), self.accelerator.autocast():
+            out = enc.backbone(**batch, output_hidden_states=states or enc.layer != -1, return_dict=True)
+            hidden = out.last_hidden_state if enc.layer == -1 else out.hidden_states[enc.layer]
+            logits = self.teacher.head(enc.pool(hidden, enc.output_mask(batch, hidden)))
+        return logits, out.hidden_states
+
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        labels, soft = batch.pop("labels"), batch.pop("teacher_logits", None)
+        inner = self.accelerator.unwrap_model(model)
+        if inner.hints is None:
+            logits = model(**batch).logits
+            if soft is None:
+                soft, _ = self.teacher_forward(batch, states=False)
+            return _combine(self.loss(logits, soft, labels))
+        with self.accelerator.autocast():  # forward_states bypasses the prepared forward's autocast
+            logits, states, mask = inner.forward_states(**batch)
+        soft, teacher_states = self.teacher_forward(batch, states=True)
+        return _combine(
+            self.loss(logits, soft, labels), (inner.hints.weight, inner.hints(states, teacher_states, mask))
+        )
+
+    def score(self, who: str, split: str) -> dict[str, Any]:
+        model = self.model if who == "student" else self.teacher
+        out = collect_predictions(
+            self.accelerator, model, self.eval_loaders[(who, split)], desc=f"{who} {split}"
+        )
+        return {
+            **classification_report(out["predictions"], out["references"], self.label_names),
+            "loss": out["loss"],
+        }
+
+    def train(self) -> None:
+        self.state = self.engine.fit()
+
+    def speed(self) -> dict[str, Any]:
+        """Forward-pass time of teacher (as loaded, and LoRA-merged) and student on the same test texts."""
+        dc, acc = self.distill_cfg, self.accelerator
+        split = "test" if "test" in self.splits else next(iter(self.splits))
+        rows = list(self.splits[split].select(range(min(dc.speed_batch_size, len(self.splits[split])))))
+        student = acc.unwrap_model(self.model).student
+
+        def batch(enc):
+            b = enc.collator(train=False)(rows)
+            return {k: v.to(acc.device) for k, v in b.items() if k != "labels"}
+
+        enc_t = self.teacher.encoder
+        merged = copy.deepcopy(self.teacher)  # the teacher itself stays as loaded
+        merged.encoder.backbone = merged_backbone(enc_t).to(acc.device).eval()
+        t = time_forward(
+            {"teacher": (self.teacher, batch(enc_t)), "teacher_merged": (merged, batch(enc_t)),
+             "student": (student, batch(student.encoder))},
+            repeats=dc.speed_repeats, accelerator=acc,
+        )  # fmt: skip
+        return {
+            "batch_size": len(rows), "split": split, "device": str(acc.device),
+            **{f"{k}_ms": round(1000 * v, 3) for k, v in t.items()},
+            "speedup": t["teacher_merged"] / t["student"],  # against the fastest form of the teacher
+            "speedup_vs_loaded_teacher": t["teacher"] / t["student"],
+        }  # fmt: skip
+
+    def evaluate(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"best_step": self.state.best_step, "steps": self.state.step}
+        teacher: dict[str, Any] = {}
+        for who, split in self.eval_loaders:
+            report = self.score(who, split)
+            (metrics if who == "student" else teacher)[split] = report
+            self.accelerator.print(
+                format_report(report, title=f"{who} {split} ({len(self.splits[split])} examples)")
+            )
+        split = "test" if "test" in teacher else "validation" if "validation" in teacher else None
+        metrics["teacher"] = teacher
+        metrics["speed"] = self.speed()
+        metrics["parameters"] = {
+            "student": count_parameters(self.accelerator.unwrap_model(self.model).student)[1],
+            "teacher": count_parameters(self.teacher)[1],
+        }
+        if split is not None:
+            metrics["accuracy_retained"] = metrics[split]["accuracy"] / max(teacher[split]["accuracy"], 1e-12)
+            self.accelerator.print(
+                f"student {split} accuracy {metrics[split]['accuracy']:.4f} vs teacher {teacher[split]['accuracy']:.4f} "
+                f"({100 * metrics['accuracy_retained']:.1f} % kept); {metrics['speed']['speedup']:.2f}× faster "
+                f"({metrics['speed']['student_ms']} vs {metrics['speed']['teacher_merged_ms']} ms per batch of "
+                f"{metrics['speed']['batch_size']} on {metrics['speed']['device']})"
+            )
+        metrics["history"] = self.state.history
+        return metrics
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            student = acc.unwrap_model(self.model).student
+            kind = self.adapter.kind if self.adapter is not None else "full"
+            if kind != "full" and (self.distill_cfg.student_layers or self.distill_cfg.init_from_teacher):
+                student.encoder.backbone = merged_backbone(student.encoder)  # no base model to reload on
+                kind = "full"
+            # the student directory rebuilds from `encoder`/`adapter`/`head` like any finetune output
+            node = self.cfg.student
+            cfg = OmegaConf.merge(self.cfg, {"encoder": node.encoder, "head": node.head,
+                                             "adapter": node.get("adapter", {"_component_": "hftl.adapters.FullFinetune"})})  # fmt: skip
+            path = save_model(
+                student, self.output_dir / MODEL_DIRNAME, adapter_kind=kind, config=cfg, metrics=metrics
+            )
+            write_metrics(self.output_dir / "metrics.json", metrics)
+            acc.print(f"Student written to {path}; metrics in {self.output_dir / 'metrics.json'}")
+        acc.wait_for_everyone()
+        acc.end_training()
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        self.train()
+        metrics = self.evaluate()
+        self.save(metrics)
+        return metrics
+
+
+RECIPE = DistillRecipe
+
+
+def main(argv: list[str] | None = None) -> int:
+    return recipe_main(DistillRecipe, argv, prog="hftl run distill")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
