@@ -368,13 +368,14 @@ def format_table(rows: list[dict[str, Any]], *, rank_by: str) -> str:
     return "\n".join(lines)
 
 
-def main(config: str, overrides: list[str], *, allow_any: bool = False) -> int:
-    """Loads and checks an assess config, scores, prints the table (the ``hftl assess`` command)."""
+def check_config(config: str, overrides: list[str], *, allow_any: bool = False) -> DictConfig:
+    """Loads an assess config and reports every problem at once (also used by ``hftl validate``)."""
     from hftl.config import load_config, resolve_config_path, validate_config
 
     cfg = load_config(config, overrides)
     validate_config(
         cfg, sections={"assess": AssessConfig}, required=("encoders", "sources", "target"),
+        top_level=("recipe", "assess", "encoders", "sources", "target"),
         allow_any=allow_any, source=str(resolve_config_path(config)),
     )  # fmt: skip
     for key in ("encoders", "sources"):
@@ -382,6 +383,12 @@ def main(config: str, overrides: list[str], *, allow_any: bool = False) -> int:
             raise ConfigError(
                 f"`{key}` must map names to `_component_` nodes, e.g. `{key}: {{name: {{...}}}}`."
             )
+    return cfg
+
+
+def main(config: str, overrides: list[str], *, allow_any: bool = False) -> int:
+    """Loads and checks an assess config, scores, prints the table (the ``hftl assess`` command)."""
+    cfg = check_config(config, overrides, allow_any=allow_any)
     rank_by, rows = assess(cfg, allow_any=allow_any)
     print(format_table(rows, rank_by=rank_by))
     return 0

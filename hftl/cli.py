@@ -47,6 +47,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
         print(f"{name:<16} {mine[0] if mine else '-'}")
         for c in mine[1:]:
             print(f"{'':<16} {c}")
+    for c in (c for c in configs if _config_recipe(c) == "assess"):
+        print(f"{'(hftl assess)':<16} {c}")
     return 0
 
 
@@ -88,6 +90,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from hftl.recipe import load_and_validate
 
     recipe = args.recipe or str(load_config(args.config, args.overrides).get("recipe", "finetune"))
+    if recipe == "assess":  # not a training recipe: the `hftl assess` command's config
+        from hftl.assess import check_config
+
+        check_config(args.config, args.overrides, allow_any=args.allow_any_component)
+        print(f"{args.config}: OK for `hftl assess` (no problems found)")
+        return 0
     recipe_file(recipe)
     module = importlib.import_module(f"hftl.recipes.{recipe}")
     load_and_validate(module.RECIPE, args.config, args.overrides, allow_any=args.allow_any_component)

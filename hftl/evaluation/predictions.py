@@ -26,9 +26,10 @@ def collect_predictions(
         labels = batch.pop("labels", None)
         logits = model(**batch).logits.float()
         if labels is not None:
+            # after the gather: the loss then counts the samples DDP duplicates to even out shards once
+            logits, labels = accelerator.gather_for_metrics((logits, labels))
             loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
             n += labels.numel()
-            logits, labels = accelerator.gather_for_metrics((logits, labels))
             refs.append(labels.cpu())
         else:
             logits = accelerator.gather_for_metrics(logits)
@@ -40,8 +41,6 @@ def collect_predictions(
         "probabilities": torch.cat(probs).numpy(),
     }
     if refs:
-        total = accelerator.reduce(loss_sum, reduction="sum").item()
-        count = accelerator.reduce(torch.tensor(float(n), device=accelerator.device), reduction="sum").item()
         out["references"] = torch.cat(refs).numpy()
-        out["loss"] = total / max(count, 1.0)
+        out["loss"] = loss_sum.item() / max(n, 1)  # every process holds the gathered (global) sums
     return out

