@@ -375,6 +375,10 @@ class AdaptRecipe:
             self.accelerator.print(
                 f"Model ({main_name}) written to {path}; metrics in {self.output_dir / 'metrics.json'}"
             )
+            if self.report.card:
+                from hftl.hub import render_card
+
+                self.accelerator.print(f"Model card written to {render_card(self.output_dir)}")
             if self.cfg.get("push_to_hub"):
                 from hftl.hub import push_from_config
 

@@ -83,3 +83,21 @@ def test_image_collator_gives_rgb_batch():
     assert batch["labels"].shape == (4,) and batch["labels"].dtype == torch.long
     gray = transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5], image_std=[0.5])
     assert ImageCollator(gray).mode == "L"
+
+
+def test_audio_collator_peak_and_rms_normalization(wavs):
+    import numpy as np
+    from transformers import Wav2Vec2FeatureExtractor
+
+    from hftl.data.collate import AudioCollator, normalize_level
+
+    x = np.array([0.0, 0.5, -0.25, 0.1], dtype=np.float32)
+    assert np.isclose(np.abs(normalize_level(x, "peak")).max(), 1.0)
+    assert np.isclose(np.sqrt(np.mean(normalize_level(x, "rms") ** 2)), 0.1, rtol=1e-5)
+    assert np.array_equal(normalize_level(np.zeros(4, dtype=np.float32), "rms"), np.zeros(4))  # silence kept
+    fe = Wav2Vec2FeatureExtractor(sampling_rate=16000, do_normalize=False)
+    quiet = AudioCollator(fe, normalize="none")(wavs)["input_values"]
+    loud = AudioCollator(fe, normalize="peak")(wavs)["input_values"]
+    assert np.isclose(loud[0].abs().max().item(), 1.0) and quiet[0].abs().max().item() < 0.9
+    with pytest.raises(Exception, match="normalize"):
+        AudioCollator(fe, normalize="loud")

@@ -2,6 +2,8 @@
 
 Audio columns stay undecoded in the datasets (``Audio(decode=False)`` items ``{"path", "bytes"}`` or
 plain path strings), so the core needs neither torchcodec nor ffmpeg; the collator decodes each batch.
+Formats libsndfile cannot read (m4a/AAC, WMA, WebM, ...) are decoded with torchcodec (ffmpeg) when it is
+installed (``pip install hftl[audio]``).
 
 Example:
     >>> wave = decode_audio("0_george_0.wav", sampling_rate=16_000)  # 8 kHz file -> 16 kHz
@@ -30,10 +32,8 @@ def _describe(item: str | dict) -> str:
     return str(item)
 
 
-def _read(item: str | dict) -> tuple[np.ndarray, int]:
-    """Reads ``item`` with soundfile as float32 of shape (frames, channels) and its sampling rate."""
-    import soundfile as sf
-
+def _source(item: str | dict):
+    """What soundfile/torchcodec open: the bytes (as a file object) if present, else the path."""
     if isinstance(item, dict):
         source = io.BytesIO(item["bytes"]) if item.get("bytes") else item.get("path")
     else:
@@ -44,28 +44,82 @@ def _read(item: str | dict) -> tuple[np.ndarray, int]:
         )
     if isinstance(source, str | Path) and not Path(source).is_file():
         raise DataError(f"Audio file not found: {source}. Check the paths in the data manifest or folder.")
+    return source
+
+
+def _read_with_torchcodec(item: str | dict) -> tuple[np.ndarray, int] | None:
+    """Decodes with torchcodec (ffmpeg); None if torchcodec is missing or cannot decode the item."""
+    try:
+        from torchcodec.decoders import AudioDecoder
+    except Exception:  # not installed, or its ffmpeg libraries fail to load
+        return None
+    source = _source(item)
+    try:
+        samples = AudioDecoder(source.getvalue() if isinstance(source, io.BytesIO) else str(source))
+        samples = samples.get_all_samples()
+    except Exception:
+        return None
+    return samples.data.numpy().T.astype(np.float32, copy=False), int(samples.sample_rate)
+
+
+def read_audio(item: str | dict) -> tuple[np.ndarray, int]:
+    """Reads ``item`` at its own rate: soundfile first, torchcodec (ffmpeg) for the formats it lacks.
+
+    Args:
+        item: a file path, or a ``datasets.Audio(decode=False)`` item ``{"path", "bytes"}`` (bytes win).
+
+    Returns:
+        The samples as float32 of shape ``(frames, channels)``, and the sampling rate in Hz.
+
+    Raises:
+        DataError: naming the file if it is missing or neither decoder can read it.
+    """
+    import soundfile as sf
+
+    source = _source(item)
     try:
         wave, rate = sf.read(source, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
+        decoded = _read_with_torchcodec(item)
+        if decoded is not None:
+            return decoded
         raise DataError(
-            f"Cannot decode audio file {_describe(item)}: {err}. Supported formats are those of libsndfile "
-            f"({', '.join(sorted(AUDIO_EXTENSIONS))}); convert the file, e.g. with ffmpeg, to 16-bit WAV."
+            f"Cannot decode audio file {_describe(item)}: {err}. Readable formats: those of libsndfile "
+            f"({', '.join(sorted(AUDIO_EXTENSIONS))}) and, with torchcodec installed, those of ffmpeg. "
+            "Convert the file to WAV (e.g. `ffmpeg -i FILE -ac 1 FILE.wav`) or remove it."
         ) from err
     return wave, int(rate)
 
 
+# Above this many polyphase branches (rate ratio reduced by the gcd, e.g. 7919 -> 16000 Hz), torchaudio's
+# windowed-sinc kernel grows to gigabytes and takes seconds per clip; scipy's polyphase filter does not.
+_MAX_TORCHAUDIO_PHASES = 1000
+
+
 def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Resamples a 1-D float32 signal with torchaudio (scipy's polyphase filter if torchaudio is missing)."""
+    """Resamples a 1-D float32 signal with torchaudio (scipy's polyphase filter for odd rate ratios).
+
+    Args:
+        wave: shape ``(frames,)``.
+        orig_rate: the signal's rate in Hz.
+        new_rate: the wanted rate in Hz.
+
+    Returns:
+        Shape ``(ceil(frames * new_rate / orig_rate),)``, float32.
+    """
     if orig_rate == new_rate:
         return wave
+    g = math.gcd(orig_rate, new_rate)
+    up, down = new_rate // g, orig_rate // g
     try:
         import torch
         import torchaudio.functional as F
     except ImportError:
+        F = None
+    if F is None or max(up, down) > _MAX_TORCHAUDIO_PHASES:
         from scipy.signal import resample_poly
 
-        g = math.gcd(orig_rate, new_rate)
-        return resample_poly(wave, new_rate // g, orig_rate // g).astype(np.float32)
+        return resample_poly(wave, up, down).astype(np.float32)
     return F.resample(torch.from_numpy(np.ascontiguousarray(wave)), orig_rate, new_rate).numpy()
 
 
@@ -82,7 +136,7 @@ def decode_audio(item: str | dict, *, sampling_rate: int) -> np.ndarray:
     Raises:
         DataError: naming the file if it is missing, unreadable, empty or contains NaN/inf.
     """
-    wave, rate = _read(item)
+    wave, rate = read_audio(item)
     if wave.size == 0:
         raise DataError(f"Audio file {_describe(item)} is empty (0 samples); remove it from the data set.")
     mono = wave.mean(axis=1, dtype=np.float32)

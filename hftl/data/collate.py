@@ -60,6 +60,14 @@ class TextCollator:
         return _with_labels(batch, examples)
 
 
+def normalize_level(wave: np.ndarray, mode: Literal["peak", "rms"], *, rms_target: float = 0.1) -> np.ndarray:
+    """Scales a clip to peak 1 (``peak``) or to an RMS of ``rms_target`` (``rms``); silence is returned as is."""
+    level = np.abs(wave).max() if mode == "peak" else np.sqrt(np.mean(np.square(wave, dtype=np.float64)))
+    if not np.isfinite(level) or level <= 1e-8:
+        return wave
+    return (wave * ((1.0 if mode == "peak" else rms_target) / level)).astype(wave.dtype, copy=False)
+
+
 class AudioCollator:
     """Decodes ``audio``, augments and crops training clips, and runs the feature extractor.
 
@@ -84,6 +92,9 @@ class AudioCollator:
         augment: waveform and SpecAugment settings (:class:`hftl.data.augment.AudioAugmentConfig`, a
             mapping of its fields, or an :class:`~hftl.data.augment.AudioAugment`); applied only when
             ``train`` is True.
+        normalize: level of every decoded clip before augmentation: ``peak`` scales the largest
+            absolute sample to 1, ``rms`` scales the root-mean-square to 0.1 (-20 dBFS), ``none`` keeps
+            the file's level. Silent clips are left as they are.
         padding: ``longest`` pads to the longest clip of the batch; ``max_length`` to the extractor's
             fixed length (Whisper's encoder needs its 30 s ``chunk_length``). AST's extractor always
             pads to its ``max_length`` frames.
@@ -107,7 +118,11 @@ class AudioCollator:
         seed: int = 0,
         augment: AudioAugment | AudioAugmentConfig | Mapping[str, Any] | None = None,
         padding: Literal["longest", "max_length"] = "longest",
+        normalize: Literal["none", "peak", "rms"] = "none",
     ):
+        if normalize not in ("none", "peak", "rms"):
+            raise ConfigError(f"`encoder.normalize` is {normalize!r}; choose none, peak or rms")
+        self.normalize = normalize
         if max_duration is not None and max_duration <= 0:
             raise ValueError(
                 f"AudioCollator: max_duration must be positive seconds or None, got {max_duration}"
@@ -189,6 +204,17 @@ class AudioCollator:
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         waves = [decode_audio(ex["audio"], sampling_rate=self.sampling_rate) for ex in examples]
+        for wave, example in zip(waves, examples, strict=True):
+            if not np.isfinite(wave).all():  # the up-front scan reads headers and file ends only
+                name = (
+                    example["audio"].get("path") if isinstance(example["audio"], dict) else example["audio"]
+                )
+                raise DataError(
+                    f"{name}: {np.count_nonzero(~np.isfinite(wave)):,} samples are NaN or infinite. "
+                    "Fix: re-export the file, or remove it from the data."
+                )
+        if self.normalize != "none":
+            waves = [normalize_level(w, self.normalize) for w in waves]
         if self.train:
             generators = [self._generator(ex) for ex in examples]
             waves = [self._train_clip(w, g) for w, g in zip(waves, generators, strict=True)]

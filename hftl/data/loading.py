@@ -24,6 +24,8 @@ import datasets
 import numpy as np
 
 from hftl.data.audio import AUDIO_EXTENSIONS
+from hftl.data.audio_checks import OnBadAudio, option_problems, scan_audio
+from hftl.data.image_checks import scan_images
 from hftl.data.sources import IMAGE_EXTENSIONS, read_source
 from hftl.errors import ConfigError, DataError, HftlError
 
@@ -97,6 +99,12 @@ class ClassificationData:
         seed: seed of the carved splits and of ``max_samples``.
         delimiter: csv field delimiter; None means tab for .tsv files and comma otherwise.
         trust_remote_code: passed to ``datasets.load_dataset`` when it still accepts it (datasets < 4).
+        missing_hint: appended to the error when ``path`` does not exist, e.g. the command making the data.
+        on_bad_audio: audio files are checked before training (:mod:`hftl.data.audio_checks`); ``stop``
+            reports the bad ones in one error, ``skip`` drops them with one warning.
+        max_duration: the encoder's ``max_duration`` (``${encoder.max_duration}``), only to warn once
+            about clips far longer than the crop it keeps.
+        bad_audio_report: csv file listing every bad audio file, e.g. ``${output_dir}/bad_audio.csv``.
 
     Raises:
         ConfigError: for argument values outside the allowed ones (all problems at once).
@@ -122,6 +130,10 @@ class ClassificationData:
         seed: int = 42,
         delimiter: str | None = None,
         trust_remote_code: bool = False,
+        missing_hint: str | None = None,
+        on_bad_audio: OnBadAudio = "stop",
+        max_duration: float | None = None,
+        bad_audio_report: str | None = None,
     ):
         self.path = str(path)
         self.data_files = data_files
@@ -135,6 +147,8 @@ class ClassificationData:
         self.filters = filters
         self.max_samples = max_samples
         self.seed, self.delimiter, self.trust_remote_code = seed, delimiter, trust_remote_code
+        self.missing_hint, self.on_bad_audio, self.max_duration = missing_hint, on_bad_audio, max_duration
+        self.bad_audio_report = bad_audio_report
         self._check_args()
         self._label_names: list[str] | None = None
         self._modality: str | None = None
@@ -185,6 +199,7 @@ class ClassificationData:
             problems.append(
                 f"`data.label_names` is {self.requested_label_names!r}; give distinct names, one per class."
             )
+        problems += option_problems(self.on_bad_audio, self.max_duration)
         if problems:
             raise ConfigError(problems)
 
@@ -213,15 +228,15 @@ class ClassificationData:
         Raises:
             DataError: for missing files, splits or columns, empty texts or splits, bad label values.
         """
-        raw, folders = read_source(
-            self.path,
-            data_files=self.data_files,
-            name=self.name,
-            revision=self.revision,
-            seed=self.seed,
-            delimiter=self.delimiter,
-            trust_remote_code=self.trust_remote_code,
-        )
+        try:
+            raw, folders = read_source(
+                self.path, data_files=self.data_files, name=self.name, revision=self.revision,
+                seed=self.seed, delimiter=self.delimiter, trust_remote_code=self.trust_remote_code,
+            )  # fmt: skip
+        except DataError as err:
+            if self.missing_hint and not Path(self.path).expanduser().exists():
+                raise DataError(f"{err} {self.missing_hint}") from err
+            raise
         dd, folders = self._select_splits(raw, folders)
         dd = self._filter(dd)
         carve_val = "validation" not in dd and "train" in dd and self.validation_size != 0
@@ -236,6 +251,11 @@ class ClassificationData:
         drop_labels = set(self.unlabeled_splits) - ({"train"} if carve_val or carve_test else set())
         dd = self._standardize_columns(dd, drop_labels)
         dd = self._standardize_inputs(dd, folders)
+        if self._modality == "audio":  # every file checked once, before any training
+            dd = scan_audio(dd, source=self.path, on_bad_audio=self.on_bad_audio,
+                            max_duration=self.max_duration, report_path=self.bad_audio_report)  # fmt: skip
+        elif self._modality == "image":
+            dd = scan_images(dd, source=self.path)
         dd = self._encode_labels(dd)
         dd = self._carve(dd, carve_val=carve_val, carve_test=carve_test)
         for split, ds in dd.items():
@@ -383,7 +403,7 @@ class ClassificationData:
                 raise DataError(f"Missing {col} path at row {i} of split {split!r} in {self.path}.")
             p = Path(str(value)).expanduser()
             p = p if p.is_absolute() else folder / p
-            if not p.is_file():
+            if not p.is_file() and col != "audio":  # missing audio: reported with the others by scan_audio
                 raise DataError(
                     f"{col} file not found: {p} (row {i} of split {split!r}, column "
                     f"{self.input_column!r} of {self.path}); relative paths are resolved against "
@@ -426,6 +446,8 @@ class ClassificationData:
             self._label_names = list(self.requested_label_names or [])
             return dd
         all_values = [v for vs in values.values() for v in vs]
+        if self.requested_label_names is None and "train" in values:
+            self._check_labels_seen_in_train(values)
         if all(isinstance(v, int) for v in all_values):
             names = [str(n) for n in self.requested_label_names or range(max(all_values) + 1)]
             allowed = range(len(names))
@@ -454,6 +476,19 @@ class ClassificationData:
             )
         self._label_names = names
         return dd
+
+    def _check_labels_seen_in_train(self, values: dict[str, list]) -> None:
+        """With inferred classes, a label only an evaluation split has is a typo or a class nothing learns."""
+        seen = set(values["train"])
+        for split, labels in values.items():
+            unseen = [(i, v) for i, v in enumerate(labels) if v not in seen]
+            if unseen:
+                i, v = unseen[0]
+                raise DataError(
+                    f"Label {v!r} (row {i} of split {split!r}, {self.path}; {len(unseen)} rows in all) never "
+                    "occurs in the training split, so no model can learn it. Fix: correct the rows, add "
+                    "training examples of it, or list every class in `data.label_names`."
+                )
 
     def _carve(self, dd: datasets.DatasetDict, *, carve_val: bool, carve_test: bool) -> datasets.DatasetDict:
         n = len(dd["train"]) if "train" in dd else 0

@@ -145,6 +145,8 @@ def _load(builder: str, delimiter: str | None, **kwargs) -> datasets.DatasetDict
             raise DataError(
                 f"Empty split in {where}: {err} (0 rows). Add rows or map another split with `data.splits`."
             ) from err
+        if type(err).__name__ == "DatasetGenerationCastError" and isinstance(where, dict):
+            raise DataError(_column_mismatch(where, kwargs.get("delimiter") or ",")) from err
         raise DataError(
             f"Cannot read {where} with the `{builder}` builder: {type(err).__name__}: {err}"
         ) from err
@@ -169,3 +171,22 @@ def _read_hub(path: str, *, trust_remote_code: bool, **kwargs) -> datasets.Datas
     if not isinstance(dd, datasets.DatasetDict):
         raise DataError(f"`data.path` {path!r} returned {type(dd).__name__}, expected splits.")
     return dd
+
+
+def _column_mismatch(files: dict, delimiter: str) -> str:
+    """Names the columns of each split's file when they differ (datasets reports only a cast error)."""
+    import csv
+
+    headers = {}
+    for split, paths in files.items():
+        path = paths[0] if isinstance(paths, list | tuple) else paths
+        try:
+            with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+                headers[split] = (path, next(csv.reader(fh, delimiter=delimiter), []))
+        except OSError:
+            headers[split] = (path, ["?"])
+    listing = "; ".join(f"{split} ({path}): {cols}" for split, (path, cols) in headers.items())
+    return (
+        f"The files of `data.data_files` do not have the same columns: {listing}. Fix: give every split "
+        "the same header (e.g. rename the text column), or load the files as separate data configs."
+    )

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -62,6 +62,8 @@ class AudioEncoder(Encoder):
         augment: training-split augmentation (:class:`hftl.data.augment.AudioAugmentConfig` or a mapping
             of its fields, e.g. ``{noise_prob: 0.5, snr_min: 5, snr_max: 20, speed_prob: 0.3}``);
             None = none.
+        normalize: level every clip after decoding: ``peak`` (max |x| = 1), ``rms`` (-20 dBFS) or
+            ``none``; useful when recordings of the source and target domains differ in gain.
         **kwargs: see :class:`hftl.encoders.base.Encoder` (``layer``, ``freeze_modules``, ...).
 
     Raises:
@@ -79,11 +81,12 @@ class AudioEncoder(Encoder):
         freeze_feature_encoder: bool = True,
         seed: int = 0,
         augment: AudioAugmentConfig | Mapping[str, Any] | None = None,
+        normalize: Literal["none", "peak", "rms"] = "none",
         **kwargs: Any,
     ):
         augment = AudioAugment(augment) if augment is not None else None  # config errors before weights load
         super().__init__(model, **kwargs)
-        self.max_duration, self.seed, self.augment = max_duration, seed, augment
+        self.max_duration, self.seed, self.augment, self.normalize = max_duration, seed, augment, normalize
         config = self.base_model.config
         self._check_input_length(config)
         # wav2vec2-base-style group norm: trained without masks, so the mask only serves pooling.
@@ -172,5 +175,5 @@ class AudioEncoder(Encoder):
         fixed = self.base_model.config.model_type == "whisper"  # the encoder takes exactly chunk_length
         return AudioCollator(
             self.processor, max_duration=self.max_duration, train=train, seed=self.seed, augment=self.augment,
-            padding="max_length" if fixed else "longest",
+            padding="max_length" if fixed else "longest", normalize=self.normalize,
         )  # fmt: skip

@@ -130,9 +130,9 @@ def audio_run(write: Callable[[Path], str], *, name: str = "bad.wav") -> Callabl
     return build
 
 
-def wav(samples: np.ndarray, rate: int = 16000) -> Callable[[Path], str]:
+def wav(samples: np.ndarray, rate: int = 16000, subtype: str | None = None) -> Callable[[Path], str]:
     def write(path: Path) -> str:
-        sf.write(path, samples.astype("float32"), rate)
+        sf.write(path, samples.astype("float32"), rate, subtype=subtype)  # FLOAT keeps NaN (PCM cannot)
         return str(path)
 
     return write
@@ -305,7 +305,7 @@ CASES: list[Case] = [
          audio_run(raw(b"RIFF\x00\x00garbage" * 10)), ["bad.wav"]),
     Case("audio-empty-file", "audio", "0-byte .wav", audio_run(raw(b"")), ["bad.wav"]),
     Case("audio-zero-length", "audio", "valid WAV header, 0 samples", audio_run(wav(np.zeros(0))), ["bad.wav"]),
-    Case("audio-nan", "audio", "samples that are NaN", audio_run(wav(_nan_audio())), ["bad.wav", "NaN"]),
+    Case("audio-nan", "audio", "samples that are NaN", audio_run(wav(_nan_audio(), subtype="FLOAT")), ["bad.wav", "NaN"]),
     Case("audio-missing", "audio", "manifest row pointing at a missing file",
          audio_run(lambda path: str(path.with_name("missing.wav"))), ["missing.wav"]),
     Case("audio-unsupported", "audio", "a file in a format no decoder reads",
