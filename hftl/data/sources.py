@@ -147,6 +147,19 @@ def _load(builder: str, delimiter: str | None, **kwargs) -> datasets.DatasetDict
             ) from err
         if type(err).__name__ == "DatasetGenerationCastError" and isinstance(where, dict):
             raise DataError(_column_mismatch(where, kwargs.get("delimiter") or ",")) from err
+        if isinstance(where, dict) and (empty := _empty_files(where)):
+            raise DataError(
+                f"`data.data_files`: {', '.join(empty)} is empty (0 bytes). Fix: point it at a file with "
+                "a header and rows, or remove that split."
+            ) from err
+        cause = err
+        while cause is not None and not isinstance(cause, UnicodeDecodeError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise DataError(
+                f"Cannot read {where}: not UTF-8 text ({cause.reason} at byte {cause.start}). Fix: re-save "
+                "the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`)."
+            ) from err
         raise DataError(
             f"Cannot read {where} with the `{builder}` builder: {type(err).__name__}: {err}"
         ) from err
@@ -190,3 +203,8 @@ def _column_mismatch(files: dict, delimiter: str) -> str:
         f"The files of `data.data_files` do not have the same columns: {listing}. Fix: give every split "
         "the same header (e.g. rename the text column), or load the files as separate data configs."
     )
+
+
+def _empty_files(files: dict) -> list[str]:
+    paths = [p for v in files.values() for p in (v if isinstance(v, list | tuple) else [v])]
+    return [str(p) for p in paths if Path(str(p)).is_file() and Path(str(p)).stat().st_size == 0]

@@ -111,7 +111,7 @@ class Encoder(nn.Module):
             self.name_or_path = model
             path = resolve_model_path(model)
             self.backbone = _load(path, model, revision=revision, trust_remote_code=trust_remote_code)
-            self.processor = processor or self.load_processor(path, revision, trust_remote_code)
+            self.processor = processor or self._processor_of(path, model, revision, trust_remote_code)
         elif self.from_config:  # random init from a config node: training from scratch, nothing to download
             from transformers import AutoModel
 
@@ -139,6 +139,23 @@ class Encoder(nn.Module):
             self.freeze(prefix)
 
     # --- to be provided by subclasses -------------------------------------------------------------
+    def _processor_of(self, path: str, name: str, revision: str | None, trust_remote_code: bool) -> Any:
+        """The model's tokenizer / feature extractor / image processor, or an error naming the mismatch."""
+        try:
+            processor = self.load_processor(path, revision, trust_remote_code)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            processor, reason = None, f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+        else:
+            reason = "none found"
+        if processor is None:
+            kind = getattr(self.backbone.config, "model_type", "?")
+            raise ModelLoadError(
+                f"`encoder.model` = {name!r} ({kind}) has no {self.modality} processor for "
+                f"{type(self).__name__} ({reason}). Fix: use the encoder class of its modality "
+                "(TextEncoder, AudioEncoder or VisionEncoder), or pass `encoder.processor`."
+            )
+        return processor
+
     @classmethod
     def load_processor(cls, path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
         """Loads this modality's tokenizer / feature extractor / image processor from ``path``."""
@@ -198,6 +215,12 @@ def _load(path: str, name: str, *, revision: str | None, trust_remote_code: bool
             "model.safetensors, or convert this one where you trust its origin."
         ) from err
     except (OSError, ValueError, KeyError) as err:
+        looks_local = name.startswith(("/", "./", "../", "~"))
+        if looks_local and not os.path.exists(os.path.expanduser(path)):
+            raise ModelLoadError(
+                f"Cannot load `encoder.model` = {name!r}: no such directory. Fix: point it at a model "
+                "directory (config.json + model.safetensors) or a Hub id such as `bert-base-uncased`."
+            ) from err
         if os.path.isdir(path):  # a local directory that is not a transformers model
             hint = f"check that {path} holds a transformers config.json and model.safetensors"
         elif os.environ.get("HF_HUB_OFFLINE") == "1":

@@ -278,7 +278,7 @@ CASES: list[Case] = [
     # --- data ------------------------------------------------------------------------------------------
     Case("missing-data-file", "data", "data file that does not exist",
          text_run(**{"data_files": {"train": "/nonexistent/train.csv"}}), ["/nonexistent/train.csv"]),
-    Case("empty-file", "data", "0-byte CSV", with_file("empty.csv", b""), ["empty.csv"]),
+    Case("empty-file", "data", "0-byte CSV", with_file("empty.csv", b""), ["empty.csv", "0 bytes"]),
     Case("header-only", "data", "CSV with a header and no rows", with_file("header.csv", "text,label\n"),
          ["header.csv", "0 rows"]),
     Case("no-label-column", "data", "CSV without a label column",
@@ -299,7 +299,7 @@ CASES: list[Case] = [
              "path": (env.root.joinpath("d.xlsx").write_bytes(b"PK\x03\x04"), str(env.root / "d.xlsx"))[1]}}),
          ["d.xlsx"]),
     Case("not-utf8", "data", "CSV in Latin-1, not UTF-8",
-         with_file("latin1.csv", "text,label\ncaf\xe9 ok,pos\nbad,neg\n".encode("latin-1")), ["latin1.csv"]),
+         with_file("latin1.csv", "text,label\ncaf\xe9 ok,pos\nbad,neg\n".encode("latin-1")), ["latin1.csv", "UTF-8"]),
     # --- audio -----------------------------------------------------------------------------------------
     Case("audio-corrupt", "audio", "file with a .wav name and garbage bytes",
          audio_run(raw(b"RIFF\x00\x00garbage" * 10)), ["bad.wav"]),
@@ -321,10 +321,10 @@ CASES: list[Case] = [
     Case("image-cmyk", "image", "CMYK JPEG (converted to RGB)", image_run(jpeg_cmyk), handled=True),
     # --- models ----------------------------------------------------------------------------------------
     Case("model-missing", "model", "encoder directory that does not exist",
-         text_run("encoder.model=/nonexistent/model"), ["/nonexistent/model"]),
+         text_run("encoder.model=/nonexistent/model"), ["/nonexistent/model", "no such directory"]),
     Case("model-wrong-modality", "model", "a speech model given to the text encoder",
          lambda env: run_config(env, text_config(env), f"encoder.model={env.models['wav2vec2']}"),
-         ["TextEncoder"]),
+         ["TextEncoder", "AudioEncoder"]),
     Case("model-pickle-only", "model", "weights only as pytorch_model.bin (loaded with `weights_only=True`)",
          model_dir("pickle"), handled=True),
     Case("model-pickle-code", "model", "pytorch_model.bin whose pickle would run code",
