@@ -40,8 +40,15 @@ from hftl.evaluation.predictions import collect_predictions
 from hftl.models import Classifier, LinearHead, count_parameters
 from hftl.models.io import MODEL_DIRNAME, save_model
 from hftl.recipe import recipe_main
-from hftl.training import Engine, TrainConfig, steps_for
-from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
+from hftl.training import Engine, LayerwiseConfig, TrainConfig, steps_for
+from hftl.training.builders import (
+    build_accelerator,
+    build_loader,
+    build_optimizer,
+    build_scheduler,
+    build_unfreezer,
+    print_summary,
+)
 
 
 @dataclass
@@ -160,7 +167,7 @@ class FewShotRecipe:
     """Stage 1: metric-learning fine-tuning on pairs/triplets of K examples per class; stage 2: a head."""
 
     RUNTIME_ARGS = {"head": {"in_features", "num_labels"}, "optimizer": {"params"}}
-    SECTIONS = {"train": TrainConfig, "fewshot": FewShotConfig}
+    SECTIONS = {"train": TrainConfig, "train.layerwise": LayerwiseConfig, "fewshot": FewShotConfig}
     REQUIRED = ("output_dir", "encoder", "adapter", "head", "data", "loss", "optimizer")
 
     def __init__(self, cfg: DictConfig, *, allow_any_component: bool = False):
@@ -230,8 +237,7 @@ class FewShotRecipe:
 
     def _setup_stage1(self) -> None:
         tc, fs = self.train_cfg, self.fewshot
-        params = [p for p in self.encoder.parameters() if p.requires_grad]
-        if not params:
+        if not any(p.requires_grad for p in self.encoder.parameters()):
             raise ConfigError(
                 f"`adapter` {type(self.adapter).__name__} leaves no encoder weight to train, but stage 1 is on "
                 f"(`fewshot.num_iterations` = {fs.num_iterations}). Set `fewshot.num_iterations=0` for a frozen "
@@ -245,8 +251,12 @@ class FewShotRecipe:
             dataset, collate_fn=collate, batch_size=tc.batch_size, shuffle=True, seed=self.seed,
             num_workers=tc.num_workers,
         )  # fmt: skip
-        optimizer = self._build("optimizer", params=params)
+        optimizer = build_optimizer(  # one group, or one per layer with `train.layerwise`
+            lambda params: self._build("optimizer", params=params), self.encoder,
+            backbone=self.encoder.backbone, layerwise=tc.layerwise,
+        )  # fmt: skip
         self.encoder, optimizer, loader = self.accelerator.prepare(self.encoder, optimizer, loader)
+        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=len(loader))
         self.total_steps = steps_for(tc, len(loader))
         scheduler = build_scheduler(
             tc, optimizer, total_steps=self.total_steps, num_processes=self.accelerator.num_processes
@@ -255,6 +265,7 @@ class FewShotRecipe:
             accelerator=self.accelerator, model=self.encoder, optimizer=optimizer,
             scheduler=self.accelerator.prepare(scheduler), train_loader=loader, config=tc,
             output_dir=self.output_dir, total_steps=self.total_steps, loss_fn=metric_step(self.loss),
+            on_step=unfreezer,
         )  # fmt: skip
 
     def _setup_eval_loaders(self) -> None:
