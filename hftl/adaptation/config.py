@@ -45,5 +45,7 @@ class ReportConfig:
     plot: Literal["tsne", "pca"] = field(default="pca", metadata={"help": "Projection of the feature plot."})
     card: bool = field(
         default=False,
-        metadata={"help": "Write the model card (model/README.md, with plots) at the end, as `hftl card` does."},
+        metadata={
+            "help": "Write the model card (model/README.md, with plots) at the end, as `hftl card` does."
+        },
     )
