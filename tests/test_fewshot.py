@@ -306,3 +306,21 @@ def test_audio_recipe_with_batch_hard_mining(tmp_path, tiny_models):
 def test_shipped_configs_validate():
     for name in ("text/minilm_setfit_sst2", "audio/fsdd_setfit"):
         assert hftl(["validate", "--config", name]) == 0, name
+
+
+def test_stage1_honours_layerwise_learning_rates_and_unfreezing(tmp_path, text_cfg):
+    from omegaconf import OmegaConf
+
+    from hftl.recipes.fewshot import FewShotRecipe
+
+    text_cfg["train"]["layerwise"] = {"lr_decay": 0.5, "unfreeze_every_steps": 2}
+    recipe = FewShotRecipe(OmegaConf.create(text_cfg))
+    recipe.setup()
+    groups = recipe.engine.optimizer.param_groups
+    # stage 1 trains the encoder alone (the head is fitted after it): depth 1 (the top layer) is the top group
+    assert [g["name"] for g in groups] == ["layer 1", "layer 0", "embeddings"]
+    assert [g["initial_lr"] for g in groups] == pytest.approx([1e-3 * 0.5**d for d in (1, 2, 3)])
+    recipe.engine.on_step(0)
+    assert [g["params"][0].requires_grad for g in groups] == [True, False, False]  # top layer first
+    recipe.engine.on_step(2)
+    assert [g["params"][0].requires_grad for g in groups] == [True, True, False]

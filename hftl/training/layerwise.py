@@ -128,7 +128,8 @@ def scale_group_lrs(optimizer: torch.optim.Optimizer) -> None:
 class GradualUnfreezer:
     """Top-down gradual unfreezing as a function of the optimizer step (so a resumed run recomputes it).
 
-    At step ``s`` the groups of depth ``<= s // every_steps`` train; the others have ``requires_grad``
+    At step ``s`` the groups of depth ``<= d0 + s // every_steps`` train (``d0``: the top group's depth, 0 for
+    a head); the others have ``requires_grad``
     off (their optimizer state and weight decay are untouched, as AdamW skips parameters without a
     gradient). Only parameters of the optimizer's groups are touched, so weights an adapter froze (LoRA's
     base weights) stay frozen. Call it with the current step before the first step and after each.
@@ -152,17 +153,20 @@ class GradualUnfreezer:
                 f"gradual unfreezing needs param groups with a `depth` (from layer_groups); groups {missing} have none"
             )
         self.groups, self.every_steps = optimizer.param_groups, every_steps
+        # the top group present trains from the start: the head (depth 0), or the top encoder layer when the
+        # optimizer holds no head (e.g. the contrastive stage of the few-shot recipe)
+        self.min_depth = min(g["depth"] for g in self.groups)
         self.max_depth = max(g["depth"] for g in self.groups)
         self.applied: int | None = None  # depth applied last, so unchanged steps cost nothing
 
     def depth_at(self, step: int) -> int:
         """Deepest trainable depth at optimizer step ``step``."""
-        return min(step // self.every_steps, self.max_depth)
+        return min(self.min_depth + step // self.every_steps, self.max_depth)
 
     @property
     def fully_unfrozen_at(self) -> int:
         """The first step at which every group trains."""
-        return self.max_depth * self.every_steps
+        return (self.max_depth - self.min_depth) * self.every_steps
 
     def __call__(self, step: int) -> None:
         depth = self.depth_at(step)
