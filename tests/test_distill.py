@@ -100,9 +100,8 @@ def test_soft_target_collator_stacks_stored_logits():
 
 
 def test_keep_layers_cuts_a_bert_to_chosen_layers(tiny_models):
-    from hftl.recipes.distill import keep_layers
-
     from hftl.encoders import TextEncoder
+    from hftl.models.compress import keep_layers
 
     enc = TextEncoder(tiny_models["bert"], max_length=16)
     wanted = enc.backbone.encoder.layer[1].state_dict()
