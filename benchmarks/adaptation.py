@@ -173,6 +173,8 @@ def main() -> None:
         return rebuild(args)
     suite = dict(SUITES[args.suite])
     suite["methods"] = args.methods or suite["methods"]
+    # argparse reads "->nicolas" as an option: held-out speakers may be given by name (`--pairs nicolas`)
+    args.pairs = [p if p in suite["pairs"] else f"->{p}" for p in args.pairs or []] or None
     jobs = [
         (pair, method, seed, i == 0 and not args.no_baselines)
         for pair in args.pairs or list(suite["pairs"])
