@@ -309,9 +309,8 @@ def test_shipped_configs_validate():
 
 
 def test_stage1_honours_layerwise_learning_rates_and_unfreezing(tmp_path, text_cfg):
-    from omegaconf import OmegaConf
-
     from hftl.recipes.fewshot import FewShotRecipe
+    from omegaconf import OmegaConf
 
     text_cfg["train"]["layerwise"] = {"lr_decay": 0.5, "unfreeze_every_steps": 2}
     recipe = FewShotRecipe(OmegaConf.create(text_cfg))
