@@ -13,7 +13,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 from torch.utils.data import DataLoader
 
-from hftl.data.collate import with_example_keys
+from hftl.data.collate import audio_lengths, text_lengths, with_example_keys
 from hftl.data.samplers import EpochSampler
 from hftl.errors import HftlError
 from hftl.training.config import LayerwiseConfig, TrainConfig
@@ -184,9 +184,7 @@ def train_lengths(dataset: Any, encoder: Any, config: TrainConfig) -> list[int] 
     if not config.group_by_length:
         return None
     if encoder.modality == "text":
-        return [len(t.split()) for t in dataset["text"]]
+        return text_lengths(dataset)
     if encoder.modality == "audio":
-        from hftl.data import audio_lengths
-
         return audio_lengths(dataset, sampling_rate=encoder.sampling_rate)
     return None
