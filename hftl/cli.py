@@ -40,14 +40,14 @@ def recipe_file(name: str) -> Path:
 def cmd_ls(args: argparse.Namespace) -> int:
     from hftl.config import list_shipped_configs
 
-    configs = list_shipped_configs()
+    recipe_of = {c: _config_recipe(c) for c in list_shipped_configs()}
     print(f"{'RECIPE':<16} CONFIGS")
     for name in recipe_names():
-        mine = [c for c in configs if _config_recipe(c) == name]
+        mine = [c for c, r in recipe_of.items() if r == name]
         print(f"{name:<16} {mine[0] if mine else '-'}")
         for c in mine[1:]:
             print(f"{'':<16} {c}")
-    for c in (c for c in configs if _config_recipe(c) == "assess"):
+    for c in (c for c, r in recipe_of.items() if r == "assess"):
         print(f"{'(hftl assess)':<16} {c}")
     return 0
 
