@@ -25,6 +25,7 @@ import numpy as np
 
 from hftl.data.audio import AUDIO_EXTENSIONS
 from hftl.data.audio_checks import OnBadAudio, option_problems, scan_audio
+from hftl.data.builtin import PREFIX as BUILTIN_PREFIX
 from hftl.data.image_checks import scan_images
 from hftl.data.sources import IMAGE_EXTENSIONS, read_source
 from hftl.errors import ConfigError, DataError, HftlError
@@ -254,8 +255,8 @@ class ClassificationData:
         if self._modality == "audio":  # every file checked once, before any training
             dd = scan_audio(dd, source=self.path, on_bad_audio=self.on_bad_audio,
                             max_duration=self.max_duration, report_path=self.bad_audio_report)  # fmt: skip
-        elif self._modality == "image":
-            dd = scan_images(dd, source=self.path)
+        elif self._modality == "image" and not self.path.startswith(BUILTIN_PREFIX):
+            dd = scan_images(dd, source=self.path)  # built-ins are encoded by hftl from parsed arrays
         dd = self._encode_labels(dd)
         dd = self._carve(dd, carve_val=carve_val, carve_test=carve_test)
         for split, ds in dd.items():
