@@ -104,6 +104,20 @@ def with_file(
     return build
 
 
+def media_config(env: Env, encoder: str, model: str, path: Path, modality: str) -> dict:
+    """The text config with an audio or vision encoder and a data node on ``path`` (2 validation, 2 test rows)."""
+    cfg = text_config(env)
+    cfg["encoder"] = {"_component_": f"hftl.encoders.{encoder}", "model": env.models[model]}
+    cfg["data"] = {
+        "_component_": "hftl.data.ClassificationData",
+        "path": str(path),
+        "modality": modality,
+        "validation_size": 2,
+        "test_size": 2,
+    }
+    return cfg
+
+
 def audio_run(write: Callable[[Path], str], *, name: str = "bad.wav") -> Callable[[Env], list[str]]:
     """A manifest of 8 good 16 kHz clips plus one clip written by ``write`` (returns its path)."""
 
@@ -115,17 +129,10 @@ def audio_run(write: Callable[[Path], str], *, name: str = "bad.wav") -> Callabl
             sf.write(path, (0.1 * rng.standard_normal(4000)).astype("float32"), 16000)
             rows.append(f"{path},{'yes' if i % 2 else 'no'}")
         rows.append(f"{write(env.root / name)},yes")
-        cfg = text_config(env)
         (env.root / "manifest.csv").write_text("\n".join(rows) + "\n")
-        cfg["encoder"] = {"_component_": "hftl.encoders.AudioEncoder", "model": env.models["wav2vec2"]}
-        cfg["data"] = {
-            "_component_": "hftl.data.ClassificationData",
-            "path": str(env.root / "manifest.csv"),
-            "modality": "audio",
-            "validation_size": 2,
-            "test_size": 2,
-        }
-        return run_config(env, cfg)
+        return run_config(
+            env, media_config(env, "AudioEncoder", "wav2vec2", env.root / "manifest.csv", "audio")
+        )
 
     return build
 
@@ -158,16 +165,7 @@ def image_run(make: Callable[[Path], None], name: str = "bad.png") -> Callable[[
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
         make(env.root / "images" / "a" / name)
-        cfg = text_config(env)
-        cfg["encoder"] = {"_component_": "hftl.encoders.VisionEncoder", "model": env.models["vit"]}
-        cfg["data"] = {
-            "_component_": "hftl.data.ClassificationData",
-            "path": str(env.root / "images"),
-            "modality": "image",
-            "validation_size": 2,
-            "test_size": 2,
-        }
-        return run_config(env, cfg)
+        return run_config(env, media_config(env, "VisionEncoder", "vit", env.root / "images", "image"))
 
     return build
 
