@@ -218,6 +218,17 @@ def test_lora_resume_is_exact(workspace: dict[str, Path]) -> None:
     _assert_same_run(workspace["root"] / "reference_lora", output_dir)
 
 
+def test_streamed_resume_is_exact(workspace: dict[str, Path]) -> None:
+    """The same with the train split streamed: the shuffle buffer is reseeded per epoch and a resumed run
+    re-reads the skipped part of the epoch's stream, so the weights still match bit for bit."""
+    streamed = ("data.streaming=true", "data.shuffle_buffer=16", "train.max_steps=36")
+    overrides = (*streamed, "train.load_best_at_end=false")
+    _run(_config(workspace, "reference_stream", "full"), *overrides)
+    output_dir = workspace["root"] / "killed_stream"
+    _kill_twice_and_finish(_config(workspace, "killed_stream", "full"), output_dir, *overrides)
+    _assert_same_run(workspace["root"] / "reference_stream", output_dir)
+
+
 def test_corrupt_newest_checkpoint_falls_back(workspace: dict[str, Path], reference_full: Path) -> None:
     output_dir = workspace["root"] / "corrupt"
     shutil.copytree(reference_full, output_dir)

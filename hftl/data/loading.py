@@ -106,6 +106,9 @@ class ClassificationData:
         max_duration: the encoder's ``max_duration`` (``${encoder.max_duration}``), only to warn once
             about clips far longer than the crop it keeps.
         bad_audio_report: csv file listing every bad audio file, e.g. ``${output_dir}/bad_audio.csv``.
+        streaming: read the train split lazily as a ``datasets.IterableDataset`` (data larger than memory
+            or disk cache); needs ``label_names`` and ``train.max_steps``. See :mod:`hftl.data.streaming`.
+        shuffle_buffer: rows in the streaming shuffle buffer (larger: closer to a full shuffle, more memory).
 
     Raises:
         ConfigError: for argument values outside the allowed ones (all problems at once).
@@ -135,6 +138,8 @@ class ClassificationData:
         on_bad_audio: OnBadAudio = "stop",
         max_duration: float | None = None,
         bad_audio_report: str | None = None,
+        streaming: bool = False,
+        shuffle_buffer: int = 10_000,
     ):
         self.path = str(path)
         self.data_files = data_files
@@ -150,6 +155,7 @@ class ClassificationData:
         self.seed, self.delimiter, self.trust_remote_code = seed, delimiter, trust_remote_code
         self.missing_hint, self.on_bad_audio, self.max_duration = missing_hint, on_bad_audio, max_duration
         self.bad_audio_report = bad_audio_report
+        self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
         self._check_args()
         self._label_names: list[str] | None = None
         self._modality: str | None = None
@@ -201,6 +207,14 @@ class ClassificationData:
                 f"`data.label_names` is {self.requested_label_names!r}; give distinct names, one per class."
             )
         problems += option_problems(self.on_bad_audio, self.max_duration)
+        if (
+            isinstance(self.shuffle_buffer, bool)
+            or not isinstance(self.shuffle_buffer, int)
+            or self.shuffle_buffer < 1
+        ):
+            problems.append(
+                f"`data.shuffle_buffer` is {self.shuffle_buffer!r}; allowed: a positive row count."
+            )
         if problems:
             raise ConfigError(problems)
 
@@ -229,6 +243,10 @@ class ClassificationData:
         Raises:
             DataError: for missing files, splits or columns, empty texts or splits, bad label values.
         """
+        if self.streaming:
+            from hftl.data.streaming import load_streaming
+
+            return load_streaming(self)
         try:
             raw, folders = read_source(
                 self.path, data_files=self.data_files, name=self.name, revision=self.revision,
@@ -287,7 +305,7 @@ class ClassificationData:
                 "them with `data.splits`, e.g. {train: <name>}."
             )
         for source in mapping.values():
-            if len(raw[source]) == 0:
+            if isinstance(raw[source], datasets.Dataset) and len(raw[source]) == 0:
                 raise DataError(
                     f"Split {source!r} of {self.path} is empty (0 rows); fix the data file or map "
                     "another split with `data.splits`."

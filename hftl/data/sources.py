@@ -46,22 +46,33 @@ def read_source(
     seed: int = 42,
     delimiter: str | None = None,
     trust_remote_code: bool = False,
-) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+    streaming: bool = False,
+) -> tuple[datasets.DatasetDict | datasets.IterableDatasetDict, dict[str, Path]]:
     """Reads the source splits of ``path`` as ``datasets`` loaded them (arguments as in ClassificationData).
 
     Returns:
-        The source splits, and per split the folder that relative media paths are resolved against.
+        The source splits (``IterableDataset`` splits read lazily when ``streaming``), and per split the
+        folder that relative media paths are resolved against.
 
     Raises:
         DataError: if a file or folder is missing or unreadable, or the Hub cannot be reached.
-        ConfigError: if a builder is named without ``data_files``.
+        ConfigError: if a builder is named without ``data_files``, or ``streaming`` is asked of a source
+            that is parsed into memory (``hftl:`` built-ins, Blitzer domains).
     """
+    in_memory = (
+        path.startswith(BUILTIN_PREFIX) or path == "blitzer" or is_blitzer_domain(Path(path).expanduser())
+    )
+    if streaming and in_memory:
+        raise ConfigError(
+            f"`data.streaming` is true, but `data.path` {path} is a data set hftl parses into memory (a "
+            "built-in or a Blitzer domain); stream files or Hub datasets instead, or set `data.streaming: false`."
+        )
     if path.startswith(BUILTIN_PREFIX):
         return load_builtin(path, seed=seed), {}
     if path == "blitzer":
         return read_blitzer_splits(data_files), {}
     if path in PACKAGED_BUILDERS:
-        return _read_builder(path, data_files, delimiter)
+        return _read_builder(path, data_files, delimiter, streaming=streaming)
     local = Path(path).expanduser()
     if local.is_file():
         builder = TABULAR_BUILDERS.get(local.suffix.lower())
@@ -70,30 +81,31 @@ def read_source(
                 f"`data.path` {path}: unsupported file type {local.suffix!r}; allowed: "
                 f"{', '.join(TABULAR_BUILDERS)}, or a folder / builder name."
             )
-        dd = _load(builder, delimiter, data_files={"train": str(local)})
+        dd = _load(builder, delimiter, data_files={"train": str(local)}, streaming=streaming)
         return dd, {"train": local.resolve().parent}
     if local.is_dir():
-        return _read_folder(local, data_files, delimiter)
+        return _read_folder(local, data_files, delimiter, streaming=streaming)
     if local.suffix.lower() in TABULAR_BUILDERS or path.startswith(("/", ".", "~")):
         raise DataError(
             f"`data.path`: file or folder not found: {path} (absolute: {local.resolve()}). "
             "Check the path; relative paths are resolved from the current directory."
         )
     return _read_hub(
-        path, data_files=data_files, name=name, revision=revision, trust_remote_code=trust_remote_code
-    ), {}
+        path, data_files=data_files, name=name, revision=revision, trust_remote_code=trust_remote_code,
+        streaming=streaming,
+    ), {}  # fmt: skip
 
 
 def _read_folder(
-    folder: Path, data_files, delimiter: str | None
+    folder: Path, data_files, delimiter: str | None, *, streaming: bool = False
 ) -> tuple[datasets.DatasetDict, dict[str, Path]]:
     if is_blitzer_domain(folder):
         return read_blitzer_splits(str(folder)), {}
     suffixes = {p.suffix.lower() for p in folder.rglob("*") if p.is_file()}
     if suffixes & AUDIO_EXTENSIONS:
-        return _load("audiofolder", delimiter, data_dir=str(folder)), {}
+        return _load("audiofolder", delimiter, data_dir=str(folder), streaming=streaming), {}
     if suffixes & IMAGE_EXTENSIONS:
-        return _load("imagefolder", delimiter, data_dir=str(folder)), {}
+        return _load("imagefolder", delimiter, data_dir=str(folder), streaming=streaming), {}
     builders = {TABULAR_BUILDERS[s] for s in suffixes if s in TABULAR_BUILDERS}
     if len(builders) != 1:
         raise DataError(
@@ -101,11 +113,13 @@ def _read_folder(
             f"{sorted(suffixes) or 'none'}; expected audio, image, Blitzer .review files or one of "
             f"{', '.join(TABULAR_BUILDERS)}. Set `data.path` to a builder name and `data.data_files`."
         )
-    dd = _load(builders.pop(), delimiter, data_dir=str(folder), data_files=data_files)
+    dd = _load(builders.pop(), delimiter, data_dir=str(folder), data_files=data_files, streaming=streaming)
     return dd, {split: folder.resolve() for split in dd}
 
 
-def _read_builder(builder: str, files, delimiter: str | None) -> tuple[datasets.DatasetDict, dict[str, Path]]:
+def _read_builder(
+    builder: str, files, delimiter: str | None, *, streaming: bool = False
+) -> tuple[datasets.DatasetDict, dict[str, Path]]:
     if files is None:
         raise ConfigError(
             f"`data.data_files` is missing for `data.path: {builder}`; give a file, a list "
@@ -121,8 +135,8 @@ def _read_builder(builder: str, files, delimiter: str | None) -> tuple[datasets.
                 )
             folders.setdefault(split, Path(f).expanduser().resolve().parent)
     if builder.endswith("folder") and isinstance(files, str) and Path(files).is_dir():
-        return _load(builder, delimiter, data_dir=files), {}
-    return _load(builder, delimiter, data_files=files), folders
+        return _load(builder, delimiter, data_dir=files, streaming=streaming), {}
+    return _load(builder, delimiter, data_files=files, streaming=streaming), folders
 
 
 def _load(builder: str, delimiter: str | None, **kwargs) -> datasets.DatasetDict:
@@ -181,7 +195,7 @@ def _read_hub(path: str, *, trust_remote_code: bool, **kwargs) -> datasets.Datas
             f"Hugging Face Hub failed ({type(err).__name__}: {err}): the Hub cannot be reached "
             f"(offline?) or the dataset id was not found. {_LOCAL_HINT}"
         ) from err
-    if not isinstance(dd, datasets.DatasetDict):
+    if not isinstance(dd, datasets.DatasetDict | datasets.IterableDatasetDict):
         raise DataError(f"`data.path` {path!r} returned {type(dd).__name__}, expected splits.")
     return dd
 

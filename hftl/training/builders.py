@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from hftl.data.collate import audio_lengths, text_lengths, with_example_keys
 from hftl.data.samplers import EpochSampler
-from hftl.errors import HftlError
+from hftl.data.streaming import KeyedStream, is_stream
+from hftl.errors import ConfigError, HftlError
 from hftl.training.config import LayerwiseConfig, TrainConfig
 
 
@@ -37,7 +38,11 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(Path(output_dir) / "logs")
         ),
-        dataloader_config=DataLoaderConfiguration(non_blocking=True),
+        # dispatch_batches=False: a streamed train split is read by every process (accelerate's
+        # IterableDatasetShard keeps each one's slice) instead of read on rank 0 and broadcast, whose loader
+        # drops the DataLoader's generator and so draws from the global RNG when an epoch starts (a resumed
+        # run would then see other dropout masks). Map-style loaders are sharded either way.
+        dataloader_config=DataLoaderConfiguration(non_blocking=True, dispatch_batches=False),
         # Encoders carry modules a recipe may not use (BERT's pooler under mean pooling, a discriminator
         # outside its stage): DDP must not wait for their gradients. No effect in a single process.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
@@ -64,7 +69,19 @@ def build_loader(
     lengths: Sequence[int] | None = None,
     num_workers: int = 0,
 ) -> DataLoader:
-    """A DataLoader with an epoch-seeded sampler (length-grouped when ``lengths`` is given)."""
+    """A DataLoader with an epoch-seeded sampler (length-grouped when ``lengths`` is given).
+
+    A streamed ``dataset`` (:mod:`hftl.data.streaming`) is already shuffled by its seeded buffer, which
+    the engine reseeds every epoch through the loader's ``set_epoch``; it gets a plain batching loader.
+    """
+    if is_stream(dataset):
+        if getattr(collate_fn, "uses_example_keys", False):
+            dataset = KeyedStream(dataset)
+        return DataLoader(
+            dataset, batch_size=batch_size, collate_fn=collate_fn, num_workers=num_workers,
+            generator=torch.Generator().manual_seed(seed),  # as below: resume draws no global RNG
+            pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0,
+        )  # fmt: skip
     sampler = EpochSampler(len(dataset), seed=seed, shuffle=shuffle, lengths=lengths, batch_size=batch_size)
     if getattr(collate_fn, "uses_example_keys", False):  # per-example (index, epoch) seeds: exact resume
         dataset, sampler = with_example_keys(dataset, sampler)
@@ -117,14 +134,15 @@ def build_optimizer(
 
 
 def build_unfreezer(
-    config: TrainConfig, optimizer: torch.optim.Optimizer, *, batches_per_epoch: int
+    config: TrainConfig, optimizer: torch.optim.Optimizer, *, batches_per_epoch: int | None
 ) -> Callable[[int], None] | None:
     """The gradual-unfreezing hook of ``config.layerwise`` for :class:`~hftl.training.Engine`'s ``on_step``.
 
     Args:
         config: the ``train:`` section.
         optimizer: built by :func:`build_optimizer`.
-        batches_per_epoch: ``len(train_loader)`` (per process), to turn epochs into optimizer steps.
+        batches_per_epoch: ``len(train_loader)`` (per process), to turn epochs into optimizer steps; None
+            for streamed data (then the interval must be given in steps).
 
     Returns:
         ``None`` when gradual unfreezing is off. The hook freezes on its first call, which the engine makes
@@ -132,7 +150,12 @@ def build_unfreezer(
     """
     from hftl.training.layerwise import GradualUnfreezer
 
-    steps_per_epoch = math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
+    if batches_per_epoch is None and config.layerwise.unfreeze_every_epochs is not None:
+        raise ConfigError(
+            "`train.layerwise.unfreeze_every_epochs` needs the epoch length, which streamed data "
+            "(`data.streaming: true`) does not have; use `train.layerwise.unfreeze_every_steps` instead."
+        )
+    steps_per_epoch = math.ceil((batches_per_epoch or 0) / config.gradient_accumulation_steps)
     every = config.layerwise.unfreeze_interval(steps_per_epoch)
     return None if every is None else GradualUnfreezer(optimizer, every_steps=every)
 
@@ -181,10 +204,23 @@ def train_lengths(dataset: Any, encoder: Any, config: TrainConfig) -> list[int] 
     Text: word counts (same order as token counts, no tokenizing). Audio: frames at the encoder's rate,
     read from file headers without decoding. Other modalities: None (fixed-size inputs).
     """
-    if not config.group_by_length:
+    if not config.group_by_length or is_stream(dataset):  # a stream is grouped by nothing but its buffer
         return None
     if encoder.modality == "text":
         return text_lengths(dataset)
     if encoder.modality == "audio":
         return audio_lengths(dataset, sampling_rate=encoder.sampling_rate)
     return None
+
+
+def batches_per_epoch(loader: Any) -> int | None:
+    """``len(loader)``, or None for a loader over streamed data (its length is unknown)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
+def describe_splits(splits: dict[str, Any]) -> str:
+    """``"train 6,920, validation 872"`` for the run summary; a streamed split shows as ``streamed``."""
+    return ", ".join(f"{k} {'streamed' if is_stream(v) else f'{len(v):,}'}" for k, v in splits.items())

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from hftl.errors import TrainingError
+from hftl.errors import ConfigError, TrainingError
 from hftl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from hftl.training.config import TrainConfig
 
@@ -326,8 +326,18 @@ class Engine:
             self.save()  # the final state, so re-running the same command finds the run finished
 
 
-def steps_for(config: TrainConfig, batches_per_epoch: int) -> int:
-    """Optimizer steps of a run: ``max_steps`` or ``epochs × ceil(batches / accumulation)``."""
+def steps_for(config: TrainConfig, batches_per_epoch: int | None) -> int:
+    """Optimizer steps of a run: ``max_steps`` or ``epochs × ceil(batches / accumulation)``.
+
+    Raises:
+        ConfigError: when ``batches_per_epoch`` is None (streamed data) and ``max_steps`` is not set.
+    """
     if config.max_steps:
         return config.max_steps
+    if batches_per_epoch is None:
+        raise ConfigError(
+            "`train.max_steps` is required when the training data is streamed (`data.streaming: true`): a "
+            "stream's length is unknown, so `train.epochs` cannot size the run (or the LR schedule). Fix: set "
+            "e.g. `train.max_steps=10000`."
+        )
     return config.epochs * math.ceil(batches_per_epoch / config.gradient_accumulation_steps)
