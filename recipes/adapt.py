@@ -33,6 +33,7 @@ from hftl.adaptation.selection import CRITERIA, score
 from hftl.adaptation.transitive import TransitiveConfig, label_counts, pseudo_labelled
 from hftl.config import instantiate, to_dataclass
 from hftl.data.paired import PairedLoader
+from hftl.data.streaming import is_stream
 from hftl.errors import ConfigError
 from hftl.evaluation import write_metrics
 from hftl.models import Classifier, count_parameters
@@ -40,12 +41,14 @@ from hftl.models.io import save_model
 from hftl.recipe import recipe_main
 from hftl.training import Engine, LayerwiseConfig, TrainConfig, steps_for
 from hftl.training.builders import (
+    batches_per_epoch,
     build_accelerator,
     build_loader,
     build_optimizer,
     build_scheduler,
     build_unfreezer,
     describe_layerwise,
+    describe_splits,
     print_summary,
     train_lengths,
 )
@@ -134,6 +137,11 @@ class AdaptRecipe:
         self.intermediate = None  # transitive transfer: unlabelled like the target
         if self.cfg.get("intermediate") is not None:
             data, self.intermediate = self._target(labelled=False, key="intermediate")
+            if any(is_stream(d["train"]) for d in (self.source, self.target, self.intermediate)):
+                raise ConfigError(
+                    "Transitive transfer (`intermediate:`) pseudo-labels whole train splits, which streamed "
+                    "data does not allow; set `streaming: false` in `source`, `intermediate` and `target`."
+                )
             if data.label_names and data.label_names != self.label_names:
                 raise ConfigError(
                     f"`intermediate` labels {data.label_names} differ from `source` labels {self.label_names}; "
@@ -181,7 +189,9 @@ class AdaptRecipe:
             train = loader(source["train"], train=True, shuffle=True)
         rng = np.random.default_rng(self.seed)
 
-        def subset(ds, n):
+        def subset(ds, n):  # a stream's first n rows (of its epoch-0 shuffle)
+            if is_stream(ds):
+                return datasets.Dataset.from_list(list(ds.take(n)))
             return ds.select(sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False)))
 
         evals = {
@@ -260,11 +270,11 @@ class AdaptRecipe:
         )  # fmt: skip
         train_loader, evals = self._loaders(encoder, method, source, target)
         model, optimizer = acc.prepare(model, optimizer)
-        total = steps_for(tc, len(train_loader))
+        total = steps_for(tc, batches_per_epoch(train_loader))
         scheduler = acc.prepare(
             build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes)
         )
-        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=len(train_loader))
+        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=batches_per_epoch(train_loader))
         running: dict[str, list[float]] = {}
         engine: Engine | None = None
 
@@ -306,8 +316,8 @@ class AdaptRecipe:
             "Method": f"{type(method).__name__} (trade-off {method.trade_off})",
             "Encoder / adapter": f"{encoder.name_or_path} / {self.cfg.adapter._component_}",
             "Trainable parameters": f"{trainable:,} of {params:,}",
-            "Source train / val": f"{len(source['train']):,} / {len(source['validation']):,}",
-            "Target train (unlabelled) / test": f"{len(target['train']):,} / {len(self.target['test']):,}",
+            "Source": describe_splits({k: source[k] for k in ("train", "validation")}),
+            "Target": describe_splits({"train (unlabelled)": target["train"], "test": self.target["test"]}),
             "Optimizer steps": total,
             **describe_layerwise(optimizer, unfreezer),
             "Selection": f"{self.selection.criterion} (no target labels)",

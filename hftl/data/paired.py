@@ -7,12 +7,24 @@ from typing import Any
 
 from accelerate.data_loader import skip_first_batches
 
+from hftl.errors import DataError
+
 
 def _set_epoch(loader: Any, epoch: int) -> None:
     if hasattr(loader, "set_epoch"):  # accelerate's DataLoaderShard forwards it to the sampler
         loader.set_epoch(epoch)
-    else:
+    elif hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
+    else:  # a plain DataLoader over a stream (unprepared): the stream reshuffles itself
+        loader.dataset.set_epoch(epoch)
+
+
+def _sized(loader: Any) -> bool:
+    try:
+        len(loader)
+    except TypeError:  # a loader over streamed data
+        return False
+    return True
 
 
 class PairedLoader:
@@ -21,6 +33,9 @@ class PairedLoader:
     The shorter loader restarts (with a new shuffle) when it runs out. Every position is a
     function of ``(epoch, index)``: cycle ``k`` of epoch ``e`` shuffles with sampler epoch
     ``e * 1000 + k``, so :meth:`skip_first_batches` resumes exactly where a killed run stopped.
+
+    With streamed data (:mod:`hftl.data.streaming`, loaders without a length) an epoch is one pass over
+    the source (the target cycles), and resuming re-reads the skipped batches of a stream.
 
     Args:
         source: loader of labelled source batches.
@@ -32,7 +47,10 @@ class PairedLoader:
         self.epoch, self._skip = 0, 0
 
     def __len__(self) -> int:
-        return max(len(self.source), len(self.target))
+        """Batches per epoch; a TypeError (no length) when the source is streamed."""
+        if not _sized(self.source):
+            raise TypeError("a PairedLoader over a streamed source has no length")
+        return max(len(self.source), len(self.target)) if _sized(self.target) else len(self.source)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -44,13 +62,33 @@ class PairedLoader:
         return view
 
     def _stream(self, loader: Any, start: int) -> Iterator[Any]:
-        cycle, offset = divmod(start, len(loader))
+        """``loader``'s batches from position ``start`` on, cycling forever."""
+        if _sized(loader):
+            cycle, offset = divmod(start, len(loader))
+            while True:
+                _set_epoch(loader, self.epoch * 1000 + cycle)
+                yield from skip_first_batches(loader, offset) if offset else loader
+                cycle, offset = cycle + 1, 0
+        cycle, position = 0, 0
         while True:
             _set_epoch(loader, self.epoch * 1000 + cycle)
-            yield from skip_first_batches(loader, offset) if offset else loader
-            cycle, offset = cycle + 1, 0
+            before = position
+            for batch in loader:  # a stream's length is unknown: skipped batches are read and dropped
+                position += 1
+                if position > start:
+                    yield batch
+            if position == before:
+                raise DataError("A streamed training split yielded no rows; check its files and filters.")
+            cycle += 1
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        source, target = self._stream(self.source, self._skip), self._stream(self.target, self._skip)
-        for _ in range(self._skip, len(self)):
-            yield next(source), next(target)
+        target = self._stream(self.target, self._skip)
+        if _sized(self.source):
+            source = self._stream(self.source, self._skip)
+            for _ in range(self._skip, len(self)):
+                yield next(source), next(target)
+            return
+        _set_epoch(self.source, self.epoch * 1000)  # one pass over the source stream: cycle 0
+        for position, batch in enumerate(self.source):
+            if position >= self._skip:
+                yield batch, next(target)
