@@ -219,7 +219,12 @@ class LwFLoss(nn.Module):
 
 @torch.no_grad()
 def record_logits(
-    model: Callable[..., Any], loader: Any, *, device: torch.device | str, to_logits: Callable | None = None
+    model: Callable[..., Any],
+    loader: Any,
+    *,
+    device: torch.device | str,
+    to_logits: Callable | None = None,
+    desc: str = "teacher logits",
 ) -> torch.Tensor:
     """Runs a frozen ``model`` over an unshuffled ``loader``; returns its logits in dataset order (CPU, float32).
 
@@ -228,9 +233,12 @@ def record_logits(
         loader: batches of model inputs (``labels`` and ``teacher_logits`` are ignored), in dataset order.
         device: where the model runs.
         to_logits: maps ``model``'s output to ``(B, C)`` logits.
+        desc: label of the progress bar.
     """
+    from tqdm.auto import tqdm
+
     out = []
-    for batch in loader:
+    for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
         inputs = {k: v.to(device) for k, v in batch.items() if k not in ("labels", "teacher_logits")}
         result = model(**inputs)
         out.append((to_logits(result) if to_logits else result.logits).float().cpu())
