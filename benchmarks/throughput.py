@@ -15,9 +15,12 @@ repeated). Inside it, the end of every optimizer step is time-stamped (Trainer: 
 hftl: the Engine's public `on_step` hook, chained in by this script, no engine change); the step time is
 the mean over steps W+1..N, after W warm-up steps, with a CUDA synchronize at both window ends. It covers
 data loading and collation, forward, backward, clipping, the optimizer and the loop's own logging, and
-excludes start-up, model loading, tokenizing the slice (Trainer's `map`), final evaluation and saving
-(whole-process wall times are in the jsonl too; on the shared CPU machine start-up alone varies by tens
-of seconds, so they cannot be differenced). Peak memory is the child's peak RSS (and
+excludes start-up, model loading, tokenizing the slice up front (Trainer's `map`; hftl's
+`hftl.data.tokenized.pretokenize`, timed separately in both, and reported as "incl. tokenizing, 1 epoch"
+= step time + tokenizing time per row × batch), final evaluation and saving (whole-process wall times are
+in the jsonl too; on the shared CPU machine start-up alone varies by tens of seconds, so they cannot be
+differenced). Every run gets an empty `HF_DATASETS_CACHE`, so hftl's tokenization cache never hits here:
+its up-front cost is the first run's (a later run of the same data reuses the file and skips it). Peak memory is the child's peak RSS (and
 `torch.cuda.max_memory_allocated` on a GPU), read inside the child.
 Writes benchmarks/results/throughput.md and throughput.jsonl (one line per run).
 """
@@ -30,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,7 +44,9 @@ from typing import Literal
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-Kind = Literal["trainer", "hftl", "lora", "dann"]
+# hftl: `finetune` with its default pre-tokenized splits; raw: the same with `encoder.pretokenize=false`
+# (the collator tokenizes every batch, as hftl did before issue #7); lora: hftl with LoRA; dann: `adapt`.
+Kind = Literal["trainer", "hftl", "raw", "lora", "dann"]
 LABELS = ["negative", "positive"]
 BLITZER = ("books", "dvd", "electronics", "kitchen")
 
@@ -69,10 +75,10 @@ class Case:
 
 def plan(quick: bool, *, on_gpu: bool) -> list[Case]:
     """The cases to run: a CPU subset with ``quick``, else the whole grid (step counts sized for a GPU)."""
-    every = ("trainer", "hftl", "lora", "dann")
+    every = ("trainer", "hftl", "raw", "lora", "dann")
     if quick:
         return [
-            Case("tiny-bert", "sst2", 128, False, 40),
+            Case("tiny-bert", "sst2", 128, False, 40, ("trainer", "hftl", "raw")),
             Case("tiny-bert", "sst2", 128, True, 40),
             Case("tiny-bert", "blitzer", 128, False, 30, every),
             Case("minilm", "sst2", 64, False, 8),
@@ -145,6 +151,7 @@ def hftl_config(spec: dict) -> dict:
             "_component_": "hftl.encoders.TextEncoder",
             "model": spec["model"],
             "max_length": spec["max_length"],
+            "pretokenize": kind != "raw",
         },  # fmt: skip
         "adapter": adapter,
         "head": {"_component_": "hftl.models.LinearHead", "dropout": 0.1},
@@ -207,6 +214,7 @@ def run_hftl(spec: dict, clock: StepClock) -> dict:
     import yaml
 
     from hftl.cli import main as hftl
+    from hftl.data import tokenized
     from hftl.training import Engine
 
     init = Engine.__init__
@@ -220,13 +228,24 @@ def run_hftl(spec: dict, clock: StepClock) -> dict:
         init(self, *args, on_step=hook, **kwargs)
 
     Engine.__init__ = timed_init
+    tokenize = {"tokenize_s": 0.0, "rows": 0}
+    split_fn = tokenized.pretokenize
+
+    def timed_pretokenize(dataset, *args, **kwargs):  # the recipe's up-front tokenization, all splits
+        start = time.perf_counter()
+        out = split_fn(dataset, *args, **kwargs)
+        tokenize["tokenize_s"] += time.perf_counter() - start
+        tokenize["rows"] += len(out)
+        return out
+
+    tokenized.pretokenize = timed_pretokenize
 
     path = Path(spec["out"] + ".yaml")
     cfg = hftl_config(spec)
     path.write_text(yaml.safe_dump(cfg))
     if hftl(["run", cfg["recipe"], "--config", str(path)]) != 0:
         raise SystemExit(f"hftl run failed for {spec}")
-    return clock.result()
+    return {**clock.result(), **(tokenize if tokenize["rows"] else {})}
 
 
 def run_trainer(spec: dict, clock: StepClock) -> dict:
@@ -299,12 +318,15 @@ def launch(kind: Kind, spec: dict, workdir: Path, *, profile: Path | None = None
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(spec_path), str(result_path)]
     if profile is not None:
         cmd[1:1] = ["-m", "cProfile", "-o", str(profile)]
+    hf_cache = workdir / "runs" / f"{tag}.hf_datasets"  # empty: no run reuses another's Arrow files
+    shutil.rmtree(hf_cache, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}  # fmt: skip
+           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(hf_cache)}  # fmt: skip
     start = time.perf_counter()
     with (workdir / f"{tag}.log").open("w") as log:
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
     wall = time.perf_counter() - start
+    shutil.rmtree(hf_cache, ignore_errors=True)
     if rc != 0:
         raise SystemExit(f"{tag} failed (exit {rc}); see {workdir / f'{tag}.log'}")
     return {"wall_s": wall, **json.loads(result_path.read_text())}
@@ -349,7 +371,7 @@ def summarize(case: Case, rows: list[dict], batch_size: int) -> dict[str, dict]:
                 r["repeat"]: r["step_s"] for r in rows if r["case"] == case.name and r["kind"] == "trainer"
             }
             out[kind]["ratio_repeats"] = [round(base[r["repeat"]] / r["step_s"], 3) for r in mine]
-        if kind == "trainer":  # one epoch of Trainer including its up-front tokenization, per step
+        if all(r.get("rows") for r in mine):  # one epoch including the up-front tokenization, per step
             per_row = statistics.median(r["tokenize_s"] / r["rows"] for r in mine)
             out[kind]["samples_per_s_with_tokenize"] = batch_size / (step_s + per_row * batch_size)
     return out
@@ -385,6 +407,11 @@ def machine() -> str:
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")  # fmt: skip
 
 
+def _ratio(kind: dict) -> str:
+    """Median of the per-repeat (paired) ratios Trainer step time / this kind's, each repeat in brackets."""
+    return f"**{statistics.median(kind['ratio_repeats']):.2f}** ({', '.join(f'{x:.2f}' for x in kind['ratio_repeats'])})"
+
+
 def write_tables(summary: dict[str, dict], args: argparse.Namespace, command: str) -> Path:
     gpu = args.precision != "no"
     mem = "peak GPU MiB" if gpu else "peak RSS MiB"
@@ -393,32 +420,38 @@ def write_tables(summary: dict[str, dict], args: argparse.Namespace, command: st
         f"Machine: {machine()}. Command: `{command}`. Batch {args.batch_size}, precision `{args.precision}`, "
         f"{args.repeats} repeats (alternating); step time = mean over steps W+1..N timed inside each run, median of "
         "the repeats; the ratio is the median of per-repeat ratios of back-to-back runs (each repeat in "
-        "brackets). See the docstring of benchmarks/throughput.py.",
+        "brackets). hftl = `hftl run finetune` with its default `encoder.pretokenize=true` (splits tokenized "
+        "once up front, the collator only pads); raw = the same with `encoder.pretokenize=false` (the collator "
+        "tokenizes each batch, hftl before issue #7). \"Incl. tokenizing, 1 epoch\" adds each side's up-front "
+        "tokenizing time per row (no cache: every run starts from an empty `HF_DATASETS_CACHE`). See the "
+        "docstring of benchmarks/throughput.py.",
         "",
-        f"| case | N (W) | Trainer samples/s | hftl samples/s | **ratio hftl / Trainer** | Trainer incl. `map` "
-        f"tokenizing, 1 epoch | ratio vs that | Trainer {mem} | hftl {mem} |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| case | N (W) | Trainer samples/s | hftl samples/s | **ratio hftl / Trainer** | ratio raw / Trainer | "
+        f"Trainer incl. tokenizing, 1 epoch | hftl incl. tokenizing, 1 epoch | Trainer {mem} | hftl {mem} |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     key = "cuda_peak_mib" if gpu else "peak_rss_mib"
     for name, s in summary.items():
-        t, h = s["kinds"]["trainer"], s["kinds"]["hftl"]
-        ratio = statistics.median(h["ratio_repeats"])  # median of the per-repeat (paired) ratios
+        t, h, raw = s["kinds"]["trainer"], s["kinds"]["hftl"], s["kinds"].get("raw")
+        h_tok = h.get("samples_per_s_with_tokenize")
         lines.append(f"| {name} | {s['steps']} ({s['warmup']}) | {t['samples_per_s']:.1f} | {h['samples_per_s']:.1f} | "
-                     f"**{ratio:.2f}** ({', '.join(f'{x:.2f}' for x in h['ratio_repeats'])}) | "
-                     f"{t['samples_per_s_with_tokenize']:.1f} | "
-                     f"{h['samples_per_s'] / t['samples_per_s_with_tokenize']:.2f} | {t[key]:.0f} | {h[key]:.0f} |")  # fmt: skip
+                     f"{_ratio(h)} | {_ratio(raw) if raw else '—'} | {t['samples_per_s_with_tokenize']:.1f} | "
+                     f"{f'{h_tok:.1f}' if h_tok else '—'} | {t[key]:.0f} | {h[key]:.0f} |")  # fmt: skip
     lines += ["", "Step time of plain fine-tuning, LoRA and DANN (`hftl run adapt`: one source and one target "
-              "batch per step; goal ≤ 2.2× plain):", "",
-              "| case | plain ms/step | LoRA ms/step | DANN ms/step | DANN / plain | LoRA / plain |",
-              "|---|---|---|---|---|---|"]  # fmt: skip
+              "batch per step; goal ≤ 2.2× plain). plain and LoRA run `finetune` on pre-tokenized splits; "
+              "`adapt` does not pre-tokenize yet, so DANN is also compared with plain on raw text:", "",
+              "| case | plain ms/step | plain raw-text ms/step | LoRA ms/step | DANN ms/step | DANN / plain | "
+              "DANN / plain raw-text | LoRA / plain |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, s in summary.items():
         k = s["kinds"]
         if "dann" in k:
-            p = k["hftl"]["step_ms"]
-            lines.append(f"| {name} | {p:.1f} | {k['lora']['step_ms']:.1f} | {k['dann']['step_ms']:.1f} | "
-                         f"{k['dann']['step_ms'] / p:.2f} | {k['lora']['step_ms'] / p:.2f} |")  # fmt: skip
-    lines += ["", "Per-repeat step times (ms) are in `throughput.jsonl` (`summary` lines)."]
-    path = RESULTS / "throughput.md"
+            p, r, d = k["hftl"]["step_ms"], k.get("raw", {}).get("step_ms"), k["dann"]["step_ms"]
+            lines.append(f"| {name} | {p:.1f} | {f'{r:.1f}' if r else '—'} | {k['lora']['step_ms']:.1f} | "
+                         f"{d:.1f} | {d / p:.2f} | {f'{d / r:.2f}' if r else '—'} | "
+                         f"{k['lora']['step_ms'] / p:.2f} |")  # fmt: skip
+    lines += ["", f"Per-repeat step times (ms) are in `throughput{args.suffix}.jsonl` (`summary` lines)."]
+    path = RESULTS / f"throughput{args.suffix}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -431,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["auto", "no", "bf16", "fp16"], default="auto")
     parser.add_argument("--only", default=None, help="Run only cases whose name contains this text.")
     parser.add_argument("--workdir", default="/tmp/hftl_throughput")
+    parser.add_argument(
+        "--suffix", default="", help="Write throughput<SUFFIX>.md/.jsonl (e.g. a re-run of one case)."
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -456,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/throughput.py" + " ".join(
         ["", *(argv if argv is not None else sys.argv[1:])]
     )
-    summary, jsonl = {}, RESULTS / "throughput.jsonl"
+    summary, jsonl = {}, RESULTS / f"throughput{args.suffix}.jsonl"
     with jsonl.open("w") as f:
         for case in cases:
             rows = run_case(case, args, paths, data, workdir)

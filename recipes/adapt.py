@@ -34,6 +34,7 @@ from hftl.adaptation.transitive import TransitiveConfig, label_counts, pseudo_la
 from hftl.config import instantiate, to_dataclass
 from hftl.data.paired import PairedLoader
 from hftl.data.streaming import is_stream
+from hftl.data.tokenized import pretokenize
 from hftl.errors import ConfigError
 from hftl.evaluation import write_metrics
 from hftl.models import Classifier, count_parameters
@@ -172,6 +173,9 @@ class AdaptRecipe:
         tc, acc = self.train_cfg, self.accelerator
 
         def loader(ds, *, train: bool, shuffle: bool, seed: int = self.seed):
+            if getattr(encoder, "pretokenize", False):  # text: tokenized once, cached across runs
+                with acc.main_process_first():
+                    ds = pretokenize(ds, encoder.processor, max_length=encoder.max_length)
             return acc.prepare(build_loader(
                 ds, collate_fn=encoder.collator(train=train), batch_size=tc.batch_size if train else tc.eval_batch_size or 2 * tc.batch_size,
                 shuffle=shuffle, seed=seed, num_workers=tc.num_workers,

@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig
 
 from hftl.config import instantiate, to_dataclass
+from hftl.data.tokenized import pretokenize_splits
 from hftl.errors import ConfigError
 from hftl.evaluation import classification_report, format_report, write_metrics
 from hftl.evaluation.predictions import collect_predictions
@@ -26,12 +27,14 @@ from hftl.models.io import MODEL_DIRNAME, save_model
 from hftl.recipe import recipe_main
 from hftl.training import Engine, LayerwiseConfig, TrainConfig, steps_for
 from hftl.training.builders import (
+    batches_per_epoch,
     build_accelerator,
     build_loader,
     build_optimizer,
     build_scheduler,
     build_unfreezer,
     describe_layerwise,
+    describe_splits,
     print_summary,
     train_lengths,
 )
@@ -72,6 +75,10 @@ class FinetuneRecipe:
             raise ConfigError(
                 f"`encoder` is a {encoder.modality} encoder but `data` holds {self.data.modality}; pick a matching encoder"
             )
+        if getattr(encoder, "pretokenize", False):  # text: tokenize once, cached across runs
+            with self.accelerator.main_process_first():  # one process writes the cache, the others read it
+                splits = pretokenize_splits(splits, encoder.processor, max_length=encoder.max_length)
+            self.splits = splits
         self.adapter = self._build("adapter")
         self.adapter.apply(encoder)
         head = self._build("head", in_features=encoder.out_features, num_labels=len(self.label_names))
@@ -97,12 +104,12 @@ class FinetuneRecipe:
         self.model, optimizer, train_loader = self.accelerator.prepare(self.model, optimizer, train_loader)
         for name, loader in self.eval_loaders.items():
             self.eval_loaders[name] = self.accelerator.prepare(loader)
-        self.total_steps = steps_for(tc, len(train_loader))
+        self.total_steps = steps_for(tc, batches_per_epoch(train_loader))
         scheduler = build_scheduler(
             tc, optimizer, total_steps=self.total_steps, num_processes=self.accelerator.num_processes
         )
         scheduler = self.accelerator.prepare(scheduler)
-        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=len(train_loader))
+        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=batches_per_epoch(train_loader))
         self.engine = Engine(
             accelerator=self.accelerator, model=self.model, optimizer=optimizer, scheduler=scheduler,
             train_loader=train_loader, config=tc, output_dir=self.output_dir, total_steps=self.total_steps,
@@ -113,9 +120,9 @@ class FinetuneRecipe:
             "Encoder": f"{encoder.name_or_path} ({encoder.modality}, pooling {encoder.pool.method})",
             "Adapter": type(self.adapter).__name__,
             "Trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f} %)",
-            "Examples": ", ".join(f"{k} {len(v):,}" for k, v in splits.items()),
+            "Examples": describe_splits(splits),
             "Labels": ", ".join(self.label_names),
-            "Epochs / optimizer steps": f"{tc.epochs} / {self.total_steps}",
+            "Epochs / optimizer steps": f"{tc.epochs if batches_per_epoch(train_loader) else 'streamed'} / {self.total_steps}",
             "Batch size per device × accumulation × processes": f"{tc.batch_size} × {tc.gradient_accumulation_steps} × {self.accelerator.num_processes}",
             "Device / precision": f"{self.accelerator.device} / {tc.mixed_precision}",
             **describe_layerwise(optimizer, unfreezer),

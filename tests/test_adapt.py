@@ -55,7 +55,8 @@ def adapt_config(
         },
         "method": {"_component_": method, **method_args},
         "optimizer": {"_component_": "torch.optim.AdamW", "lr": 3e-3},
-        "train": {"epochs": 2, "batch_size": 8, "log_every_steps": 1},
+        # group_by_length off: batches independent of how lengths are counted (words or tokens)
+        "train": {"epochs": 2, "batch_size": 8, "log_every_steps": 1, "group_by_length": False},
         "report": {"baselines": [], "diagnostics": False},
     }
 

@@ -45,6 +45,19 @@ def test_text_lengths(tokenizer):
     assert text_lengths([{"text": "x y"}]) == [2]
 
 
+def test_text_collator_pads_pretokenized_rows(tokenizer):
+    rows = [
+        dict(tokenizer(t, truncation=True, max_length=4), label=i)
+        for i, t in enumerate(["a b c a b", "good"])
+    ]
+    batch = TextCollator(tokenizer, max_length=4)(rows)
+    assert batch["input_ids"].tolist() == [[2, 5, 6, 3], [2, 8, 3, 0]]  # padded, not tokenized again
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["token_type_ids"].tolist() == [[0] * 4] * 2 and batch["labels"].tolist() == [0, 1]
+    ds = datasets.Dataset.from_list(rows)
+    assert text_lengths(ds) == [4, 3] and text_lengths(rows) == [4, 3]  # token counts, not words
+
+
 def _wav(path: Path, seconds: float, rate: int = 16000) -> str:
     t = np.arange(int(seconds * rate)) / rate
     sf.write(path, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), rate)

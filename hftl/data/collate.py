@@ -38,7 +38,11 @@ def _with_labels(batch, examples: list[dict]) -> dict[str, torch.Tensor]:
 
 
 class TextCollator:
-    """Tokenizes ``text`` and pads to the longest sequence of the batch.
+    """Pads token ids (pre-tokenized rows) or tokenizes ``text``, to the longest sequence of the batch.
+
+    Rows of a split tokenized by :func:`hftl.data.tokenized.pretokenize` carry ``input_ids`` (and
+    ``attention_mask``, ``token_type_ids``): they are only padded, with ``tokenizer.pad``. Rows with
+    raw ``text`` are tokenized here, on every call. Both give the same tensors for the same texts.
 
     Args:
         tokenizer: a transformers tokenizer.
@@ -47,17 +51,35 @@ class TextCollator:
     Returns (on call):
         ``input_ids``, ``attention_mask`` (and whatever else the tokenizer returns), shape ``(B, L)``
         with ``L <= max_length`` the longest tokenized text; ``labels`` shape ``(B,)``.
+
+    Raises (on call):
+        DataError: pre-tokenized rows longer than ``max_length`` (tokenized for another max length).
     """
 
     def __init__(self, tokenizer, *, max_length: int = 128):
         self.tokenizer, self.max_length = tokenizer, max_length
+        self._token_keys = ("input_ids", *(k for k in tokenizer.model_input_names if k != "input_ids"))
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if examples and "input_ids" in examples[0]:
+            return _with_labels(self._pad(examples), examples)
         texts = [ex["text"] for ex in examples]
         batch = self.tokenizer(
             texts, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
         )
         return _with_labels(batch, examples)
+
+    def _pad(self, examples: list[dict]):
+        longest = max(len(ex["input_ids"]) for ex in examples)
+        if self.max_length is not None and longest > self.max_length:
+            raise DataError(
+                f"A pre-tokenized row has {longest} tokens but the collator's max_length is "
+                f"{self.max_length}: the split was tokenized with a larger `encoder.max_length`. Fix: "
+                "tokenize it again with the encoder's max_length (hftl.data.tokenized.pretokenize)."
+            )
+        keys = [k for k in self._token_keys if k in examples[0]]
+        features = [{k: ex[k] for k in keys} for ex in examples]
+        return self.tokenizer.pad(features, padding="longest", return_tensors="pt")
 
 
 def normalize_level(wave: np.ndarray, mode: Literal["peak", "rms"], *, rms_target: float = 0.1) -> np.ndarray:
@@ -265,18 +287,28 @@ class ImageCollator:
 def text_lengths(dataset: Iterable[dict], tokenizer=None, *, batch_size: int = 1000) -> list[int]:
     """Per-example lengths of ``text``, for length-grouped sampling.
 
+    Pre-tokenized data (an ``input_ids`` column, see :mod:`hftl.data.tokenized`) gives its real token
+    counts (after truncation), whatever ``tokenizer`` is.
+
     Args:
-        dataset: a ``datasets.Dataset`` (or any sequence of dicts) with a ``text`` column.
+        dataset: a ``datasets.Dataset`` (or any sequence of dicts) with a ``text`` or ``input_ids`` column.
         tokenizer: count tokens (special tokens included) with it; None counts whitespace-separated words.
         batch_size: texts tokenized per call.
 
     Returns:
         One length per example, in dataset order.
     """
+    if "input_ids" in (getattr(dataset, "column_names", None) or ()):
+        import pyarrow.compute as pc
+
+        return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_pylist()
     if hasattr(dataset, "with_format"):
         texts = dataset.with_format("arrow")["text"].to_pylist()
     else:
-        texts = [ex["text"] for ex in dataset]
+        rows = list(dataset)
+        if rows and "input_ids" in rows[0]:
+            return [len(ex["input_ids"]) for ex in rows]
+        texts = [ex["text"] for ex in rows]
     if tokenizer is None:
         return [len(t.split()) for t in texts]
     lengths = []

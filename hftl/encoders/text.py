@@ -13,6 +13,10 @@ class TextEncoder(Encoder):
     Args:
         model: Hub id or local directory.
         max_length: tokens kept per example (longer texts are truncated).
+        pretokenize: recipes that support it (``finetune``, ``adapt``) tokenize every split once before training
+            with ``datasets.map``, cached on disk and reused by later runs
+            (:mod:`hftl.data.tokenized`); the collator then only pads. False: the collator tokenizes
+            the raw text of each batch, at every step of every epoch.
         **kwargs: see :class:`hftl.encoders.base.Encoder` (pooling, layer, freeze_modules, ...).
 
     Example:
@@ -23,9 +27,9 @@ class TextEncoder(Encoder):
 
     modality = "text"
 
-    def __init__(self, model: str, *, max_length: int = 128, **kwargs: Any):
+    def __init__(self, model: str, *, max_length: int = 128, pretokenize: bool = True, **kwargs: Any):
         super().__init__(model, **kwargs)
-        self.max_length = max_length
+        self.max_length, self.pretokenize = max_length, pretokenize
 
     @classmethod
     def load_processor(cls, path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
