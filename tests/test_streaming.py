@@ -66,8 +66,10 @@ def test_max_samples_and_filters_apply_to_the_stream(tmp_path, files):
     assert len(_texts(_data(files, max_samples={"train": 5}).load()["train"])) == 5
     rows = [(f"row {i}", ["neg", "pos"][i % 2], ["a", "b"][i // 10]) for i in range(20)]
     path = write_rows(tmp_path / "spk.csv", rows, header=("text", "label", "speaker"))
-    data = _data({"train": path}, validation_size=0, filters={"speaker": ["b"]})
-    assert sorted(_texts(data.load()["train"])) == sorted(f"row {i}" for i in range(10, 20))
+    data = _data({"train": path}, validation_size=2, filters={"speaker": ["b"]})
+    splits = data.load()  # filtered before the first rows become validation, as for in-memory data
+    assert splits["validation"]["text"] == ["row 10", "row 11"]
+    assert sorted(_texts(splits["train"])) == sorted(f"row {i}" for i in range(12, 20))
 
 
 def test_bad_rows_stop_with_the_row_named(tmp_path):
@@ -162,3 +164,21 @@ def test_keyed_stream_gives_each_row_its_position_and_epoch(files):
     keys = [row[EXAMPLE_KEY] for row in keyed]
     assert keys == [(i, 2) for i in range(16)]
     assert isinstance(keyed, torch.utils.data.IterableDataset)
+
+
+def test_audio_manifest_paths_resolve_in_carved_and_streamed_rows(tmp_path, wavs):
+    import shutil
+
+    (tmp_path / "clips").mkdir()
+    rows = []
+    for i in range(6):
+        shutil.copy(wavs[i % 2]["audio"], tmp_path / "clips" / f"{i}.wav")
+        rows.append((f"clips/{i}.wav", ["neg", "pos"][i % 2]))
+    manifest = write_rows(tmp_path / "manifest.csv", rows, header=("path", "label"))
+    data = _data({"train": manifest}, validation_size=2)
+    splits = data.load()
+    assert data.modality == "audio"
+    carved = [item["path"] if isinstance(item, dict) else item for item in splits["validation"]["audio"]]
+    assert carved == [str(tmp_path / "clips" / f"{i}.wav") for i in range(2)]  # against the manifest's folder
+    streamed = sorted(row["audio"] for row in splits["train"])
+    assert streamed == [str(tmp_path / "clips" / f"{i}.wav") for i in range(2, 6)]

@@ -73,6 +73,8 @@ def load_streaming(data: ClassificationData) -> datasets.DatasetDict:
             "map one with `data.splits`, e.g. {train: <name>}."
         )
     stream = dd.pop("train")
+    if data.filters:  # before carving, as for in-memory data
+        stream = stream.filter(_row_filter(data.filters))
     for split in CARVED:
         size = data.validation_size if split == "validation" else data.test_size
         if split in dd or not size:
@@ -83,6 +85,8 @@ def load_streaming(data: ClassificationData) -> datasets.DatasetDict:
                 f"count (the stream's first rows become {split}), or a {split} file via `data.data_files`."
             )
         dd[split], stream = stream.take(size), stream.skip(size)
+        if "train" in folders:  # relative media paths of carved rows resolve like the train split's
+            folders[split] = folders["train"]
     label_column = _label_names_from_stream(data, stream)
     evaluation = _evaluation_splits(data, dd, folders)
     if data.input_column is None:  # no evaluation split told it: look at the stream's first row
@@ -150,8 +154,6 @@ def _train_stream(
 ) -> datasets.IterableDataset:
     """The standardized, checked, shuffled train stream."""
     modality, column = data.modality, data.input_column
-    if data.filters:
-        stream = stream.filter(_row_filter(data.filters))
     stream = stream.map(_row_standardizer(data, label_column, folder), with_indices=True)
     stream = stream.select_columns([modality] + (["label"] if label_column else []))
     if isinstance((stream.features or {}).get(column), datasets.Audio):
