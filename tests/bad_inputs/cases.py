@@ -76,6 +76,13 @@ def text_config(env: Env, **data) -> dict:
     }
 
 
+def stream_file(env: Env) -> str:
+    """16 good rows, then one whose label is not a class (read only when the stream reaches it)."""
+    path = env.root / "stream.csv"
+    path.write_text("text,label\n" + "fine film,pos\nbad film,neg\n" * 8 + "odd film,maybe\n")
+    return str(path)
+
+
 def run_config(env: Env, cfg: dict, *overrides: str) -> list[str]:
     path = env.root / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -298,6 +305,17 @@ CASES: list[Case] = [
          ["d.xlsx"]),
     Case("not-utf8", "data", "CSV in Latin-1, not UTF-8",
          with_file("latin1.csv", "text,label\ncaf\xe9 ok,pos\nbad,neg\n".encode("latin-1")), ["latin1.csv", "UTF-8"]),
+    Case("stream-no-max-steps", "data", "streamed train data without `train.max_steps`",
+         text_run("data.streaming=true", "data.label_names=[pos,neg]"), ["train.max_steps", "streamed"]),
+    Case("stream-no-label-names", "data", "streamed train data without `label_names`",
+         text_run("data.streaming=true", "train.max_steps=4"), ["label_names", "streaming"]),
+    Case("stream-fraction", "data", "streamed data with a fractional `validation_size`",
+         text_run("data.streaming=true", "data.label_names=[pos,neg]", "train.max_steps=4",
+                  "~data.data_files.validation", "data.validation_size=0.2"), ["validation_size", "row count"]),
+    Case("stream-bad-row", "data", "a streamed row whose label is not a class",
+         lambda env: run_config(env, {**text_config(env, streaming=True, label_names=["pos", "neg"]),
+                                      "train": {"max_steps": 4, "batch_size": 8}},
+                                f"data.data_files.train={stream_file(env)}"), ["maybe", "row 16", "streamed"]),
     # --- audio -----------------------------------------------------------------------------------------
     Case("audio-corrupt", "audio", "file with a .wav name and garbage bytes",
          audio_run(raw(b"RIFF\x00\x00garbage" * 10)), ["bad.wav"]),
