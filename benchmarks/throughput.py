@@ -438,8 +438,8 @@ def write_tables(summary: dict[str, dict], args: argparse.Namespace, command: st
                      f"{_ratio(h)} | {_ratio(raw) if raw else '—'} | {t['samples_per_s_with_tokenize']:.1f} | "
                      f"{f'{h_tok:.1f}' if h_tok else '—'} | {t[key]:.0f} | {h[key]:.0f} |")  # fmt: skip
     lines += ["", "Step time of plain fine-tuning, LoRA and DANN (`hftl run adapt`: one source and one target "
-              "batch per step; goal ≤ 2.2× plain). plain and LoRA run `finetune` on pre-tokenized splits; "
-              "`adapt` does not pre-tokenize yet, so DANN is also compared with plain on raw text:", "",
+              "batch per step; goal ≤ 2.2× plain). All three run on pre-tokenized splits; DANN is also "
+              "compared with plain fine-tuning on raw text (`encoder.pretokenize=false`):", "",
               "| case | plain ms/step | plain raw-text ms/step | LoRA ms/step | DANN ms/step | DANN / plain | "
               "DANN / plain raw-text | LoRA / plain |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip

@@ -182,3 +182,16 @@ def test_audio_manifest_paths_resolve_in_carved_and_streamed_rows(tmp_path, wavs
     assert carved == [str(tmp_path / "clips" / f"{i}.wav") for i in range(2)]  # against the manifest's folder
     streamed = sorted(row["audio"] for row in splits["train"])
     assert streamed == [str(tmp_path / "clips" / f"{i}.wav") for i in range(2, 6)]
+
+
+def test_bad_evaluation_audio_is_reported_before_training(tmp_path, wavs):
+    import shutil
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "0.wav").write_bytes(b"RIFF garbage")
+    for i in range(1, 4):
+        shutil.copy(wavs[0]["audio"], tmp_path / "clips" / f"{i}.wav")
+    rows = [(f"clips/{i}.wav", ["neg", "pos"][i % 2]) for i in range(4)]
+    manifest = write_rows(tmp_path / "manifest.csv", rows, header=("path", "label"))
+    with pytest.raises(DataError, match="0.wav"):  # a carved validation row: scanned like in-memory data
+        _data({"train": manifest}, validation_size=2).load()
