@@ -7,6 +7,7 @@ from typing import Any
 
 from accelerate.data_loader import skip_first_batches
 
+from hftl.data.streaming import length_or_none
 from hftl.errors import DataError
 
 
@@ -20,11 +21,7 @@ def _set_epoch(loader: Any, epoch: int) -> None:
 
 
 def _sized(loader: Any) -> bool:
-    try:
-        len(loader)
-    except TypeError:  # a loader over streamed data
-        return False
-    return True
+    return length_or_none(loader) is not None  # None: a loader over streamed data
 
 
 class PairedLoader:

@@ -53,6 +53,14 @@ def is_stream(dataset: Any) -> bool:
     return isinstance(dataset, IterableDataset)  # datasets.IterableDataset is one
 
 
+def length_or_none(obj: Any) -> int | None:
+    """``len(obj)``, or None for a stream or a loader over one (its length is unknown)."""
+    try:
+        return len(obj)
+    except TypeError:
+        return None
+
+
 def load_streaming(data: ClassificationData) -> datasets.DatasetDict:
     """The splits of ``data`` with ``train`` streamed (see the module docstring).
 

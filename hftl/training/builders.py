@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from hftl.data.collate import audio_lengths, text_lengths, with_example_keys
 from hftl.data.samplers import EpochSampler
-from hftl.data.streaming import KeyedStream, is_stream
+from hftl.data.streaming import KeyedStream, is_stream, length_or_none
 from hftl.errors import ConfigError, HftlError
 from hftl.training.config import LayerwiseConfig, TrainConfig
 
@@ -201,8 +201,8 @@ def print_summary(accelerator: Accelerator, title: str, items: dict[str, Any]) -
 def train_lengths(dataset: Any, encoder: Any, config: TrainConfig) -> list[int] | None:
     """Per-example lengths for length-grouped batches (``train.group_by_length``), or None.
 
-    Text: word counts (same order as token counts, no tokenizing). Audio: frames at the encoder's rate,
-    read from file headers without decoding. Other modalities: None (fixed-size inputs).
+    Text: token counts of a pre-tokenized split (:mod:`hftl.data.tokenized`), else word counts (same
+    order, no tokenizing). Audio: frames at the encoder's rate, read from file headers without decoding. Other modalities: None (fixed-size inputs).
     """
     if not config.group_by_length or is_stream(dataset):  # a stream is grouped by nothing but its buffer
         return None
@@ -215,10 +215,7 @@ def train_lengths(dataset: Any, encoder: Any, config: TrainConfig) -> list[int] 
 
 def batches_per_epoch(loader: Any) -> int | None:
     """``len(loader)``, or None for a loader over streamed data (its length is unknown)."""
-    try:
-        return len(loader)
-    except TypeError:
-        return None
+    return length_or_none(loader)
 
 
 def describe_splits(splits: dict[str, Any]) -> str:
