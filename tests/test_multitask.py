@@ -134,9 +134,9 @@ def test_multitask_recipe_end_to_end_predicts_every_task(tmp_path, mt_config):
 
 def test_lwf_keeps_old_outputs_while_plain_finetuning_drifts(tmp_path, mt_config):
     """Old task = sentiment (a saved model); new task = word strength. LwF must move the old head's outputs less."""
-    old = dict(
-        mt_config, recipe="finetune", output_dir=str(tmp_path / "old"), train={"epochs": 1, "batch_size": 8}
-    )
+    # group_by_length off: the old model's batches do not depend on how lengths are counted (words or tokens)
+    train = {"epochs": 1, "batch_size": 8, "group_by_length": False}
+    old = dict(mt_config, recipe="finetune", output_dir=str(tmp_path / "old"), train=train)
     old.update(data=mt_config["tasks"]["sentiment"]["data"], head=mt_config["tasks"]["sentiment"]["head"])
     for key in ("tasks", "multitask"):
         old.pop(key)
@@ -159,7 +159,7 @@ def test_lwf_keeps_old_outputs_while_plain_finetuning_drifts(tmp_path, mt_config
     lwf, plain = metrics["old_task"], metrics["old_task"]["plain_finetune"]
     assert lwf["lwf_weight"] == 10.0 and plain["lwf_weight"] == 0.0
     assert lwf["drift"] < 0.1, lwf  # old-task probabilities stay within tolerance
-    assert plain["drift"] > 1.3 * lwf["drift"], (lwf, plain)  # measured: 0.072 vs 0.044
+    assert plain["drift"] > 1.3 * lwf["drift"], (lwf, plain)  # measured: 0.134 vs 0.048
     assert lwf["accuracy_after"] >= plain["accuracy_after"]
     import hftl as h
 

@@ -58,7 +58,7 @@ def test_quickstart_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         assert f"{acc:.2f}%" in next(line for line in report.splitlines() if line.startswith(name))
     assert metrics["results"][method]["steps"] == 4
     # the target's 20 clips: half carved (stratified) into the scored test split, half unlabelled
-    assert "Target train (unlabelled) / test = 10 / 10" in out
+    assert "Target               = train (unlabelled) 10, test 10" in out
 
     model = OUT / "model"
     assert json.loads((model / "hftl_model.json").read_text())["modality"] == "audio"
