@@ -2,7 +2,8 @@
 
 A recipe module defines a class with ``RUNTIME_ARGS``, ``SECTIONS``, ``REQUIRED`` and, when it
 reads other top-level keys only if present, ``OPTIONAL`` (all used to validate configs before any
-weights load) and a ``run()`` method, and ends with::
+weights load), ``STREAMING = True`` if it accepts streamed data (``data.streaming``), and a ``run()``
+method, and ends with::
 
     def main(argv=None):
         return recipe_main(MyRecipe, argv)
@@ -63,7 +64,38 @@ def load_and_validate(
         allow_any=allow_any,
         source=str(resolve_config_path(name_or_path)),
     )
+    check_streaming(recipe, cfg)
     return cfg
+
+
+def check_streaming(recipe: type[RecipeClass], cfg: DictConfig) -> None:
+    """Refuses ``streaming: true`` in any data node of a recipe without ``STREAMING = True`` (one that
+    needs whole splits: caches, episodes, pairs), naming the node, before anything loads."""
+    from omegaconf import OmegaConf
+
+    from hftl.errors import ConfigError
+
+    if getattr(recipe, "STREAMING", False):
+        return
+
+    def streamed(node: object, path: str) -> list[str]:
+        if isinstance(node, dict):
+            found = [path] if node.get("streaming") is True else []
+            return found + [
+                p for k, v in node.items() for p in streamed(v, f"{path}.{k}" if path else str(k))
+            ]
+        if isinstance(node, list):
+            return [p for i, v in enumerate(node) for p in streamed(v, f"{path}[{i}]")]
+        return []
+
+    nodes = streamed(OmegaConf.to_container(cfg, resolve=False), "")
+    if nodes:
+        name = recipe.__module__.rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"`{nodes[0]}.streaming` is true, but the {name} recipe needs its whole splits (it does not stream); "
+            "streamed data works in the finetune and adapt recipes. Fix: set "
+            f"`{nodes[0]}.streaming=false`."
+        )
 
 
 def top_level_keys(recipe: type[RecipeClass]) -> set[str]:

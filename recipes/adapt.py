@@ -109,6 +109,7 @@ class AdaptRecipe:
     }  # fmt: skip
     REQUIRED = ("output_dir", "encoder", "adapter", "head", "source", "target", "method", "optimizer")
     OPTIONAL = ("intermediate", "push_to_hub")  # top-level keys read when present
+    STREAMING = True  # `data.streaming: true` (train splits read lazily) is supported
 
     def __init__(self, cfg: DictConfig, *, allow_any_component: bool = False):
         self.cfg, self.allow_any = cfg, allow_any_component

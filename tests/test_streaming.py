@@ -195,3 +195,16 @@ def test_bad_evaluation_audio_is_reported_before_training(tmp_path, wavs):
     manifest = write_rows(tmp_path / "manifest.csv", rows, header=("path", "label"))
     with pytest.raises(DataError, match="0.wav"):  # a carved validation row: scanned like in-memory data
         _data({"train": manifest}, validation_size=2).load()
+
+
+@pytest.mark.parametrize(
+    "recipe,config,node",
+    [
+        ("embed", "text/minilm_sentence_sst2", "data"),
+        ("multitask", "text/multitask_sst2_kitchen_airline", "tasks.sst2.data"),
+    ],
+)
+def test_recipes_that_need_whole_splits_refuse_a_stream(recipe, config, node, capsys):
+    assert hftl(["run", recipe, "--config", config, f"{node}.streaming=true"]) == 2
+    err = capsys.readouterr().err
+    assert f"`{node}.streaming` is true, but the {recipe} recipe needs its whole splits" in err
