@@ -76,11 +76,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--speed-batch", type=int, default=64, help="Sentences in the timed batch.")
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--out", default="outputs/bench_distill")
+    p.add_argument("--table-from", help="Write the table from the rows of this .jsonl (no training).")
     return p.parse_args()
 
 
 def main() -> None:
     args = parse_args()
+    if args.table_from:  # rebuild the table from earlier runs' rows (e.g. one student per command)
+        rows = [json.loads(line) for line in Path(args.table_from).read_text().splitlines() if line.strip()]
+        write_table([r for r in rows if r["quick"] == args.quick], args)
+        return
     out = Path(args.out) / ("quick" if args.quick else "full")
     subset = (
         [f"data.max_samples={{train: {QUICK['train']}, validation: {QUICK['validation']}}}"]
@@ -136,13 +141,13 @@ def write_table(rows: list[dict], args: argparse.Namespace) -> None:
         ("**Quick CPU subset**: teacher and students trained on 2,000 of the 60,614 training phrases "
          "(validation 300); numbers are far below the full run's." if args.quick else
          "Full run: all 60,614 training phrases.")
-        + (f" Students also distil on {args.unlabeled:,} unlabelled train phrases (teacher soft labels only)."
-           if args.unlabeled else ""),
+        + " Unlabelled: extra SST-2 train phrases the student distils on with their labels dropped (teacher "
+          "soft labels only).",
         "",
-        "| model | layers | parameters | test acc | % of teacher | ms / batch of "
+        "| model | layers | unlabelled | parameters | test acc | % of teacher | ms / batch of "
         f"{r0['speed']['batch_size']} ({r0['speed']['device']}) | speedup vs merged teacher | vs teacher as loaded (LoRA) | train time |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| teacher (LoRA r=16, merged for timing) | 6 | {r0['parameters']['teacher']:,} | "
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| teacher (LoRA r=16, merged for timing) | 6 | – | {r0['parameters']['teacher']:,} | "
         f"{100 * r0['teacher_test_accuracy']:.2f} % | 100 % | {r0['speed']['teacher_merged_ms']:.2f} "
         f"(as loaded {r0['speed']['teacher_ms']:.2f}) | 1.00× | – | "
         + (f"{r0['teacher_seconds'] / 60:.1f} min |" if r0["teacher_seconds"] else "given |"),
@@ -151,11 +156,15 @@ def write_table(rows: list[dict], args: argparse.Namespace) -> None:
         s = r["speed"]
         lines.append(
             f"| student (KD, init from teacher layers {r['student_layers']}) | {len(r['student_layers'].split(','))} | "
-            f"{r['parameters']['student']:,} | {100 * r['test_accuracy']:.2f} % | {100 * r['accuracy_retained']:.1f} % | "
+            f"{r.get('unlabeled', 0):,} | {r['parameters']['student']:,} | {100 * r['test_accuracy']:.2f} % | {100 * r['accuracy_retained']:.1f} % | "
             f"{s['student_ms']:.2f} | {s['speedup']:.2f}× | {s['speedup_vs_loaded_teacher']:.2f}× | "
             f"{r['student_seconds'] / 60:.1f} min ({r['steps']} steps) |"
         )
     lines += ["", "Goal (issue #5): student ≥ 3× faster than the teacher, keeping ≥ 97 % of its accuracy."]
+    commands = sorted({r["command"] for r in rows})
+    if len(commands) > 1:  # a table merged from several runs (--table-from)
+        lines += ["", "Rows from these commands (teacher timings: the first row's run):",
+                  *(f"- `python {c}`" for c in commands)]  # fmt: skip
     name = "distillation_quick.md" if args.quick else "distillation.md"
     (HERE / "results" / name).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
