@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Sampler
 
 from hftl.data.audio import crop_or_pad, decode_audio
 from hftl.data.augment import AudioAugment, AudioAugmentConfig
+from hftl.data.tokenized import is_pretokenized
 from hftl.errors import ConfigError, DataError
 
 # Example field added by KeyedDataset: (dataset index, sampler epoch), the seed of its random choices.
@@ -298,7 +299,7 @@ def text_lengths(dataset: Iterable[dict], tokenizer=None, *, batch_size: int = 1
     Returns:
         One length per example, in dataset order.
     """
-    if "input_ids" in (getattr(dataset, "column_names", None) or ()):
+    if is_pretokenized(dataset):
         import pyarrow.compute as pc
 
         return pc.list_value_length(dataset.with_format("arrow")["input_ids"]).to_pylist()
