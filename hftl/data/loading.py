@@ -270,11 +270,7 @@ class ClassificationData:
         drop_labels = set(self.unlabeled_splits) - ({"train"} if carve_val or carve_test else set())
         dd = self._standardize_columns(dd, drop_labels)
         dd = self._standardize_inputs(dd, folders)
-        if self._modality == "audio":  # every file checked once, before any training
-            dd = scan_audio(dd, source=self.path, on_bad_audio=self.on_bad_audio,
-                            max_duration=self.max_duration, report_path=self.bad_audio_report)  # fmt: skip
-        elif self._modality == "image" and not self.path.startswith(BUILTIN_PREFIX):
-            dd = scan_images(dd, source=self.path)  # built-ins are encoded by hftl from parsed arrays
+        dd = self._scan_media(dd)
         dd = self._encode_labels(dd)
         dd = self._carve(dd, carve_val=carve_val, carve_test=carve_test)
         for split, ds in dd.items():
@@ -289,6 +285,15 @@ class ClassificationData:
         return datasets.DatasetDict({s: dd[s] for s in SPLITS if s in dd})
 
     # ----------------------------------------------------------------------------------------------
+    def _scan_media(self, dd: datasets.DatasetDict) -> datasets.DatasetDict:
+        """Checks every audio/image file once, before any training (bad ones: error, or dropped)."""
+        if self._modality == "audio":
+            return scan_audio(dd, source=self.path, on_bad_audio=self.on_bad_audio,
+                              max_duration=self.max_duration, report_path=self.bad_audio_report)  # fmt: skip
+        if self._modality == "image" and not self.path.startswith(BUILTIN_PREFIX):
+            return scan_images(dd, source=self.path)  # built-ins are encoded by hftl from parsed arrays
+        return dd
+
     def _select_splits(self, raw, folders) -> tuple[datasets.DatasetDict, dict[str, Path]]:
         for target, source in self.splits.items():
             if source not in raw:

@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING, Any
 import datasets
 from torch.utils.data import IterableDataset
 
-from hftl.data.audio_checks import scan_audio
-from hftl.data.image_checks import scan_images
 from hftl.data.sources import PACKAGED_BUILDERS, read_source
 from hftl.errors import ConfigError, DataError
 
@@ -137,11 +135,7 @@ def _evaluation_splits(
     eager = data._filter(eager)
     eager = data._standardize_columns(eager, set(data.unlabeled_splits))
     eager = data._standardize_inputs(eager, folders)
-    if data.modality == "audio":  # every evaluation file checked before training, as for in-memory data
-        eager = scan_audio(eager, source=data.path, on_bad_audio=data.on_bad_audio,
-                           max_duration=data.max_duration, report_path=data.bad_audio_report)  # fmt: skip
-    elif data.modality == "image":
-        eager = scan_images(eager, source=data.path)
+    eager = data._scan_media(eager)  # every evaluation file checked before training
     eager = data._encode_labels(eager)
     return dict(data._subsample(eager))
 
