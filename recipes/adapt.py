@@ -275,11 +275,12 @@ class AdaptRecipe:
         )  # fmt: skip
         train_loader, evals = self._loaders(encoder, method, source, target)
         model, optimizer = acc.prepare(model, optimizer)
-        total = steps_for(tc, batches_per_epoch(train_loader))
+        per_epoch = batches_per_epoch(train_loader)  # None: streamed data
+        total = steps_for(tc, per_epoch)
         scheduler = acc.prepare(
             build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes)
         )
-        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=batches_per_epoch(train_loader))
+        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=per_epoch)
         running: dict[str, list[float]] = {}
         engine: Engine | None = None
 

@@ -105,12 +105,13 @@ class FinetuneRecipe:
         self.model, optimizer, train_loader = self.accelerator.prepare(self.model, optimizer, train_loader)
         for name, loader in self.eval_loaders.items():
             self.eval_loaders[name] = self.accelerator.prepare(loader)
-        self.total_steps = steps_for(tc, batches_per_epoch(train_loader))
+        per_epoch = batches_per_epoch(train_loader)  # None: streamed data
+        self.total_steps = steps_for(tc, per_epoch)
         scheduler = build_scheduler(
             tc, optimizer, total_steps=self.total_steps, num_processes=self.accelerator.num_processes
         )
         scheduler = self.accelerator.prepare(scheduler)
-        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=batches_per_epoch(train_loader))
+        unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=per_epoch)
         self.engine = Engine(
             accelerator=self.accelerator, model=self.model, optimizer=optimizer, scheduler=scheduler,
             train_loader=train_loader, config=tc, output_dir=self.output_dir, total_steps=self.total_steps,
@@ -123,7 +124,7 @@ class FinetuneRecipe:
             "Trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f} %)",
             "Examples": describe_splits(splits),
             "Labels": ", ".join(self.label_names),
-            "Epochs / optimizer steps": f"{tc.epochs if batches_per_epoch(train_loader) else 'streamed'} / {self.total_steps}",
+            "Epochs / optimizer steps": f"{tc.epochs if per_epoch else 'streamed'} / {self.total_steps}",
             "Batch size per device × accumulation × processes": f"{tc.batch_size} × {tc.gradient_accumulation_steps} × {self.accelerator.num_processes}",
             "Device / precision": f"{self.accelerator.device} / {tc.mixed_precision}",
             **describe_layerwise(optimizer, unfreezer),
