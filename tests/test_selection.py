@@ -10,16 +10,23 @@ import torch
 from scipy.special import log_softmax, softmax
 from sklearn.datasets import make_blobs
 
+from hftl.adaptation.config import SelectionConfig
 from hftl.adaptation.selection import (
     CRITERIA,
+    bnm,
+    class_ami,
     deep_embedded_validation,
     importance_weights,
     information_maximization,
+    regret,
     score,
     select,
     soft_neighborhood_density,
     source_validation_accuracy,
+    weighted_spearman,
 )
+from hftl.adaptation.validators import batch_nuclear_norm
+from hftl.config import to_dataclass
 from hftl.errors import ConfigError, DataError, HftlError
 
 
@@ -133,7 +140,152 @@ def test_dev_rejects_mismatched_inputs():
         deep_embedded_validation(x, x, np.ones(20), rng.normal(size=(20, 4)))
 
 
+# ---------------------------------------------------------------- BNM (exact answers)
+
+
+@pytest.mark.parametrize("num_classes", [2, 5, 10])
+def test_batch_nuclear_norm_exact_values(num_classes):
+    c = num_classes
+    assert batch_nuclear_norm(np.eye(c)) == pytest.approx(1.0)  # singular values all 1: C / C
+    n = 4 * c
+    balanced = one_hot(list(range(c)) * 4, c)  # singular values sqrt(4) each: C * 2 / (4 C)
+    assert batch_nuclear_norm(balanced) == pytest.approx(math.sqrt(c / n))
+    assert batch_nuclear_norm(one_hot([0] * n, c)) == pytest.approx(1 / math.sqrt(n))  # rank 1
+    assert batch_nuclear_norm(np.full((n, c), 1 / c)) == pytest.approx(1 / math.sqrt(n * c))
+
+
+def test_bnm_sums_source_val_and_target_terms_and_ranks_collapse_last():
+    balanced, collapsed = one_hot([0, 1, 2] * 4, 3), one_hot([1] * 12, 3)
+    uniform = np.full((12, 3), 1 / 3)
+    assert bnm(balanced, collapsed) == pytest.approx(
+        batch_nuclear_norm(balanced) + batch_nuclear_norm(collapsed)
+    )
+    # balanced, confident target predictions > collapsed to one class > uniform (unsure)
+    assert bnm(balanced, balanced) > bnm(balanced, collapsed) > bnm(balanced, uniform)
+    # a checkpoint that lost the source task is penalised by the source term
+    assert bnm(balanced, balanced) > bnm(collapsed, balanced)
+    assert select([{"probs_s_val": balanced, "probs_t": p} for p in (collapsed, balanced)], "bnm") == 1
+
+
+def test_bnm_cannot_tell_right_from_wrong_confident_predictions():
+    # The nuclear norm is invariant to permuting rows: a known blind spot (it reads no labels).
+    rng = np.random.default_rng(0)
+    right = softmax(5 * rng.normal(size=(40, 4)), axis=1)
+    assert bnm(right, right[rng.permutation(40)]) == pytest.approx(bnm(right, right))
+
+
+def test_bnm_accepts_tensors_and_rejects_logits_and_class_mismatch():
+    probs = torch.tensor(one_hot([0, 1], 2), dtype=torch.bfloat16)
+    assert bnm(probs, probs) == pytest.approx(2.0)
+    with pytest.raises(DataError, match="softmax"):
+        bnm(one_hot([0, 1], 2), np.array([[3.0, -1.0], [0.2, 2.0]]))
+    with pytest.raises(DataError, match="classes"):
+        bnm(one_hot([0, 1], 2), one_hot([0, 1], 3))
+
+
+# ---------------------------------------------------------------- ClassAMI
+
+
+def blobs(num_classes: int = 4, per_class: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
+    """Well-separated class clusters in 8-D; source-val and target drawn from the same centres."""
+    rng = np.random.default_rng(seed)
+    centres = 8.0 * rng.normal(size=(num_classes, 8))
+    y = np.repeat(np.arange(num_classes), per_class)
+    return {
+        "f_s": centres[y] + rng.normal(size=(len(y), 8)), "y_s": y,
+        "f_t": centres[y] + rng.normal(size=(len(y), 8)), "y_t": y,
+    }  # fmt: skip
+
+
+def test_class_ami_is_one_when_predictions_follow_the_feature_clusters():
+    d = blobs()
+    assert class_ami(d["f_s"], d["y_s"], d["f_t"], one_hot(list(d["y_t"]), 4)) == pytest.approx(1.0)
+    # logits work too: only the argmax is read
+    assert class_ami(d["f_s"], d["y_s"], d["f_t"], 10 * one_hot(list(d["y_t"]), 4) - 5) == pytest.approx(1.0)
+
+
+def test_class_ami_ranks_aligned_over_noisy_over_shuffled_and_collapsed():
+    d = blobs(seed=1)
+    rng = np.random.default_rng(1)
+    noisy = d["y_t"].copy()
+    flip = rng.random(len(noisy)) < 0.2
+    noisy[flip] = rng.integers(0, 4, size=int(flip.sum()))
+    scores = {
+        name: class_ami(d["f_s"], d["y_s"], d["f_t"], one_hot(list(labels), 4))
+        for name, labels in {
+            "aligned": d["y_t"], "noisy": noisy, "shuffled": rng.permutation(d["y_t"]),
+            "collapsed": np.zeros_like(d["y_t"]),
+        }.items()
+    }  # fmt: skip
+    assert scores["aligned"] > scores["noisy"] + 0.05
+    assert scores["noisy"] > scores["shuffled"] + 0.05 and scores["noisy"] > scores["collapsed"] + 0.05
+    # features without class structure score ~0 even with matching labels
+    unstructured = rng.normal(size=d["f_t"].shape)
+    source = rng.normal(size=d["f_s"].shape)
+    assert abs(class_ami(source, d["y_s"], unstructured, one_hot(list(d["y_t"]), 4))) < 0.1
+
+
+def test_class_ami_subsamples_deterministically_and_checks_inputs():
+    d = blobs(per_class=100)
+    probs = one_hot(list(d["y_t"]), 4)
+    a = class_ami(d["f_s"], d["y_s"], d["f_t"], probs, max_samples=120, seed=3)
+    assert a == class_ami(d["f_s"], d["y_s"], d["f_t"], probs, max_samples=120, seed=3)
+    with pytest.raises(DataError, match="widths"):
+        class_ami(d["f_s"], d["y_s"], d["f_t"][:, :4], probs)
+    with pytest.raises(DataError, match="probs_t"):
+        class_ami(d["f_s"], d["y_s"], d["f_t"], probs[:10])
+    with pytest.raises(DataError, match="labels_s_val"):
+        class_ami(d["f_s"], d["y_s"] + 4, d["f_t"], probs)
+    with pytest.raises(DataError, match="as many rows as classes"):
+        class_ami(d["f_s"][:1], d["y_s"][:1], d["f_t"][:1], probs[:1])
+
+
+# ---------------------------------------------------------------- measuring selection quality
+
+
+def test_weighted_spearman_exact_values():
+    assert weighted_spearman([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.9]) == pytest.approx(1.0)
+    # reversed: strongly negative, but not -1 (rows weigh differently in the two weighted rankings)
+    assert -1.0 < weighted_spearman([4, 3, 2, 1], [0.5, 0.6, 0.7, 0.9]) < -0.95
+    # weights (max of the normalised dense ranks)^2 = [1/9, 1, 1]; weighted ranks [1/9, 10/9, 19/9] and
+    # [1/9, 19/9, 10/9] -> weighted Pearson -5/14 (the unweighted Spearman is +0.5)
+    assert weighted_spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(-5 / 14)
+
+
+def test_weighted_spearman_emphasises_the_top_and_handles_nan_and_ties():
+    acc = np.linspace(0.5, 0.9, 10)
+    top_swapped, bottom_swapped = np.arange(10.0), np.arange(10.0)
+    top_swapped[[8, 9]] = top_swapped[[9, 8]]
+    bottom_swapped[[0, 1]] = bottom_swapped[[1, 0]]
+    assert weighted_spearman(top_swapped, acc) < weighted_spearman(bottom_swapped, acc) < 1.0
+    assert weighted_spearman(np.exp(top_swapped), acc) == pytest.approx(weighted_spearman(top_swapped, acc))
+    # a NaN score counts as the worst finite score
+    with_nan, as_worst = np.arange(10.0), np.arange(10.0)
+    with_nan[0], as_worst[0] = np.nan, 1.0
+    assert weighted_spearman(with_nan, acc) == pytest.approx(weighted_spearman(as_worst, acc))
+    assert math.isnan(weighted_spearman(np.ones(10), acc))  # constant scores: undefined ranking
+    with pytest.raises(DataError, match="accuracies"):
+        weighted_spearman([1.0, 2.0], [0.5])
+
+
+def test_regret_picks_like_select():
+    assert regret([0.3, 0.9, 0.5], [0.80, 0.75, 0.85]) == pytest.approx(0.10)
+    assert regret([0.9, 0.9, 0.1], [0.70, 0.90, 0.95]) == pytest.approx(0.25)  # tie -> earliest
+    assert regret([np.nan, 0.2, 0.1], [0.99, 0.5, 0.6]) == pytest.approx(0.49)  # NaN never picked
+    assert regret([1.0, 2.0], [0.5, 0.7]) == 0.0
+    assert math.isnan(regret([np.nan, np.nan], [0.5, 0.7]))
+    with pytest.raises(DataError, match="NaN"):
+        regret([1.0, 2.0], [0.5, np.nan])
+
+
 # ---------------------------------------------------------------- select()
+
+
+def test_selection_config_accepts_every_criterion():
+    for name in CRITERIA:
+        assert to_dataclass(SelectionConfig, {"criterion": name}, key="selection").criterion == name
+    with pytest.raises(ConfigError, match="class_ami"):
+        to_dataclass(SelectionConfig, {"criterion": "ami"}, key="selection")
 
 
 def test_select_direction_ties_and_errors():
@@ -143,6 +295,8 @@ def test_select_direction_ties_and_errors():
     assert select([confident, unsure], "im") == 0
     assert CRITERIA["dev"].higher_is_better is False
     assert CRITERIA["snd"].inputs == ("probs_t",)
+    assert CRITERIA["bnm"].inputs == ("probs_s_val", "probs_t")
+    assert CRITERIA["class_ami"].inputs == ("features_s_val", "labels_s_val", "features_t", "probs_t")
     with pytest.raises(ConfigError, match="source_val_acc") as info:
         select([confident], "accuracy")
     assert all(name in str(info.value) for name in CRITERIA)
@@ -213,5 +367,5 @@ def test_label_free_criteria_pick_the_best_target_classifier(seed):
         target_acc.append(float(np.mean(probs_t.argmax(axis=1) == data["y_t"])))  # only to verify
     best = int(np.argmax(target_acc))
     assert best == 1 and target_acc[best] > 0.99 and max(target_acc[0], target_acc[2]) < 0.96
-    for criterion in ("im", "snd", "dev", "source_val_acc"):
+    for criterion in ("im", "snd", "dev", "source_val_acc", "bnm", "class_ami"):
         assert select(candidates, criterion) == best, criterion

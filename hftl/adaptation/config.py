@@ -10,13 +10,16 @@ from typing import Literal
 class SelectionConfig:
     """How the adapt recipe picks its checkpoint without target labels (``selection:``)."""
 
-    criterion: Literal["im", "snd", "dev", "source_val_acc"] = field(
+    criterion: Literal["im", "snd", "dev", "source_val_acc", "bnm", "class_ami"] = field(
         default="im",
         metadata={
             "help": "im: information maximization (confident and diverse target predictions; the default, "
             "since snd rewards collapsed predictions); snd: soft neighborhood density (Saito et al. 2021); "
-            "dev: deep embedded validation (You et al. 2019); source_val_acc: accuracy on held-out source. "
-            "None of them reads target labels."
+            "dev: deep embedded validation (You et al. 2019); source_val_acc: accuracy on held-out source; "
+            "bnm: batch nuclear norm of source-val + target predictions (Cui et al. 2020, as a validator in "
+            "Musgrave et al. 2022); class_ami: do k-means clusters of source-val + target features match "
+            "the labels (Musgrave et al. 2022). None of them reads target labels; "
+            "benchmarks/results/selection.md measures how well each picks."
         },
     )
     max_target_samples: int = field(

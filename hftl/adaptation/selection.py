@@ -1,254 +1,74 @@
-"""Label-free model selection for unsupervised domain adaptation.
+"""Label-free model selection for unsupervised domain adaptation, and how well it picks.
 
 Domain adaptation trains on labelled source and *unlabelled* target data, so the checkpoint, the
-``trade_off`` or the method has to be chosen without target labels. Each criterion here scores one
-candidate (a checkpoint, a hyper-parameter setting) from what the recipe can compute without target
-labels; :func:`select` picks the best candidate by name from :data:`CRITERIA`.
+``trade_off`` or the method has to be chosen without target labels. Each validator (in
+:mod:`hftl.adaptation.validators`) scores one candidate (a checkpoint, a hyper-parameter setting) from
+what the recipe can compute without target labels; :func:`select` picks the best candidate by name
+from :data:`CRITERIA`. :func:`weighted_spearman` and :func:`regret` measure, *with* target labels, how
+well a validator would have picked (``benchmarks/selection.py``, docs/selection.md).
 
-=================== ====================================== ============== ==========================
-name                function                               better         reads (candidate keys)
-=================== ====================================== ============== ==========================
-``source_val_acc``  :func:`source_validation_accuracy`     higher         probs_s_val, labels_s_val
-``im``              :func:`information_maximization`       higher         probs_t
-``snd``             :func:`soft_neighborhood_density`      higher         probs_t
-``dev``             :func:`deep_embedded_validation`       lower          features_s_train,
-                                                                          features_s_val,
-                                                                          losses_s_val, features_t
-=================== ====================================== ============== ==========================
+=================== ====================================== ====== ========================================
+name                function                               better reads (candidate keys)
+=================== ====================================== ====== ========================================
+``source_val_acc``  :func:`source_validation_accuracy`     higher probs_s_val, labels_s_val
+``im``              :func:`information_maximization`       higher probs_t
+``snd``             :func:`soft_neighborhood_density`      higher probs_t
+``dev``             :func:`deep_embedded_validation`       lower  features_s_train, features_s_val,
+                                                                  losses_s_val, features_t
+``bnm``             :func:`bnm`                            higher probs_s_val, probs_t
+``class_ami``       :func:`class_ami`                      higher features_s_val, labels_s_val,
+                                                                  features_t, probs_t
+=================== ====================================== ====== ========================================
 
-Every function takes numpy arrays or torch tensors and returns a python ``float``.
+Shapes: ``probs_*`` ``(N, C)`` softmax outputs, ``features_*`` ``(N, D)`` pooled encoder features,
+``labels_s_val`` / ``losses_s_val`` ``(N,)``; ``_s_train`` / ``_s_val`` are source training / validation
+rows, ``_t`` unlabelled target rows. Every validator takes numpy arrays or torch tensors and returns a
+python ``float``.
 
-Example::
-
-    >>> candidates = [{"probs_t": p} for p in (probs_epoch1, probs_epoch2)]
-    >>> best = select(candidates, "im")
+Example:
+    >>> import numpy as np
+    >>> confident = {"probs_t": np.eye(3)[[0, 1, 2, 0, 1, 2]]}
+    >>> unsure = {"probs_t": np.full((6, 3), 1 / 3)}
+    >>> select([unsure, confident], "im")
+    1
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.special import entr, log_softmax
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
+from scipy.stats import rankdata
 
+from hftl.adaptation.validators import (
+    as_numpy,
+    bnm,
+    class_ami,
+    deep_embedded_validation,
+    importance_weights,
+    information_maximization,
+    soft_neighborhood_density,
+    source_validation_accuracy,
+)
 from hftl.errors import ConfigError, DataError, HftlError
 
 __all__ = [
     "CRITERIA",
     "Criterion",
+    "as_numpy",
+    "bnm",
+    "class_ami",
     "deep_embedded_validation",
     "importance_weights",
     "information_maximization",
+    "regret",
     "score",
     "select",
     "soft_neighborhood_density",
     "source_validation_accuracy",
+    "weighted_spearman",
 ]
-
-
-def as_numpy(x: Any, *, name: str, ndim: int | None = None) -> np.ndarray:
-    """Return ``x`` (numpy array, torch tensor or nested list) as a float64 numpy array.
-
-    Raises:
-        DataError: if ``x`` does not have ``ndim`` dimensions or holds no rows.
-    """
-    if hasattr(x, "detach"):  # torch tensor, without importing torch here (bfloat16 has no numpy dtype)
-        x = x.detach().cpu().float().numpy()
-    array = np.asarray(x, dtype=np.float64)
-    if ndim is not None and array.ndim != ndim:
-        raise DataError(f"`{name}` must be a {ndim}-D array; got shape {array.shape}.")
-    if array.shape[0] == 0:
-        raise DataError(f"`{name}` is empty; pass at least one row.")
-    return array
-
-
-def _check_probs(probs: np.ndarray, name: str) -> None:
-    if np.any(probs < -1e-6) or not np.allclose(probs.sum(axis=1), 1.0, atol=1e-2):
-        raise DataError(
-            f"`{name}` must hold probabilities (non-negative rows summing to 1), but its rows sum to "
-            f"{probs.sum(axis=1).min():.3g}..{probs.sum(axis=1).max():.3g}; "
-            "pass softmax(logits), not the logits."
-        )
-
-
-def source_validation_accuracy(probs_s_val: Any, labels_s_val: Any) -> float:
-    """Accuracy on held-out *source* data: the baseline criterion, blind to the domain shift.
-
-    Higher is better. ``acc = mean_i [argmax_c p_ic == y_i]``.
-
-    Args:
-        probs_s_val: class probabilities or logits (argmax is the same), shape ``(N, C)``.
-        labels_s_val: integer labels, shape ``(N,)``.
-
-    Returns:
-        The accuracy in [0, 1].
-    """
-    probs = as_numpy(probs_s_val, name="probs_s_val", ndim=2)
-    labels = as_numpy(labels_s_val, name="labels_s_val", ndim=1)
-    if len(labels) != len(probs):
-        raise DataError(f"`labels_s_val` has {len(labels)} rows but `probs_s_val` has {len(probs)}.")
-    return float(np.mean(probs.argmax(axis=1) == labels))
-
-
-def information_maximization(probs_t: Any) -> float:
-    """Information-maximisation score of target predictions (Gomes, Krause & Perona, NeurIPS 2010).
-
-    Higher is better: predictions that are confident per sample *and* diverse over the target set.
-    It is the mutual information between inputs and predicted labels, the negative of the IM loss that
-    SHOT (Liang et al., ICML 2020) minimises::
-
-        IM = H(mean_i p_i) - mean_i H(p_i),   H(p) = -sum_c p_c log p_c   (natural log)
-
-    Range ``[0, log C]``: ``log C`` for confident predictions spread evenly over the ``C`` classes,
-    0 for uniform predictions or for every sample confidently given the same class.
-
-    Args:
-        probs_t: softmax probabilities on the target set, shape ``(N, C)``.
-
-    Returns:
-        The score in nats.
-    """
-    probs = as_numpy(probs_t, name="probs_t", ndim=2)
-    _check_probs(probs, "probs_t")
-    probs = np.clip(probs, 0.0, None)
-    probs = probs / probs.sum(axis=1, keepdims=True)  # undo half-precision rounding
-    marginal_entropy = entr(probs.mean(axis=0)).sum()
-    mean_entropy = entr(probs).sum(axis=1).mean()
-    return float(marginal_entropy - mean_entropy)
-
-
-def soft_neighborhood_density(
-    features_t: Any, *, temperature: float = 0.05, max_samples: int = 2000, seed: int = 0
-) -> float:
-    """Soft Neighborhood Density (Saito et al., "Tune it the Right Way", ICCV 2021).
-
-    Higher is better: a good adapted model puts each target sample in a dense neighbourhood of
-    similar samples, so its soft neighbour distribution has high entropy. With ``f`` the L2-normalised
-    rows of ``features_t``::
-
-        S = f f^T,  S_ii = -inf,   P = softmax(S / temperature, axis=1),
-        SND = mean_i H(P_i) = -mean_i sum_j P_ij log P_ij
-
-    The paper scores the classifier's softmax outputs (what :data:`CRITERIA` ``"snd"`` reads:
-    ``probs_t``); middle-layer features work too: the function scores whatever is passed. The
-    diagonal is excluded exactly (-inf) where the reference code fills it with ``-1 / temperature``.
-    Scaling the rows does not change the score (they are L2-normalised). Beware that a model mapping
-    every target sample to one point reaches the maximum ``log(N - 1)``: pair SND with IM or inspect
-    the prediction histogram.
-
-    Args:
-        features_t: target softmax outputs or features, shape ``(N, D)``, ``N >= 2``.
-        temperature: softmax temperature of the similarities (paper: 0.05).
-        max_samples: at most this many rows are scored (a fixed-seed random subset): the
-            similarity matrix takes ``O(N^2)`` memory (2,000 rows: 32 MB).
-        seed: seed of that subset.
-
-    Returns:
-        The score in nats, in ``[0, log(N - 1)]``.
-    """
-    features = as_numpy(features_t, name="features_t", ndim=2)
-    if temperature <= 0:
-        raise ConfigError(f"`temperature` must be > 0; got {temperature}.")
-    if len(features) > max_samples:
-        rows = np.random.default_rng(seed).choice(len(features), size=max_samples, replace=False)
-        features = features[rows]
-    if len(features) < 2:
-        raise DataError(f"`features_t` needs at least 2 rows for neighbourhoods; got {len(features)}.")
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    features = features / np.maximum(norms, 1e-12)
-    similarity = features @ features.T / temperature
-    np.fill_diagonal(similarity, -np.inf)
-    log_p = log_softmax(similarity, axis=1)
-    entropy = -np.sum(np.exp(log_p) * np.where(np.isfinite(log_p), log_p, 0.0), axis=1)
-    return float(entropy.mean())
-
-
-def importance_weights(
-    features_s_train: Any, features_t: Any, features_s_val: Any, *, seed: int = 0
-) -> np.ndarray:
-    """Density ratio ``w(x) = p_t(x) / p_s(x)`` at ``features_s_val`` from a domain classifier.
-
-    A logistic regression (on standardised features, ``C`` picked from ``{0.01, 0.1, 1, 10}`` by
-    held-out log-loss on a 20% split, then refit on all) separates source-train (0) from target (1);
-    ``w(x) = p(t|x) / p(s|x) * n_s / n_t`` (Bayes' rule; ``n_s / n_t`` undoes the class prior).
-    A linear classifier gives a log-linear ratio: enough for a shift of the features' mean, not for a
-    change of their spread alone.
-
-    Args:
-        features_s_train: source training features, shape ``(N_s, D)``.
-        features_t: target features, shape ``(N_t, D)``.
-        features_s_val: where to evaluate the ratio (source validation features), ``(N_v, D)``.
-        seed: seed of the held-out split that picks ``C``.
-
-    Returns:
-        The weights, shape ``(len(features_s_val),)``; their mean is about 1 when the source
-        features cover the target.
-    """
-    source = as_numpy(features_s_train, name="features_s_train", ndim=2)
-    target = as_numpy(features_t, name="features_t", ndim=2)
-    evaluate = as_numpy(features_s_val, name="features_s_val", ndim=2)
-    if not source.shape[1] == target.shape[1] == evaluate.shape[1]:
-        raise DataError(
-            f"feature widths differ: features_s_train {source.shape[1]}, features_t {target.shape[1]}, "
-            f"features_s_val {evaluate.shape[1]}; pass features from the same layer."
-        )
-    if min(len(source), len(target)) < 5:
-        raise DataError(f"need >= 5 source-train and target rows; got {len(source)} and {len(target)}.")
-    x = np.concatenate([source, target])
-    y = np.concatenate([np.zeros(len(source)), np.ones(len(target))])
-    scaler = StandardScaler().fit(x)
-    x = scaler.transform(x)
-    x_fit, x_held, y_fit, y_held = train_test_split(x, y, test_size=0.2, random_state=seed, stratify=y)
-    best_c, best_loss = 1.0, np.inf
-    for c in (0.01, 0.1, 1.0, 10.0):
-        clf = LogisticRegression(C=c, max_iter=1000).fit(x_fit, y_fit)
-        p = np.clip(clf.predict_proba(x_held)[:, 1], 1e-7, 1 - 1e-7)
-        loss = -np.mean(y_held * np.log(p) + (1 - y_held) * np.log(1 - p))
-        if loss < best_loss - 1e-12:
-            best_c, best_loss = c, loss
-    clf = LogisticRegression(C=best_c, max_iter=1000).fit(x, y)
-    p_target = np.clip(clf.predict_proba(scaler.transform(evaluate))[:, 1], 1e-6, 1 - 1e-6)
-    return p_target / (1 - p_target) * len(source) / len(target)
-
-
-def deep_embedded_validation(
-    features_s_train: Any, features_s_val: Any, losses_s_val: Any, features_t: Any, *, seed: int = 0
-) -> float:
-    """Deep Embedded Validation (You et al., "Towards Accurate Model Selection in Deep Unsupervised
-    Domain Adaptation", ICML 2019): an estimate of the *target* risk from source-validation losses.
-
-    **Lower is better** (it estimates a loss). With density ratios ``w_i`` from
-    :func:`importance_weights` on source-val and per-sample source-val losses ``l_i``::
-
-        L_i = w_i * l_i,   eta = -Cov(L, w) / Var(w),   DEV = mean(L) + eta * mean(w) - eta
-
-    The control variate ``eta * (mean(w) - 1)`` (``E[w] = 1``) cuts the variance of plain importance
-    weighting. The paper fits an MLP domain classifier; a tuned logistic regression is used here.
-    Assumes covariate shift: the target lies where source data exist, with the same labelling.
-
-    Args:
-        features_s_train: source training features, shape ``(N_s, D)``.
-        features_s_val: source validation features, shape ``(N_v, D)``.
-        losses_s_val: per-sample loss of the candidate on source-val (e.g. cross-entropy), ``(N_v,)``.
-        features_t: target features, shape ``(N_t, D)``.
-        seed: seed of the domain classifier's held-out split.
-
-    Returns:
-        The DEV risk, in the units of ``losses_s_val``.
-    """
-    losses = as_numpy(losses_s_val, name="losses_s_val", ndim=1)
-    weights = importance_weights(features_s_train, features_t, features_s_val, seed=seed)
-    if len(losses) != len(weights):
-        raise DataError(f"`losses_s_val` has {len(losses)} rows but `features_s_val` has {len(weights)}.")
-    weighted = weights * losses
-    if len(weights) < 2 or np.var(weights, ddof=1) < 1e-12:
-        return float(weighted.mean())  # constant weights: the control variate is undefined (and useless)
-    eta = -np.cov(weighted, weights, ddof=1)[0, 1] / np.var(weights, ddof=1)
-    return float(weighted.mean() + eta * weights.mean() - eta)
 
 
 class Criterion(NamedTuple):
@@ -266,6 +86,8 @@ CRITERIA: dict[str, Criterion] = {
     "dev": Criterion(
         deep_embedded_validation, False, ("features_s_train", "features_s_val", "losses_s_val", "features_t")
     ),
+    "bnm": Criterion(bnm, True, ("probs_s_val", "probs_t")),
+    "class_ami": Criterion(class_ami, True, ("features_s_val", "labels_s_val", "features_t", "probs_t")),
 }
 
 
@@ -321,3 +143,106 @@ def select(candidates: list[dict[str, Any]], criterion: str) -> int:
     if best < 0:
         raise HftlError(f"every candidate scored NaN under {criterion!r}; check the inputs for NaN/inf.")
     return best
+
+
+def _finite_scores(scores: Any, accuracies: Any) -> tuple[np.ndarray, np.ndarray]:
+    values = as_numpy(scores, name="scores", ndim=1)
+    accs = as_numpy(accuracies, name="accuracies", ndim=1)
+    if len(values) != len(accs):
+        raise DataError(
+            f"`scores` has {len(values)} entries but `accuracies` has {len(accs)}; pass one per checkpoint."
+        )
+    if not np.all(np.isfinite(accs)):
+        raise DataError("`accuracies` holds NaN/inf; every checkpoint needs a measured accuracy.")
+    return values, accs
+
+
+def _weighted_ranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Ranks that advance by each row's weight: a row's rank is the weight of all rows with smaller
+    values plus ``(n_tied + 1) / 2`` times the mean weight of its ties (WeightedCorr's ``_wrank``; with
+    unit weights, the ordinary average ranks)."""
+    unique, group = np.unique(values, return_inverse=True)
+    total = np.bincount(group, weights=weights, minlength=len(unique))
+    count = np.bincount(group, minlength=len(unique))
+    below = np.concatenate([[0.0], np.cumsum(total)[:-1]])
+    return (below + (count + 1) / 2 * total / count)[group]
+
+
+def _weighted_pearson(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    mx, my = np.average(x, weights=w), np.average(y, weights=w)
+    cov = np.average((x - mx) * (y - my), weights=w)
+    var = np.average((x - mx) ** 2, weights=w) * np.average((y - my) ** 2, weights=w)
+    return float(cov / np.sqrt(var)) if var > 0 else float("nan")
+
+
+def weighted_spearman(
+    scores: Sequence[float] | np.ndarray, accuracies: Sequence[float] | np.ndarray, *, power: float = 2.0
+) -> float:
+    """Weighted Spearman correlation between validator scores and target accuracies, as Musgrave,
+    Belongie & Lim 2022 rank validators (powerful-benchmarker ``weighted_spearman``, ``pow=2``).
+
+    Each checkpoint ``i`` is weighted by ``w_i = max(r_score_i, r_acc_i) ** power``, where ``r`` is its
+    dense rank divided by the largest rank (1 for the best score or the best accuracy), so disagreements
+    among the checkpoints a validator would pick, or that are truly best, count most; the result is the
+    weighted Pearson correlation of weighted ranks (ranks that advance by each row's weight, as the
+    WeightedCorr package computes them)::
+
+        rho_w = cov_w(R_s, R_a) / sqrt(var_w(R_s) var_w(R_a))
+
+    NaN/inf scores are set to the lowest finite score (they can never be picked). Pass scores where
+    higher is better (negate DEV).
+
+    Args:
+        scores: one validator score per checkpoint, shape ``(N,)``.
+        accuracies: the checkpoints' target accuracies, shape ``(N,)``.
+        power: exponent of the weights (paper: 2).
+
+    Returns:
+        The correlation in ``[-1, 1]``; NaN when the scores or the accuracies are all equal (or every
+        score is NaN): the ranking is then undefined.
+
+    Raises:
+        DataError: mismatched lengths or non-finite accuracies.
+
+    Example:
+        >>> weighted_spearman([0.1, 0.2, 0.3], [0.5, 0.7, 0.9])
+        1.0
+        >>> round(weighted_spearman([1, 2, 3], [1, 3, 2]), 4)  # the two best disagree: -5/14
+        -0.3571
+    """
+    values, accs = _finite_scores(scores, accuracies)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return float("nan")
+    values = np.where(finite, values, values[finite].min())
+    rank_s = rankdata(values, method="dense") / len(np.unique(values))
+    rank_a = rankdata(accs, method="dense") / len(np.unique(accs))
+    weights = np.maximum(rank_s, rank_a) ** power
+    return _weighted_pearson(_weighted_ranks(values, weights), _weighted_ranks(accs, weights), weights)
+
+
+def regret(scores: Sequence[float] | np.ndarray, accuracies: Sequence[float] | np.ndarray) -> float:
+    """How much target accuracy picking by ``scores`` loses: ``max(accuracies) - accuracies[pick]``.
+
+    ``pick`` is the checkpoint with the highest score (pass higher-is-better scores), the earliest among
+    ties, as :func:`select` picks; NaN scores are never picked.
+
+    Args:
+        scores: one validator score per checkpoint, shape ``(N,)``.
+        accuracies: the checkpoints' target accuracies, shape ``(N,)``.
+
+    Returns:
+        The regret, >= 0, in the units of ``accuracies``; NaN when every score is NaN.
+
+    Raises:
+        DataError: mismatched lengths or non-finite accuracies.
+
+    Example:
+        >>> round(regret([0.3, 0.9, 0.5], [0.80, 0.75, 0.85]), 4)  # picks the second: 0.85 - 0.75
+        0.1
+    """
+    values, accs = _finite_scores(scores, accuracies)
+    if not np.isfinite(values).any():
+        return float("nan")
+    pick = int(np.argmax(np.where(np.isfinite(values), values, -np.inf)))
+    return float(accs.max() - accs[pick])
