@@ -17,6 +17,7 @@ from hftl.config import (
     _parse,
     apply_overrides,
     get_component,
+    granted,
     instantiate,
     list_shipped_configs,
     load_config,
@@ -346,7 +347,7 @@ def test_several_problems_in_one_error(monkeypatch):
         "`model.name`: required key is missing",
         "`optimizer.lrr`: unknown argument",
         "`optimizer.params`: set by the recipe at run time",
-        "`data.path`: cannot resolve `${oc.env:HFTL_NOPE_VAR}`: Environment variable 'HFTL_NOPE_VAR' not found",
+        "`data.path`: cannot resolve `${oc.env:HFTL_NOPE_VAR}`: `${oc.env:HFTL_NOPE_VAR}`: a config may read only",
         "`head._component_`: cannot import `torch.nn.Linaer`",
         "`todo`: has no value",
         "`train.epoch`: unknown field of TrainArgs; did you mean `epochs`?",
@@ -395,13 +396,14 @@ def test_interpolation_problems_name_the_key(monkeypatch):
         head={"_component_": "torch.nn.Linear", "in_features": "${oc.env:HFTL_NOPE_VAR}", "out_features": 2},
         train={"epochs": "${nowhere}"},
     )
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(ConfigError) as e, granted(allow_env=["HFTL_NOPE_VAR"]):
         instantiate(cfg.head)
     assert str(e.value).startswith("Config error: `head.in_features`: cannot resolve interpolation")
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(ConfigError) as e, granted(allow_env=["HFTL_NOPE_VAR"]):
         validate_config(cfg, sections={"train": TrainArgs}, runtime_args={"head": "bias"})
     assert _problems(e) == [
-        "`head.in_features`: cannot resolve `${oc.env:HFTL_NOPE_VAR}`: Environment variable 'HFTL_NOPE_VAR' not found",
+        "`head.in_features`: cannot resolve `${oc.env:HFTL_NOPE_VAR}`: `${oc.env:HFTL_NOPE_VAR}`: "
+        "environment variable `HFTL_NOPE_VAR` is not set; set it or give a default: `${oc.env:HFTL_NOPE_VAR,VALUE}`",
         "`train.epochs`: cannot resolve `${nowhere}`: Interpolation key 'nowhere' not found",
     ]
 

@@ -8,6 +8,9 @@ Example:
     >>> cfg = load_config("text/minilm_lora_sst2", ["optimizer.lr=1e-4"])
     >>> validate_config(cfg, runtime_args={"optimizer": {"params"}})
     >>> optimizer = instantiate(cfg.optimizer, params=model.parameters())
+
+A config is untrusted data: it builds only registered components (:mod:`hftl.config.registry`), reads
+only the environment variables the user allows, and is written to disk through :func:`record_config`.
 """
 
 from __future__ import annotations
@@ -21,12 +24,28 @@ from hftl.config._parse import (
     resolve_config_path,
     shipped_config_dir,
 )
+from hftl.config._trust import (
+    SAFE_ENV_VARS,
+    Grants,
+    current_grants,
+    granted,
+    record_config,
+    record_container,
+    redact,
+)
 from hftl.config._validate import to_dataclass, validate_config
 
 register_resolvers()
 
 __all__ = [
     "ALLOWED_PREFIXES",
+    "SAFE_ENV_VARS",
+    "Grants",
+    "current_grants",
+    "granted",
+    "record_config",
+    "record_container",
+    "redact",
     "apply_overrides",
     "get_component",
     "instantiate",

@@ -14,6 +14,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hftl.config._trust import _literal, env_resolver, is_recording
 from hftl.errors import ConfigError
 
 _OVERRIDES = "command-line overrides"
@@ -206,6 +207,8 @@ def _data_dir(sub: str = "") -> str:
     from hftl.data.builtin import shared_data_dir  # one search order for configs and built-in data sets
     from hftl.errors import DataError
 
+    if is_recording():  # a machine's own path: written files keep the interpolation
+        return _literal("hftl.data_dir", sub) if sub else "${hftl.data_dir:}"
     try:
         found = shared_data_dir()
     except DataError as err:
@@ -214,8 +217,10 @@ def _data_dir(sub: str = "") -> str:
 
 
 def register_resolvers() -> None:
-    """Register ``hftl.data_dir`` with OmegaConf (idempotent)."""
-    if "replace" in inspect.signature(OmegaConf.register_resolver).parameters:  # omegaconf >= 2.4
-        OmegaConf.register_resolver("hftl.data_dir", _data_dir, replace=True, use_cache=False)
-    else:
-        OmegaConf.register_new_resolver("hftl.data_dir", _data_dir, replace=True, use_cache=False)
+    """Register ``hftl.data_dir`` and the restricted ``oc.env`` with OmegaConf (idempotent)."""
+    resolvers = {"hftl.data_dir": _data_dir, "oc.env": env_resolver}
+    for name, fn in resolvers.items():
+        if "replace" in inspect.signature(OmegaConf.register_resolver).parameters:  # omegaconf >= 2.4
+            OmegaConf.register_resolver(name, fn, replace=True, use_cache=False)
+        else:
+            OmegaConf.register_new_resolver(name, fn, replace=True, use_cache=False)
