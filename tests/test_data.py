@@ -164,9 +164,9 @@ def _bad_cases(tmp: Path) -> dict[str, tuple[dict, type, list[str]]]:
             ["row 2"],
         ),
         "label not allowed": (
-            {"path": str(good), "label_names": ["x"]},
+            {"path": str(good), "label_names": ["x", "z"]},
             DataError,
-            ["'y'", "row 1", "['x']"],
+            ["'y'", "row 1", "['x', 'z']"],
         ),
         "int label out of range": (
             {"path": str(write_csv(tmp / "i.csv", "text,label", ["a,0", "b,5"])), "label_names": ["p", "q"]},

@@ -25,6 +25,10 @@ AUDIO_EXTENSIONS = frozenset(
     {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf"}
 )
 
+# Highest sampling rate a header may claim (768 kHz: the top rate of studio converters). A damaged or
+# hostile header claiming billions of Hz would make resampling allocate hundreds of GiB.
+MAX_SAMPLING_RATE = 768_000
+
 
 def _describe(item: str | dict) -> str:
     if isinstance(item, dict):
@@ -62,6 +66,15 @@ def _read_with_torchcodec(item: str | dict) -> tuple[np.ndarray, int] | None:
     return samples.data.numpy().T.astype(np.float32, copy=False), int(samples.sample_rate)
 
 
+def _check_rate(item: str | dict, rate: int) -> None:
+    if rate > MAX_SAMPLING_RATE:
+        raise DataError(
+            f"Audio file {_describe(item)}: its header claims a sampling rate of {rate:,} Hz, above "
+            f"{MAX_SAMPLING_RATE:,} Hz (a damaged header?). Fix: re-export it at its true rate, e.g. "
+            "`ffmpeg -i FILE -ar 16000 OUT.wav`, or remove it."
+        )
+
+
 def read_audio(item: str | dict) -> tuple[np.ndarray, int]:
     """Reads ``item`` at its own rate: soundfile first, torchcodec (ffmpeg) for the formats it lacks.
 
@@ -72,7 +85,8 @@ def read_audio(item: str | dict) -> tuple[np.ndarray, int]:
         The samples as float32 of shape ``(frames, channels)``, and the sampling rate in Hz.
 
     Raises:
-        DataError: naming the file if it is missing or neither decoder can read it.
+        DataError: naming the file if it is missing, neither decoder can read it, or its header claims a
+            sampling rate above :data:`MAX_SAMPLING_RATE`.
     """
     import soundfile as sf
 
@@ -82,12 +96,14 @@ def read_audio(item: str | dict) -> tuple[np.ndarray, int]:
     except (sf.LibsndfileError, RuntimeError, TypeError) as err:
         decoded = _read_with_torchcodec(item)
         if decoded is not None:
+            _check_rate(item, decoded[1])
             return decoded
         raise DataError(
             f"Cannot decode audio file {_describe(item)}: {err}. Readable formats: those of libsndfile "
             f"({', '.join(sorted(AUDIO_EXTENSIONS))}) and, with torchcodec installed, those of ffmpeg. "
             "Convert the file to WAV (e.g. `ffmpeg -i FILE -ac 1 FILE.wav`) or remove it."
         ) from err
+    _check_rate(item, int(rate))
     return wave, int(rate)
 
 

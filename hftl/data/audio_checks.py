@@ -4,7 +4,7 @@
 frames decode (a truncated FLAC or MP3 fails there), fully decodes only float files (the only ones that
 can hold NaN), and falls back to the collator's own decoder (:func:`hftl.data.audio.read_audio`) for
 what libsndfile cannot open. Bad files — missing, empty, unreadable or unsupported, truncated, without
-samples, with NaN/inf samples, or with an implausible sampling rate — are reported **once**, each with
+samples, with NaN/inf samples, or with an implausible sampling rate (below 1 kHz or above 768 kHz) — are reported **once**, each with
 its name and the fix, and then either stop the run (``on_bad_audio: stop``, the default) or are dropped
 (``skip``) with one summary. Stereo and multichannel files are mixed down and other sampling rates are
 resampled by the collator: neither is an error. Clips far longer than the encoder's ``max_duration``
@@ -35,7 +35,7 @@ from typing import Literal
 import datasets
 import numpy as np
 
-from hftl.data.audio import AUDIO_EXTENSIONS, read_audio
+from hftl.data.audio import AUDIO_EXTENSIONS, MAX_SAMPLING_RATE, read_audio
 from hftl.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ FIX_MISSING = (
     "remove the row"
 )
 FIX_REEXPORT = "re-export the file from its source, or remove it"
+FIX_RATE = "re-export it at its true rate, e.g. `ffmpeg -i FILE -ar 16000 OUT.wav`, or remove it"
 FIX_CONVERT = "convert it to WAV or FLAC, e.g. `ffmpeg -i FILE -ac 1 FILE.wav`, or remove it"
 
 
@@ -191,7 +192,13 @@ def _probe_source(item: str | dict, source) -> AudioInfo:
         raise BadAudioError(
             f"sampling rate {info.sampling_rate} Hz in its header is below {MIN_SAMPLING_RATE:,} Hz, too low "
             "to resample into audio any encoder can use (a damaged header?)",
-            "re-export it at its true rate, e.g. `ffmpeg -i FILE -ar 16000 OUT.wav`, or remove it",
+            FIX_RATE,
+        )
+    if info.sampling_rate > MAX_SAMPLING_RATE:
+        raise BadAudioError(
+            f"sampling rate {info.sampling_rate:,} Hz in its header is above {MAX_SAMPLING_RATE:,} Hz (a damaged "
+            "header?); resampling it would need gigabytes",
+            FIX_RATE,
         )
     return info
 

@@ -26,7 +26,14 @@ import numpy as np
 from hftl.data.audio import AUDIO_EXTENSIONS
 from hftl.data.audio_checks import OnBadAudio, option_problems, scan_audio
 from hftl.data.builtin import PREFIX as BUILTIN_PREFIX
-from hftl.data.image_checks import scan_images
+from hftl.data.image_checks import DEFAULT_MAX_IMAGE_PIXELS, scan_images
+from hftl.data.labels import (
+    canonical_name,
+    check_train_classes,
+    encode_labels,
+    filter_key,
+    label_names_problems,
+)
 from hftl.data.sources import IMAGE_EXTENSIONS, read_source
 from hftl.errors import ConfigError, DataError, HftlError
 
@@ -85,7 +92,9 @@ class ClassificationData:
         label_column: column holding the label.
         modality: ``text``, ``audio`` or ``image``; None infers it from the column's feature or name.
         label_names: names for integer labels (label i is ``label_names[i]``), or the allowed set and
-            order for string labels. None: sorted unique strings, or ``"0".."k-1"`` for integers.
+            order for string labels. None: sorted unique strings, or ``"0".."k-1"`` for integers. Names
+            and string labels are compared in Unicode NFC without surrounding spaces, and float, NaN or
+            empty labels are errors (see :mod:`hftl.data.labels`); at least two classes are needed.
         splits: hftl split -> source split, e.g. ``{"test": "dev"}``. Source splits named train,
             validation/valid/val/dev and test are used without it.
         validation_size: fraction (0..1) or number of train rows carved (stratified, seeded) into
@@ -94,7 +103,8 @@ class ClassificationData:
         unlabeled_splits: splits whose label column is dropped (target-domain training data).
         filters: keep only the rows whose column value is listed, e.g. ``{speaker: [george, jackson]}``;
             applied to every split right after reading the source (and mapping ``splits``), before
-            carving. Values are compared as strings; a ClassLabel column matches class ids or names.
+            carving. Values are compared as strings (NFC, stripped; ``1.0`` matches ``1``); a ClassLabel
+            column matches class ids or names.
         max_samples: keep a seeded random subset of at most this many rows per split (an int for
             every split or ``{split: n}``).
         seed: seed of the carved splits and of ``max_samples``.
@@ -109,6 +119,12 @@ class ClassificationData:
         streaming: read the train split lazily as a ``datasets.IterableDataset`` (data larger than memory
             or disk cache); needs ``label_names`` and ``train.max_steps``. See :mod:`hftl.data.streaming`.
         shuffle_buffer: rows in the streaming shuffle buffer (larger: closer to a full shuffle, more memory).
+        max_image_pixels: largest width × height an image file may declare (default: PIL's own
+            decompression-bomb threshold, about 89.5 million pixels); larger files are reported by the image
+            check before training instead of being decoded. See :mod:`hftl.data.image_checks`.
+        check_train_classes: the ``train`` split is trained on, so it must hold at least two classes
+            (after filters, carving and ``max_samples``), and classes it lacks are warned about. Set false
+            only when ``train`` is data to score, not to train on (``hftl eval --data`` does).
 
     Raises:
         ConfigError: for argument values outside the allowed ones (all problems at once).
@@ -140,13 +156,15 @@ class ClassificationData:
         bad_audio_report: str | None = None,
         streaming: bool = False,
         shuffle_buffer: int = 10_000,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        check_train_classes: bool = True,
     ):
         self.path = str(path)
         self.data_files = data_files
         self.name, self.revision = name, revision
         self.input_column, self.label_column = input_column, label_column
         self.requested_modality = modality
-        self.requested_label_names = list(label_names) if label_names is not None else None
+        self.requested_label_names = label_names  # canonical names once checked, below
         self.splits = dict(splits or {})
         self.validation_size, self.test_size = validation_size, test_size
         self.unlabeled_splits = list(unlabeled_splits or [])
@@ -156,7 +174,10 @@ class ClassificationData:
         self.missing_hint, self.on_bad_audio, self.max_duration = missing_hint, on_bad_audio, max_duration
         self.bad_audio_report = bad_audio_report
         self.streaming, self.shuffle_buffer = streaming, shuffle_buffer
+        self.max_image_pixels, self.check_train_classes = max_image_pixels, check_train_classes
         self._check_args()
+        if label_names is not None:
+            self.requested_label_names = [canonical_name(n) for n in label_names]
         self._label_names: list[str] | None = None
         self._modality: str | None = None
 
@@ -199,12 +220,15 @@ class ClassificationData:
                 problems.append(f"`data.max_samples` has key {key!r}; allowed keys: {', '.join(SPLITS)}.")
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
                 problems.append(f"`data.max_samples` is {n!r} for {key!r}; allowed: a positive integer.")
-        if self.requested_label_names is not None and (
-            not self.requested_label_names
-            or len(set(map(str, self.requested_label_names))) != len(self.requested_label_names)
+        problems += label_names_problems(self.requested_label_names)
+        if (
+            isinstance(self.max_image_pixels, bool)
+            or not isinstance(self.max_image_pixels, int)
+            or self.max_image_pixels < 1
         ):
             problems.append(
-                f"`data.label_names` is {self.requested_label_names!r}; give distinct names, one per class."
+                f"`data.max_image_pixels` is {self.max_image_pixels!r}; allowed: a positive pixel count "
+                f"(default {DEFAULT_MAX_IMAGE_PIXELS:,})."
             )
         problems += option_problems(self.on_bad_audio, self.max_duration)
         if (
@@ -282,6 +306,10 @@ class ClassificationData:
                     f"give a labelled {split} split via `data.splits` or set `data.{split}_size: 0`."
                 )
         dd = self._subsample(dd)
+        if self.check_train_classes and "train" in dd and "label" in dd["train"].column_names:
+            check_train_classes(
+                _column(dd["train"], "label"), self._label_names, split="train", source=self.path
+            )
         return datasets.DatasetDict({s: dd[s] for s in SPLITS if s in dd})
 
     # ----------------------------------------------------------------------------------------------
@@ -291,7 +319,9 @@ class ClassificationData:
             return scan_audio(dd, source=self.path, on_bad_audio=self.on_bad_audio,
                               max_duration=self.max_duration, report_path=self.bad_audio_report)  # fmt: skip
         if self._modality == "image" and not self.path.startswith(BUILTIN_PREFIX):
-            return scan_images(dd, source=self.path)  # built-ins are encoded by hftl from parsed arrays
+            return scan_images(
+                dd, source=self.path, max_pixels=self.max_image_pixels
+            )  # built-ins are encoded by hftl from parsed arrays
         return dd
 
     def _select_splits(self, raw, folders) -> tuple[datasets.DatasetDict, dict[str, Path]]:
@@ -328,10 +358,11 @@ class ClassificationData:
                         f"`data.filters` names column {column!r}, which split {split!r} of {self.path} does "
                         f"not have; available columns: {ds.column_names}. Fix or remove the filter."
                     )
-                feature, found = ds.features[column], [str(v) for v in _column(ds, column)]
-                allowed = {str(v) for v in values}
+                feature, found = ds.features[column], [filter_key(v) for v in _column(ds, column)]
+                allowed = {filter_key(v) for v in values}
                 if isinstance(feature, datasets.ClassLabel):  # a class id or its name
-                    allowed |= {str(feature.str2int(v)) for v in allowed if v in feature.names}
+                    ids = {canonical_name(n): str(i) for i, n in enumerate(feature.names)}
+                    allowed |= {ids[v] for v in allowed if v in ids}
                 keep &= np.array([v in allowed for v in found], dtype=bool)
                 if not keep.any():
                     shown = sorted(set(found))
@@ -439,80 +470,12 @@ class ClassificationData:
         return ds.select_columns([c for c in (col, "label") if c in ds.column_names])
 
     def _encode_labels(self, dd: datasets.DatasetDict) -> datasets.DatasetDict:
-        """Casts every present label column to one shared ClassLabel, checking each value."""
-        values = {}
-        for split, ds in dd.items():
-            if "label" not in ds.column_names:
-                continue
-            feature, labels = ds.features["label"], _column(ds, "label")
-            if isinstance(feature, datasets.ClassLabel):  # go through names so label_names can reorder
-                for i, v in enumerate(labels):
-                    if v is None or not 0 <= v < len(feature.names):
-                        raise DataError(
-                            f"Label {v!r} at row {i} of split {split!r} ({self.path}) is outside its "
-                            f"classes 0..{len(feature.names) - 1}; list the split in "
-                            "`data.unlabeled_splits` if it has no labels."
-                        )
-                labels = [feature.names[v] for v in labels]
-            for i, v in enumerate(labels):
-                if (
-                    v is None
-                    or isinstance(v, bool)
-                    or not isinstance(v, str | int | float)
-                    or (isinstance(v, float) and not v.is_integer())
-                ):
-                    raise DataError(
-                        f"Label {v!r} at row {i} of split {split!r} ({self.path}, column "
-                        f"{self.label_column!r}) is not a class; allowed: a string or an integer."
-                    )
-            values[split] = [int(v) if isinstance(v, float) else v for v in labels]
-        if not values:
-            self._label_names = list(self.requested_label_names or [])
-            return dd
-        all_values = [v for vs in values.values() for v in vs]
-        if self.requested_label_names is None and "train" in values:
-            self._check_labels_seen_in_train(values)
-        if all(isinstance(v, int) for v in all_values):
-            names = [str(n) for n in self.requested_label_names or range(max(all_values) + 1)]
-            allowed = range(len(names))
-            to_id = int
-        else:
-            if not all(isinstance(v, str) for v in all_values):
-                raise DataError(
-                    f"Column {self.label_column!r} of {self.path} mixes strings and numbers; use one type."
-                )
-            names = [str(n) for n in self.requested_label_names or sorted(set(all_values))]
-            allowed = {n: i for i, n in enumerate(names)}
-            to_id = allowed.__getitem__
-        for split, labels in values.items():
-            for i, v in enumerate(labels):
-                if v not in allowed:
-                    shown = f"0..{len(names) - 1}" if to_id is int else names
-                    raise DataError(
-                        f"Label {v!r} at row {i} of split {split!r} ({self.path}) is outside the allowed "
-                        f"labels {shown}; fix the row or `data.label_names`."
-                    )
-            feature = datasets.ClassLabel(names=names)
-            dd[split] = (
-                dd[split]
-                .remove_columns("label")
-                .add_column("label", [to_id(v) for v in labels], feature=feature)
-            )
+        """Casts every present label column to one shared ClassLabel (rules: :mod:`hftl.data.labels`)."""
+        dd, names = encode_labels(
+            dd, names=self.requested_label_names, source=self.path, column=self.label_column
+        )
         self._label_names = names
         return dd
-
-    def _check_labels_seen_in_train(self, values: dict[str, list]) -> None:
-        """With inferred classes, a label only an evaluation split has is a typo or a class nothing learns."""
-        seen = set(values["train"])
-        for split, labels in values.items():
-            unseen = [(i, v) for i, v in enumerate(labels) if v not in seen]
-            if unseen:
-                i, v = unseen[0]
-                raise DataError(
-                    f"Label {v!r} (row {i} of split {split!r}, {self.path}; {len(unseen)} rows in all) never "
-                    "occurs in the training split, so no model can learn it. Fix: correct the rows, add "
-                    "training examples of it, or list every class in `data.label_names`."
-                )
 
     def _carve(self, dd: datasets.DatasetDict, *, carve_val: bool, carve_test: bool) -> datasets.DatasetDict:
         n = len(dd["train"]) if "train" in dd else 0

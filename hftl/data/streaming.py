@@ -11,8 +11,11 @@ Resume is exact: the engine sets the epoch and skips the batches already trained
 compute). Because a stream's length is unknown up front, streamed runs are sized with ``train.max_steps``;
 an epoch ends when the stream is exhausted.
 
-Rows are checked as they stream: an empty text, a label outside ``data.label_names`` or a missing media path
-stops training with an error naming the row (its position in the unshuffled stream).
+Rows are checked as they stream: an empty text, a label outside ``data.label_names`` (labels are read as
+in :mod:`hftl.data.labels`: NFC strings, integral ids; NaN, ``1.5`` or empty stop) or a missing media path
+stops training with an error naming the row (its position in the unshuffled stream). ``label_names`` (at
+least two classes) is required; that the stream really holds more than one of them cannot be checked
+before training reads it, unlike in-memory data.
 
 Example (YAML)::
 
@@ -37,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import datasets
 from torch.utils.data import IterableDataset
 
+from hftl.data.labels import canonical_label, canonical_name, filter_key, label_names_problems, outside
 from hftl.data.sources import PACKAGED_BUILDERS, read_source
 from hftl.errors import ConfigError, DataError
 
@@ -113,7 +117,12 @@ def _label_names_from_stream(data: ClassificationData, stream: datasets.Iterable
         return None
     feature = (stream.features or {}).get(data.label_column)
     if data.requested_label_names is None and isinstance(feature, datasets.ClassLabel):
-        data.requested_label_names = list(feature.names)
+        problems = label_names_problems(
+            feature.names, key=f"ClassLabel names of column {data.label_column!r}"
+        )
+        if problems:
+            raise DataError(f"{data.path}: {problems[0]} Set `data.label_names` to the classes, in id order.")
+        data.requested_label_names = [canonical_name(n) for n in feature.names]
     if data.requested_label_names is None:
         raise ConfigError(
             "`data.label_names` is required with `data.streaming: true`: the classes cannot be read from a "
@@ -174,7 +183,7 @@ def _train_stream(
 
 
 def _row_filter(filters: dict[str, list]) -> Callable[[dict], bool]:
-    allowed = {column: {str(v) for v in values} for column, values in filters.items()}
+    allowed = {column: {filter_key(v) for v in values} for column, values in filters.items()}
 
     def keep(row: dict) -> bool:
         for column, values in allowed.items():
@@ -183,7 +192,7 @@ def _row_filter(filters: dict[str, list]) -> Callable[[dict], bool]:
                     f"`data.filters` names column {column!r}, which the streamed train split does not have; "
                     f"columns: {sorted(row)}. Fix or remove the filter."
                 )
-            if str(row[column]) not in values:
+            if filter_key(row[column]) not in values:
                 return False
         return True
 
@@ -227,16 +236,12 @@ def _train_source(data: ClassificationData) -> str:
 
 
 def _label_id(value: Any, names: list[str], ids: dict[str, int], where: str, column: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
-        return value
-    if isinstance(value, float) and value.is_integer() and 0 <= value < len(names):
-        return int(value)
-    if isinstance(value, str) and value in ids:
-        return ids[value]
-    raise DataError(
-        f"Label {value!r} at {where} (column {column!r}) is not one of `data.label_names` {names} (or a class "
-        f"id 0..{len(names) - 1}); fix the row or `data.label_names`."
-    )
+    label = canonical_label(value, f"{where} (column {column!r})")
+    if isinstance(label, int) and 0 <= label < len(names):
+        return label
+    if isinstance(label, str) and label in ids:
+        return ids[label]
+    raise DataError(f"Label {value!r} at {where} (column {column!r}) {outside(label, names)}")
 
 
 class KeyedStream(IterableDataset):
