@@ -133,6 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.input_column:
             node["input_column"] = args.input_column
         node["label_column"] = args.label_column
+        node["check_train_classes"] = False  # the file is scored, not trained on: one class is fine
         split = "train" if args.split is None else args.split
         node["splits"] = None
     else:
@@ -311,6 +312,17 @@ def _add_hub_commands(sub) -> None:
     export.add_argument("--force", action="store_true", help="Replace a non-empty --out.")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type of counts such as ``--batch-size``: a positive integer (argparse names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive integer, e.g. 32")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hftl", description="Transfer pretrained encoders to new domains.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -346,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--input-column")
     ev.add_argument("--label-column", default="label")
-    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--batch-size", type=_positive_int, default=64)
     ev.add_argument("--output", help="Where to write the metrics JSON (default: OUTPUT_DIR/eval_SPLIT.json).")
     ev.add_argument("--cpu", action="store_true")
     ev.add_argument("--allow-any-component", action="store_true")
@@ -355,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("output_dir")
     pr.add_argument("inputs", nargs="+")
-    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--batch-size", type=_positive_int, default=32)
     pr.add_argument("--json", action="store_true", help="One JSON object per input with all class scores.")
     pr.add_argument("--allow-any-component", action="store_true")
     _add_assess_command(sub)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hftl.errors import DataError
+from hftl.errors import DataError, HftlError
 from hftl.models.io import load_model
 
 
@@ -42,16 +42,15 @@ class Predictor:
         if self.modality == "audio":
             return {"audio": str(item) if isinstance(item, Path) else item}
         if isinstance(item, str | Path):
-            from PIL import Image
+            from hftl.data.image_checks import open_image
 
-            if not Path(item).is_file():
-                raise DataError(f"Image file {str(item)!r} does not exist")
-            with Image.open(item) as image:  # read now and close the file (no handle per prediction)
-                item = image.copy()
+            item = open_image(item)  # missing, unreadable or decompression-bomb files: DataError
         return {"image": item}
 
     @torch.no_grad()
     def __call__(self, inputs: Sequence[Any] | str | Path, *, batch_size: int = 32) -> list[dict[str, Any]]:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise HftlError(f"`batch_size` is {batch_size!r}; allowed: a positive integer.")
         if isinstance(inputs, str | Path):
             inputs = [inputs]  # one text or file, not a sequence of characters
         results: list[dict[str, Any]] = []
