@@ -88,8 +88,13 @@ MACHINE = _machine()
 NO_DISCRIMINATOR = {"MCC", "CORAL", "DAN", "JAN", "SelfTraining"}  # drop `hidden_features` from the config
 
 
+def run_dir(out: Path, pair: str, method: str, seed: int) -> Path:
+    """Where one run writes (kept after the run: benchmarks/selection.py reads its metrics.json)."""
+    return out / f"{pair.replace('->', '_to_')}_{method.lower()}_s{seed}"
+
+
 def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bool, extra: list[str]) -> dict:
-    out = out / f"{pair.replace('->', '_to_')}_{method.lower()}_s{seed}"
+    out = run_dir(out, pair, method, seed)
     cmd = [
         "hftl", "run", "adapt", "--config", suite["config"], f"output_dir={out}", f"seed={seed}",
         *suite["pairs"][pair], f"method._component_=hftl.adaptation.{method}", "train.resume=false",
@@ -111,7 +116,7 @@ def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bo
     return {
         "pair": pair, "method": method.lower(), "seed": seed, "seconds": round(time.perf_counter() - start, 1),
         "target_acc": {name: r["target_test_acc"] for name, r in metrics["results"].items()},
-        "command": " ".join(cmd), "machine": MACHINE, "argv": sys.argv[1:],
+        "command": " ".join(cmd), "machine": MACHINE, "argv": sys.argv[1:], "output_dir": str(out),
     }  # fmt: skip
 
 

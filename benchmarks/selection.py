@@ -1,0 +1,318 @@
+"""Selection quality: how well each label-free validator picks the checkpoint to keep, per task family.
+
+Run (from the repo root; data in $HFTL_DATA_DIR or ../shared/data):
+    python benchmarks/selection.py --quick          # CPU: digits (LeNet, M->U and U->M, 3 methods + source-only,
+                                                    #   2 seeds) and FSDD (2 held-out speakers, 2 methods + source-only,
+                                                    #   2 seeds), short schedules
+    python benchmarks/selection.py                  # every digits/FSDD/Blitzer pair, 3 seeds (Blitzer wants a GPU)
+    python benchmarks/selection.py --suites blitzer --jobs 6 --extra encoder.model=/tmp/minilm train.mixed_precision=bf16
+    python benchmarks/selection.py --runs outputs/bench_adaptation   # only score finished run directories
+    python benchmarks/selection.py --table-from benchmarks/results/selection.jsonl   # only rebuild the table
+
+Runs are launched through benchmarks/adaptation.py (`hftl run adapt`, one command per pair/method/seed;
+the first method of a pair also trains `source_only`), into `<out>/<suite>/<pair>_<method>_s<seed>/`;
+finished ones are reused, so an interrupted benchmark resumes. The adapt recipe scores every validator
+of `hftl.adaptation.selection.CRITERIA` at every evaluation and keeps them, with the target test
+accuracy, in `metrics.json` (`results.<method>.history`); `--runs` reads any directory laid out that
+way (e.g. `benchmarks/adaptation.py --out DIR`). The target oracle is not a candidate (it trains on
+target labels).
+
+For each validator and task family it reports
+* the weighted Spearman correlation between scores and target accuracy over every checkpoint of a
+  pair (all methods, seeds and evaluation steps), averaged over pairs: Musgrave, Belongie & Lim 2022's
+  measure (powerful-benchmarker: each checkpoint weighted by max(normalised score rank, normalised
+  accuracy rank)^2, so the checkpoints a validator would pick and the truly best ones count most);
+* the regret per run: best target accuracy among a run's checkpoints minus the accuracy of the one the
+  validator picks (which step to keep), mean over runs, beside keeping the last checkpoint;
+* the regret per pair and seed across methods (which method and step to keep, source-only included).
+Writes benchmarks/results/selection.md and one JSON line per checkpoint in selection.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import adaptation as bench  # noqa: E402  (benchmarks/adaptation.py: suites and the run launcher)
+
+from hftl.adaptation.selection import CRITERIA, regret, weighted_spearman  # noqa: E402
+
+FAMILIES = {
+    "digits": "digits (MNIST↔USPS, LeNet)",
+    "fsdd": "speech (FSDD, leave one speaker out)",
+    "blitzer": "text (Blitzer reviews, MiniLM + LoRA)",
+}
+COMMON = ["report.diagnostics=false"]  # no PAD / feature plots: only the per-evaluation scores are read
+QUICK = {
+    "digits": {
+        "pairs": ["M-U", "U-M"], "methods": ["DANN", "CDAN", "MCC"], "seeds": [0, 1],
+        "extra": [
+            "train.max_steps=200", "train.eval_every_steps=40", "source.validation_size=500",
+            "target.max_samples={test: 1000}", "selection.max_source_samples=300",
+            "selection.max_target_samples=500",
+        ],
+    },
+    "fsdd": {
+        "pairs": ["->nicolas", "->lucas"], "methods": ["DANN", "MCC"], "seeds": [0, 1],
+        "extra": [
+            "train.max_steps=200", "train.eval_every_steps=40", "selection.max_source_samples=200",
+            "selection.max_target_samples=200",
+        ],
+    },
+}  # fmt: skip
+FULL = {
+    "digits": {"seeds": [0, 1, 2], "extra": ["train.max_steps=1500", "train.eval_every_steps=150"]},
+    "fsdd": {"seeds": [0, 1, 2], "extra": ["train.eval_every_steps=50"]},
+    "blitzer": {"seeds": [0, 1, 2], "extra": []},  # the config evaluates every 50 steps
+}
+RUN_DIR = re.compile(r"^(?P<pair>.+)_(?P<method>[a-z0-9]+)_s(?P<seed>\d+)$")
+
+
+def plan(args: argparse.Namespace) -> list[tuple[str, str, str, int, bool, list[str]]]:
+    """(suite, pair, method, seed, with source-only, overrides) of every run to launch."""
+    jobs = []
+    for suite in args.suites:
+        spec = {**bench.SUITES[suite], **(QUICK if args.quick else FULL).get(suite, {})}
+        pairs = spec.get("pairs") or list(bench.SUITES[suite]["pairs"])
+        methods = spec.get("methods") or bench.SUITES[suite]["methods"]
+        extra = [*COMMON, *spec.get("extra", []), *args.extra]
+        for seed in args.seeds or spec["seeds"]:
+            for pair in pairs:
+                for i, method in enumerate(methods):
+                    baseline = ["report.baselines=[source_only]"] if i == 0 else []
+                    jobs.append((suite, pair, method, seed, i == 0, extra + baseline))
+    return sorted(jobs, key=lambda job: job[3])  # seed by seed: a stopped benchmark still covers every suite
+
+
+def launch(args: argparse.Namespace) -> list[str]:
+    """Runs every planned job not finished yet; returns the failures (one line each)."""
+    out, failures = Path(args.out), []
+    todo = []
+    for suite, pair, method, seed, _, extra in plan(args):
+        if (bench.run_dir(out / suite, pair, method, seed) / "metrics.json").exists():
+            print(f"reusing {bench.run_dir(out / suite, pair, method, seed)}", flush=True)
+            continue
+        # baselines=False: report.baselines=[] first, then `extra` adds source_only to the first method only
+        todo.append((bench.SUITES[suite], pair, method, seed, out / suite, False, extra))
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(bench.run, *job): job for job in todo}
+        for future in as_completed(futures):
+            _, pair, method, seed, *_ = futures[future]
+            try:
+                row = future.result()
+                print(f"done {pair} {method} s{seed} in {row['seconds']} s", flush=True)
+            except SystemExit as e:  # bench.run exits with the log's path on a failed run
+                failures.append(f"{pair} {method} s{seed}: {e}")
+                print(f"FAILED {failures[-1]}", flush=True)
+    print(f"{len(todo)} runs in {time.perf_counter() - start:.0f} s wall", flush=True)
+    return failures
+
+
+def collect(roots: list[Path]) -> list[dict]:
+    """One row per evaluated checkpoint of every adapt run under ``roots``."""
+    rows = []
+    for path in sorted(p for root in roots for p in root.rglob("metrics.json")):
+        run = path.parent
+        family = next((p.name for p in run.parents if p.name in FAMILIES), None)
+        match = RUN_DIR.match(run.name)
+        if family is None or match is None:
+            print(f"skipping {run}: not laid out as <suite>/<pair>_<method>_s<seed>/", file=sys.stderr)
+            continue
+        pair = match["pair"].replace("_to_", "->")
+        results = json.loads(path.read_text()).get("results", {})
+        for method, result in results.items():
+            if method == "target_oracle" or method.endswith("_stage1"):
+                continue
+            for h in result.get("history", []):
+                rows.append({
+                    "family": family, "pair": pair, "seed": int(match["seed"]), "method": method,
+                    "run": str(run), "step": h["step"], "target_acc": h["eval_target_test_acc"],
+                    "scores": {v: h[f"eval_{v}"] for v in CRITERIA if f"eval_{v}" in h},
+                })  # fmt: skip
+    return rows
+
+
+def oriented(rows: list[dict], validator: str) -> tuple[np.ndarray, np.ndarray]:
+    """Scores made higher-is-better (DEV negated; missing -> NaN) and target accuracies, in %."""
+    sign = 1.0 if CRITERIA[validator].higher_is_better else -1.0
+    scores = np.array([sign * r["scores"].get(validator, np.nan) for r in rows], dtype=float)
+    return scores, 100 * np.array([r["target_acc"] for r in rows])
+
+
+def group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r[k] for k in keys)].append(r)
+    return {k: sorted(v, key=lambda r: (r["method"], r["step"])) for k, v in groups.items()}
+
+
+def analyse(rows: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """family -> validator -> {"spearman": per pair, "run": per-run regrets, "pool": per pair/seed regrets}."""
+    out: dict = {}
+    for family in FAMILIES:
+        mine = [r for r in rows if r["family"] == family]
+        if not mine:
+            continue
+        runs, tasks, pools = group(mine, "run", "method"), group(mine, "pair"), group(mine, "pair", "seed")
+        stats = {}
+        for v in CRITERIA:
+            stats[v] = {
+                "spearman": [weighted_spearman(*oriented(t, v)) for t in tasks.values()],
+                "run": [regret(*oriented(r, v)) for r in runs.values()],
+                "pool": [regret(*oriented(p, v)) for p in pools.values()],
+            }
+        last = [100 * (max(r["target_acc"] for r in rs) - rs[-1]["target_acc"]) for rs in runs.values()]
+        stats["last checkpoint"] = {"spearman": [], "run": last, "pool": []}
+        out[family] = stats
+    return out
+
+
+def _cell(values: list[float], kind: str) -> str:
+    finite = [x for x in values if np.isfinite(x)]
+    if not finite:
+        return "-"
+    if kind == "spearman":
+        return f"{np.mean(finite):+.2f}" + (
+            f" ({min(finite):+.2f}..{max(finite):+.2f})" if len(finite) > 1 else ""
+        )
+    return f"{np.mean(finite):.2f} (max {max(finite):.1f})"
+
+
+def table(rows: list[dict], argv: list[str], machine: str, failures: list[str]) -> str:
+    stats = analyse(rows)
+    families = list(FAMILIES)
+    counts = {
+        f: (len({r["pair"] for r in rows if r["family"] == f}), len(group([r for r in rows if r["family"] == f], "run", "method")),
+            sum(r["family"] == f for r in rows))
+        for f in families
+    }  # fmt: skip
+    head = "| validator | " + " | ".join(FAMILIES[f] for f in families) + " |"
+    rule = "|---|" + "---|" * len(families)
+    lines = [
+        "# Label-free checkpoint selection: how well each validator picks",
+        "",
+        f"Machine: {machine}. Command: `python benchmarks/selection.py {' '.join(argv)}`. Target accuracy is",
+        "measured on each pair's labelled target *test* split; validators read only source data and unlabelled",
+        "target *train* rows. Checkpoints: "
+        + "; ".join(
+            f"{f} {counts[f][2]} from {counts[f][1]} runs over {counts[f][0]} pairs"
+            for f in families
+            if counts[f][2]
+        )
+        + ". A family without runs needs a GPU (or the runs: `--runs DIR`).",
+        "",
+        "**Weighted Spearman** (Musgrave et al. 2022) between validator score and target accuracy over every",
+        "checkpoint of a pair (all methods, seeds, steps); mean over pairs (range). Higher is better; 1 = same order.",
+        "",
+        head,
+        rule,
+    ]
+    needs = {f: "needs GPU" for f in families if not counts[f][2]}
+    for v in CRITERIA:
+        cells = [needs.get(f) or _cell(stats[f][v]["spearman"], "spearman") for f in families]
+        lines.append(f"| `{v}` | " + " | ".join(cells) + " |")
+    for kind, title in (
+        ("run", "**Regret per run**, points of target accuracy: best checkpoint of the run minus the one the validator "
+         "keeps (which step); mean over runs (worst run)."),
+        ("pool", "**Regret per pair and seed across methods** (source-only included), points: which method and step "
+         "to keep; mean over pair/seed pools (worst pool)."),
+    ):  # fmt: skip
+        lines += ["", title, "", head, rule]
+        names = [*CRITERIA, "last checkpoint"] if kind == "run" else list(CRITERIA)
+        for v in names:
+            cells = [needs.get(f) or _cell(stats[f][v][kind], kind) for f in families]
+            lines.append(f"| {'`' + v + '`' if v in CRITERIA else v} | " + " | ".join(cells) + " |")
+    lines += ["", "Lowest mean regret per family (per run / across methods):", ""]
+    for f in families:
+        if f in stats:
+            best = {
+                k: min(CRITERIA, key=lambda v: np.nanmean(stats[f][v][k] or [np.nan]))
+                for k in ("run", "pool")
+            }
+            lines.append(f"* {FAMILIES[f]}: `{best['run']}` / `{best['pool']}`")
+    if failures:
+        lines += ["", "Failed runs (not in the table):", "", *[f"* {x}" for x in failures]]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "Target accuracy % of the best checkpoint, the last one and the one each validator keeps.",
+        "",
+    ]
+    lines += [
+        "| family | pair | seed | method | checkpoints | best | last | "
+        + " | ".join(f"`{v}`" for v in CRITERIA)
+        + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(CRITERIA),
+    ]
+    for (_, method), rs in sorted(
+        group(rows, "run", "method").items(),
+        key=lambda kv: (kv[1][0]["family"], kv[1][0]["pair"], kv[1][0]["seed"], kv[0][1]),
+    ):
+        acc = [100 * r["target_acc"] for r in rs]
+        picks = []
+        for v in CRITERIA:
+            scores, _ = oriented(rs, v)
+            picks.append(f"{acc[int(np.nanargmax(scores))]:.1f}" if np.isfinite(scores).any() else "-")
+        lines.append(
+            f"| {rs[0]['family']} | {rs[0]['pair']} | {rs[0]['seed']} | {method} | {len(rs)} | {max(acc):.1f} | "
+            f"{acc[-1]:.1f} | " + " | ".join(picks) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="CPU budget: 2 digits + 2 FSDD pairs, short runs."
+    )
+    parser.add_argument(
+        "--suites", nargs="+", choices=list(FAMILIES), help="Default: digits and fsdd with --quick, else all."
+    )
+    parser.add_argument("--seeds", nargs="+", type=int, help="Default: the plan's seeds (2 quick, 3 full).")
+    parser.add_argument(
+        "--out", default="outputs/bench_selection", help="Where runs are written (and reused)."
+    )
+    parser.add_argument("--extra", nargs="*", default=[], help="Overrides passed to every run.")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="Runs at a time (several fit on one GPU; on CPU keep 1)."
+    )
+    parser.add_argument("--runs", nargs="+", help="Only score the finished runs under these directories.")
+    parser.add_argument("--table-from", help="Only rebuild the table from this .jsonl of checkpoints.")
+    parser.add_argument(
+        "--name", default="selection", help="Result files: benchmarks/results/<name>.md/.jsonl."
+    )
+    args = parser.parse_args()
+    args.suites = args.suites or (["digits", "fsdd"] if args.quick else list(FAMILIES))
+    failures: list[str] = []
+    if args.table_from:
+        lines = Path(args.table_from).read_text().splitlines()
+        rows = [json.loads(line) for line in lines if line.strip()]
+        argv, machine = (rows[0]["argv"], rows[0]["machine"]) if rows else (sys.argv[1:], bench.MACHINE)
+    else:
+        if not args.runs:
+            failures = launch(args)
+        rows = collect([Path(d) for d in args.runs or [args.out]])
+        argv, machine = sys.argv[1:], bench.MACHINE
+        with open(HERE / "results" / f"{args.name}.jsonl", "w") as fh:
+            for row in rows:
+                fh.write(json.dumps({**row, "argv": argv, "machine": machine}) + "\n")
+    text = table(rows, argv, machine, failures)
+    (HERE / "results" / f"{args.name}.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
