@@ -124,9 +124,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hftl.config import instantiate
     from hftl.evaluation import classification_report, format_report, write_metrics
     from hftl.evaluation.predictions import collect_predictions
-    from hftl.models.io import find_model_dir, load_model
+    from hftl.models.io import load_model
     from hftl.training.builders import build_loader
 
+    target = _eval_target(args)  # checked before any model or data loads
     model, cfg, meta = load_model(args.output_dir, allow_any_component=args.allow_any_component)
     if args.data:
         node = {"_component_": "hftl.data.ClassificationData", "path": args.data, "validation_size": 0}
@@ -159,12 +160,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     report = classification_report(out["predictions"], out["references"], meta["label_names"])
     print(format_report(report, title=f"{split} ({len(data[split])} examples)"))
-    target = (
-        Path(args.output) if args.output else find_model_dir(args.output_dir).parent / f"eval_{split}.json"
-    )
     write_metrics(target, {split: report, "data": args.data or "config"})
     print(f"Metrics written to {target}")
     return 0
+
+
+def _eval_target(args: argparse.Namespace) -> Path:
+    """Where ``hftl eval`` writes: ``--output``, else ``eval_<split>.json`` in the hftl run folder that holds
+    the model. Refused up front: a folder, a symlink or a file hftl did not write, or a model outside a run."""
+    from hftl.evaluation.metrics import read_existing_metrics
+    from hftl.models.io import MODEL_DIRNAME, find_model_dir
+    from hftl.training.run_dir import MARKER_FILE
+
+    if args.output:
+        target = Path(args.output)
+        blocking = next((p for p in target.parents if p.exists() or p.is_symlink()), None)
+        if blocking is not None and not blocking.is_dir():
+            raise HftlError(
+                f"--output {target}: {blocking} is not a folder (a file or a dangling symlink); pass a path "
+                "in an existing or new folder"
+            )
+    else:
+        model_dir = find_model_dir(args.output_dir)
+        run_dir = model_dir.parent
+        if model_dir.name != MODEL_DIRNAME or not (run_dir / MARKER_FILE).is_file():
+            raise HftlError(
+                f"{model_dir} is not the model/ folder of an hftl run folder, and hftl writes only into folders "
+                "it created; pass --output FILE.json to say where the metrics go"
+            )
+        target = run_dir / f"eval_{args.split or ('train' if args.data else 'test')}.json"
+    read_existing_metrics(target)  # an existing file must be hftl's, or it is neither merged nor replaced
+    return target
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -16,11 +16,14 @@ import logging
 import os
 import sys
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from omegaconf import DictConfig
 
 from hftl.errors import HftlError
+
+if TYPE_CHECKING:
+    from hftl.training.run_dir import RunClaim
 
 
 class RecipeClass(Protocol):
@@ -41,6 +44,12 @@ def recipe_parser(prog: str) -> argparse.ArgumentParser:
         "--allow-any-component",
         action="store_true",
         help="Let `_component_` import from any module (default: hftl, torch, transformers, peft, accelerate, datasets).",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Delete the files an earlier hftl run wrote in `output_dir` (listed in its .hftl_run.json) and "
+        "start over; files hftl did not write are kept.",
     )
     parser.add_argument(
         "overrides", nargs="*", help="Dotted overrides such as optimizer.lr=3e-4 train.epochs=1."
@@ -107,17 +116,27 @@ def top_level_keys(recipe: type[RecipeClass]) -> set[str]:
     return keys
 
 
-def check_output_dir(cfg: DictConfig) -> None:
-    """``output_dir`` must be a folder or not exist yet; checked before anything is built."""
-    from pathlib import Path
+def resume_setting(recipe: type[RecipeClass], cfg: DictConfig) -> bool | None:
+    """``train.resume`` (or its default) for a recipe whose ``train`` section can resume; ``None`` otherwise."""
+    import dataclasses
 
-    from hftl.errors import ConfigError
+    from omegaconf import OmegaConf
 
-    out = cfg.get("output_dir")
-    if out is not None and Path(str(out)).exists() and not Path(str(out)).is_dir():
-        raise ConfigError(
-            f"`output_dir`: {out} exists and is a file, not a folder; pass `output_dir=` a new or existing folder"
-        )
+    section = recipe.SECTIONS.get("train")
+    field = next((f for f in dataclasses.fields(section) if f.name == "resume"), None) if section else None
+    if field is None:
+        return None
+    value = OmegaConf.select(cfg, "train.resume", default=None)
+    return bool(field.default if value is None else value)
+
+
+def claim_output_dir(recipe: type[RecipeClass], cfg: DictConfig, *, overwrite: bool = False) -> RunClaim:
+    """Checks ``output_dir`` and takes it for this run, before anything is built (one check for every
+    recipe; see :mod:`hftl.training.run_dir`). Returns the :class:`~hftl.training.run_dir.RunClaim`."""
+    from hftl.training.run_dir import claim_output_dir as claim
+
+    name = recipe.__module__.rsplit(".", 1)[-1]
+    return claim(cfg, recipe=name, resume=resume_setting(recipe, cfg), overwrite=overwrite)
 
 
 def recipe_main(
@@ -128,11 +147,25 @@ def recipe_main(
     logging.basicConfig(
         level=os.environ.get("HFTL_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )
+    claim = None
     try:
         cfg = load_and_validate(recipe, args.config, args.overrides, allow_any=args.allow_any_component)
-        check_output_dir(cfg)
+        claim = claim_output_dir(recipe, cfg, overwrite=args.overwrite)
         recipe(cfg, allow_any_component=args.allow_any_component).run()
-    except HftlError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (HftlError, OSError) as err:
+        if claim is not None:
+            claim.release_if_unused()  # a run that failed before writing anything leaves no folder behind
+        print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """An HftlError as is; an OSError that escaped a writer (disk full, folder gone) with its file and the fix."""
+    if isinstance(err, HftlError):
+        return str(err)
+    where = f" {err.filename}:" if getattr(err, "filename", None) else ""
+    return (
+        f"cannot read or write{where} {err.strerror or err}. Fix: check that the file or folder exists, "
+        "is writable and that the disk has free space, then run the same command again."
+    )

@@ -53,6 +53,7 @@ from hftl.training.builders import (
     print_summary,
     train_lengths,
 )
+from hftl.training.run_dir import record_output
 
 BASELINES = {"source_only": "hftl.adaptation.SourceOnly", "target_oracle": "hftl.adaptation.TargetOracle"}
 
@@ -351,6 +352,7 @@ class AdaptRecipe:
                     labels_s=after[0].get("labels"), method=self.report.plot,
                     title=f"{name}: source vs target features after adaptation",
                 )  # fmt: skip
+                record_output(self.output_dir / f"features_{name}.png")  # --overwrite may remove it
         self._model = acc.unwrap_model(model).classifier
         return result
 

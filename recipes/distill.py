@@ -164,6 +164,9 @@ class DistillRecipe:
                 ) from None
             from hftl.recipes.finetune import FinetuneRecipe
 
+            from hftl.recipe import claim_output_dir
+
+            claim_output_dir(FinetuneRecipe, self._teacher_run)  # the teacher's folder: the same checks as a run
             print(f"Training the teacher first: {tc.finetune_config} -> {tc.path}")
             FinetuneRecipe(self._teacher_run, allow_any_component=self.allow_any).run()
         teacher, _, _ = load_model(tc.path, allow_any_component=self.allow_any)

@@ -230,16 +230,23 @@ def test_streamed_resume_is_exact(workspace: dict[str, Path]) -> None:
 
 
 def test_corrupt_newest_checkpoint_falls_back(workspace: dict[str, Path], reference_full: Path) -> None:
+    """A byte flipped in the newest checkpoint (same size: only its sha256 shows it) makes the same command
+    resume from the previous checkpoint, with a warning, and still end bit-identical to the reference."""
     output_dir = workspace["root"] / "corrupt"
-    shutil.copytree(reference_full, output_dir)
+    shutil.copytree(reference_full, output_dir)  # the run marker comes along: the same run, moved
     steps = _checkpoint_steps(output_dir)
     assert steps == [35, 36], steps  # keep_last 2: the step-35 save and the final one
-    (output_dir / "checkpoints" / "step-00000036" / "COMPLETE").write_text("0" * 64 + "\n")
-    config = _config(workspace, "corrupt", "full")
-    proc = _run(config, "train.load_best_at_end=false", "train.max_steps=40")
+    weights = output_dir / "checkpoints" / "step-00000036" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert _checkpoint_steps(output_dir) == [35, 36]  # sizes unchanged: only the content hash catches it
+
+    proc = _run(_config(workspace, "corrupt", "full"), "train.load_best_at_end=false")
     assert f"Resumed from {output_dir / 'checkpoints' / 'step-00000035'} (step 35" in proc.stdout, proc.stdout
     assert "step-00000036" in proc.stderr and "sha256" in proc.stderr  # the skip is reported with its reason
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    assert metrics["steps"] == 40
-    # the validations stored in the step-35 checkpoint, then step 40 (step 36's went with its checkpoint)
-    assert [h["step"] for h in metrics["history"]] == [10, 20, 30, 40]
+    assert metrics["steps"] == 36
+    # the validations stored in the step-35 checkpoint, then the final one at step 36, as in the reference
+    assert [h["step"] for h in metrics["history"]] == [10, 20, 30, 36]
+    _assert_same_run(reference_full, output_dir)

@@ -25,6 +25,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from hftl.errors import DataError, HftlError
+from hftl.training.run_dir import WRITTEN_BY, WRITTEN_BY_KEY, record_output, writing
 
 if TYPE_CHECKING:
     import evaluate
@@ -193,45 +194,69 @@ def write_metrics(path: str | os.PathLike, metrics: dict) -> None:
 
     The new content goes to a temporary file in the same directory, is fsynced, then ``os.replace``d over
     ``path``: a reader or a crash never sees a half-written file. Keys in ``metrics`` overwrite existing keys of
-    the same name; other keys are kept. NumPy scalars and arrays are converted.
+    the same name; other keys are kept. NumPy scalars and arrays are converted. The file carries
+    ``"written_by": "hftl"``; an existing file without it was not written by hftl and is never merged into or
+    replaced. In an hftl run folder the file is recorded in the run's marker (``--overwrite`` removes it).
 
     Args:
         path: the JSON file to create or update; parent directories are created.
         metrics: a JSON-serialisable mapping.
 
     Raises:
-        HftlError: if the existing file is not a JSON object (it is left untouched).
+        HftlError: if the existing file is not hftl's JSON object (it is left untouched).
+        OutputError: if the file cannot be written (nothing half-written is left).
         TypeError: if a value cannot be serialised.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    merged: dict = {}
-    if path.exists():
-        try:
-            merged = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise HftlError(
-                f"Cannot merge metrics into {path}: it is not readable JSON ({err}). "
-                "Move or delete the file, or write to another path."
-            ) from err
-        if not isinstance(merged, dict):
-            raise HftlError(
-                f"Cannot merge metrics into {path}: it holds a JSON {type(merged).__name__}, not an object. "
-                "Move or delete the file, or write to another path."
-            )
+    merged = read_existing_metrics(path)
     merged.update(metrics)
+    merged[WRITTEN_BY_KEY] = WRITTEN_BY
     text = json.dumps(merged, indent=2, default=_json_default) + "\n"
 
-    # mkstemp creates the file 0600; keep the existing file's mode, or the usual 0644 for a new one.
-    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with writing("metrics", path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # mkstemp creates the file 0600; keep the existing file's mode, or the usual 0644 for a new one.
+        mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        record_output(path)
+
+
+def read_existing_metrics(path: str | os.PathLike) -> dict:
+    """The metrics hftl wrote to ``path`` before (``{}`` when there is no file).
+
+    Raises:
+        HftlError: ``path`` is a folder, a symlink, or a file hftl did not write (no ``"written_by": "hftl"``),
+            which hftl must not merge into or replace.
+    """
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return {}
+    fix = "Move the file away or write the metrics to another path."
+    if path.is_symlink() or not path.is_file():
+        raise HftlError(
+            f"Cannot write metrics to {path}: it is a {'symlink' if path.is_symlink() else 'folder'}. {fix}"
+        )
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+        merged = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise HftlError(f"Cannot merge metrics into {path}: it is not readable JSON ({err}). {fix}") from err
+    if not isinstance(merged, dict):
+        raise HftlError(
+            f"Cannot merge metrics into {path}: it holds a JSON {type(merged).__name__}, not an object. {fix}"
+        )
+    if merged.get(WRITTEN_BY_KEY) != WRITTEN_BY:
+        raise HftlError(
+            f'Cannot write metrics to {path}: the file was not written by hftl (no "{WRITTEN_BY_KEY}": '
+            f'"{WRITTEN_BY}" in it), and hftl never merges into or replaces such a file. {fix}'
+        )
+    return merged

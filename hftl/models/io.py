@@ -36,21 +36,44 @@ HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # user/name
 def save_model(
     model: Classifier, path: str | Path, *, adapter_kind: str, config: DictConfig, metrics: dict | None = None
 ) -> Path:
-    """Writes ``model`` to ``path`` atomically (a temporary sibling directory renamed at the end)."""
+    """Writes ``model`` to ``path`` atomically (a temporary sibling directory renamed at the end).
+
+    An existing ``path`` is replaced only when it is an hftl model directory (it holds ``hftl_model.json``);
+    the temporary siblings get fresh names, so nothing of yours is ever removed.
+
+    Raises:
+        HftlError: ``path`` exists and is not an hftl model directory (it is left untouched).
+        OutputError: the model could not be written (disk full, folder gone); no partial directory is left.
+    """
+    import uuid
+
+    from hftl.errors import HftlError
+    from hftl.training.run_dir import is_hftl_model_dir, record_output, writing
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write_model_dir(model, tmp, adapter_kind=adapter_kind, config=config, metrics=metrics)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no partial directory behind
-        raise
-    old = path.with_name(f".{path.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    shutil.rmtree(old, ignore_errors=True)
+    if (path.exists() or path.is_symlink()) and not is_hftl_model_dir(path):
+        raise HftlError(
+            f"Cannot save the model to {path}: it exists and is not an hftl model directory (no {META_FILE}), "
+            "and hftl does not replace what it did not write. Move it away or choose another `output_dir`."
+        )
+    tag = uuid.uuid4().hex[:8]
+    tmp, old = path.with_name(f".{path.name}.tmp-{tag}"), path.with_name(f".{path.name}.old-{tag}")
+    with writing("the model", path):
+        try:
+            _write_model_dir(model, tmp, adapter_kind=adapter_kind, config=config, metrics=metrics)
+            if path.exists():
+                path.rename(old)
+            try:
+                tmp.rename(path)
+            except BaseException:
+                if old.exists():
+                    old.rename(path)  # put the previous model back
+                raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a failed save leaves no partial directory behind
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+        record_output(path)
     return path
 
 

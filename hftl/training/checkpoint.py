@@ -1,20 +1,27 @@
-"""Atomic, rotated training checkpoints on top of ``accelerator.save_state`` / ``load_state``.
+"""Atomic, rotated, content-hashed training checkpoints on top of ``accelerator.save_state`` / ``load_state``.
 
 Layout under a run's ``output_dir``::
 
     checkpoints/
         step-00000100/            # complete: accelerate files + hftl_state.json + COMPLETE
+            .hftl_checkpoint      # owner file, written first: hftl removes only folders that hold it
             model.safetensors     # written by accelerator.save_state (names depend on the setup:
             optimizer.bin         #   model_1.safetensors, scheduler.bin, sampler.bin, scaler.pt,
             random_states_0.pkl   #   one random_states_<rank>.pkl per process, FSDP sub-folders, ...)
-            hftl_state.json       # the recipe's `state` + {"step", "format", "files": {name: bytes}}
+            hftl_state.json       # the recipe's `state` + {"step", "format", "files": {name: {size, sha256}}}
             COMPLETE              # sha256 of hftl_state.json, written last
         .tmp-step-00000200/       # a save in progress, or one that crashed: always ignored
 
 A save writes everything into ``.tmp-step-*``, fsyncs it, then renames it to ``step-*`` in one ``os.replace``,
 so a crash at any point leaves the earlier checkpoints untouched and at most a ``.tmp-*`` folder that
 :func:`latest_checkpoint` skips and the next save removes. A ``step-*`` folder counts only when its ``COMPLETE``
-hash matches ``hftl_state.json`` and every file listed there exists with the recorded size.
+hash matches ``hftl_state.json`` and every file listed there exists with the recorded size; before a resume,
+:func:`latest_checkpoint` also checks each file's sha256, so a checkpoint corrupted without a size change
+(flipped bytes) is skipped like a truncated one and the previous complete checkpoint is used, with a warning.
+
+hftl deletes only what it wrote: stale ``.tmp-*`` folders, old checkpoints beyond ``keep_last`` and a
+checkpoint of the same step are removed only when they hold the ``.hftl_checkpoint`` owner file (or, for
+complete checkpoints, a valid manifest); a file or folder of yours that matches the names is left alone.
 
 Assumes all processes see the same filesystem (the usual single-node or shared-storage setup).
 
@@ -32,10 +39,12 @@ import logging
 import os
 import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hftl.errors import HftlError
+from hftl.errors import HftlError, TrainingError
+from hftl.training.run_dir import record_output, writing
 
 if TYPE_CHECKING:
     import accelerate
@@ -45,11 +54,14 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIRNAME = "checkpoints"
 STATE_FILENAME = "hftl_state.json"
 COMPLETE_FILENAME = "COMPLETE"
-FORMAT_VERSION = 1
+OWNER_FILENAME = ".hftl_checkpoint"
+BEST_FILENAME = "best_trainable.safetensors"  # the best validation weights (hftl.training.Engine)
+FORMAT_VERSION = 2  # 2: `files` records {"size", "sha256"} per file
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _RESERVED_KEYS = ("format", "files")
 _warned: set[tuple[str, str]] = set()
+_verified: dict[str, str] = {}  # checkpoint folder -> COMPLETE digest whose file hashes were checked
 
 
 def _warn_once(path: Path, reason: str) -> None:
@@ -65,70 +77,116 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-def _check(path: Path) -> tuple[dict | None, str | None]:
-    """Return ``(state, None)`` for a complete checkpoint, else ``(None, why it is not)``."""
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _owned(path: Path) -> bool:
+    """A folder hftl's checkpointing created (it holds the owner file), not a symlink."""
+    return path.is_dir() and not path.is_symlink() and (path / OWNER_FILENAME).is_file()
+
+
+def _read_state(path: Path) -> tuple[dict | None, str | None, str]:
+    """``(state, None, digest)`` when ``COMPLETE`` matches ``hftl_state.json``, else ``(None, why, "")``."""
     if not path.is_dir():
-        return None, "it is not a directory"
+        return None, "it is not a directory", ""
     marker = path / COMPLETE_FILENAME
     if not marker.is_file():
-        return None, f"no {COMPLETE_FILENAME} marker (the save did not finish)"
+        return None, f"no {COMPLETE_FILENAME} marker (the save did not finish)", ""
     try:
         expected = marker.read_text(encoding="utf-8").strip()
         raw = (path / STATE_FILENAME).read_bytes()
     except OSError as err:
-        return None, f"cannot read {COMPLETE_FILENAME} or {STATE_FILENAME} ({err})"
+        return None, f"cannot read {COMPLETE_FILENAME} or {STATE_FILENAME} ({err})", ""
     if hashlib.sha256(raw).hexdigest() != expected:
-        return None, f"{STATE_FILENAME} does not match the sha256 in {COMPLETE_FILENAME} (changed or corrupt)"
+        return (
+            None,
+            f"{STATE_FILENAME} does not match the sha256 in {COMPLETE_FILENAME} (changed or corrupt)",
+            "",
+        )
     try:
         state = json.loads(raw)
     except ValueError as err:
-        return None, f"{STATE_FILENAME} is not valid JSON ({err})"
+        return None, f"{STATE_FILENAME} is not valid JSON ({err})", ""
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        return None, f"{STATE_FILENAME} has format {found!r}, this hftl reads format {FORMAT_VERSION}"
+        return None, f"{STATE_FILENAME} has format {found!r}, this hftl reads format {FORMAT_VERSION}", ""
     match = _STEP_DIR.match(path.name)
     if match and int(match.group(1)) != state.get("step"):
-        return None, f"{STATE_FILENAME} says step {state.get('step')!r} but the folder is {path.name}"
-    files = state.get("files", {})
-    if not isinstance(files, dict):
+        return None, f"{STATE_FILENAME} says step {state.get('step')!r} but the folder is {path.name}", ""
+    return state, None, expected
+
+
+def _check(path: Path, *, verify: bool = False) -> tuple[dict | None, str | None]:
+    """``(state, None)`` for a complete checkpoint, else ``(None, why it is not)``.
+
+    Sizes are always compared with the manifest; ``verify`` also compares each file's sha256 (once per
+    checkpoint and process: a verified folder whose ``COMPLETE`` is unchanged is not hashed again).
+    """
+    state, reason, digest = _read_state(path)
+    if reason:
+        return None, reason
+    files = state.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
+        for v in files.values()
+    ):
         return None, f"{STATE_FILENAME} has a malformed `files` list"
-    for name, size in files.items():
+    for name, record in files.items():
         file = path / name
-        if not file.is_file():
+        if not file.is_file() or file.is_symlink():
             return None, f"accelerate file {name} is missing"
-        if file.stat().st_size != size:
-            return (
-                None,
-                f"accelerate file {name} has {file.stat().st_size} bytes, expected {size} (truncated?)",
-            )
+        size = file.stat().st_size
+        if size != record["size"]:
+            return None, f"accelerate file {name} has {size} bytes, expected {record['size']} (truncated?)"
+    if verify and _verified.get(str(path)) != digest:
+        for name, record in files.items():
+            if _sha256(path / name) != record["sha256"]:
+                return None, f"accelerate file {name} does not match its sha256 in {STATE_FILENAME} (corrupt)"
+        _verified[str(path)] = digest
     return state, None
 
 
-def _scan(output_dir: str | Path) -> list[tuple[int, Path]]:
+def _step_dirs(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every ``step-*`` folder, oldest first, valid or not; warns once about ``.tmp-*`` leftovers."""
     root = Path(output_dir) / CHECKPOINT_DIRNAME
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
         if child.name.startswith(TMP_PREFIX):
-            _warn_once(child, "unfinished save (a .tmp-* folder); it is ignored and removed by the next save")
+            if _owned(child):
+                _warn_once(
+                    child, "unfinished save (a .tmp-* folder); it is ignored and removed by the next save"
+                )
             continue
         match = _STEP_DIR.match(child.name)
-        if not match:
-            continue
+        if match and child.is_symlink():
+            _warn_once(child, "it is a symlink; hftl only uses (and removes) checkpoint folders it wrote")
+        elif match:
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def _scan(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (sizes checked, not hashes), oldest first; the others are warned about."""
+    found = []
+    for step, child in _step_dirs(output_dir):
         _, reason = _check(child)
         if reason:
             _warn_once(child, reason)
             continue
-        found.append((int(match.group(1)), child))
-    return sorted(found)
+        found.append((step, child))
+    return found
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
     """Complete checkpoints under ``output_dir/checkpoints``, oldest to newest by step.
 
     Incomplete or corrupt ``step-*`` folders are skipped with a warning that names the folder and the reason;
-    ``.tmp-*`` folders (saves in progress or crashed) are ignored.
+    ``.tmp-*`` folders (saves in progress or crashed) are ignored. File sizes are checked, not content
+    hashes (this is cheap enough to poll); :func:`latest_checkpoint` checks the hashes too.
 
     Args:
         output_dir: the run's output directory (the parent of ``checkpoints/``).
@@ -139,17 +197,38 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return [path for _, path in _scan(output_dir)]
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint under ``output_dir/checkpoints``, or ``None``.
+def latest_checkpoint(output_dir: str | Path, *, strict: bool = False) -> Path | None:
+    """The newest complete checkpoint under ``output_dir/checkpoints`` whose files match their sha256.
+
+    Checkpoints are tried newest first; one that is incomplete, truncated or corrupt (a file whose content
+    no longer matches the sha256 recorded when it was saved) is skipped with a warning naming the folder
+    and the reason, and the previous one is tried.
 
     Args:
         output_dir: the run's output directory (the parent of ``checkpoints/``).
+        strict: raise instead of returning ``None`` when ``step-*`` folders exist but none is valid.
 
     Returns:
         The folder to pass to :func:`load_checkpoint`, or ``None`` when there is no valid checkpoint.
+
+    Raises:
+        TrainingError: with ``strict``, when every checkpoint found is damaged.
     """
-    checkpoints = list_checkpoints(output_dir)
-    return checkpoints[-1] if checkpoints else None
+    candidates = _step_dirs(output_dir)
+    reasons = []
+    for _, path in reversed(candidates):
+        _, reason = _check(path, verify=True)
+        if reason is None:
+            return path
+        _warn_once(path, reason)
+        reasons.append(f"{path.name}: {reason}")
+    if strict and candidates:
+        raise TrainingError(
+            f"cannot resume from {Path(output_dir) / CHECKPOINT_DIRNAME}: none of its checkpoints is intact "
+            f"({'; '.join(reasons[:3])}). Fix: run again with `--overwrite` to start over (or "
+            "`train.resume=false` with a new `output_dir`)."
+        )
+    return None
 
 
 def _fsync_path(path: Path) -> None:
@@ -167,19 +246,19 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _rmtree_via_trash(path: Path, trash: Path) -> None:
-    """Delete ``path`` so that no half-deleted ``step-*`` folder is ever visible: rename, then remove."""
-    if trash.exists():
-        shutil.rmtree(trash)
+def _rmtree_via_trash(path: Path, kind: str) -> None:
+    """Delete ``path`` so that no half-deleted ``step-*`` folder is ever visible: rename to a fresh
+    ``.tmp-<kind>-*`` name (never an existing one), then remove."""
+    trash = path.parent / f"{TMP_PREFIX}{kind}-{path.name}-{uuid.uuid4().hex[:8]}"
     os.replace(path, trash)
     shutil.rmtree(trash)
 
 
 def _finalize(tmp: Path, final: Path, payload: dict) -> None:
-    """Main process only: record the files, write the state and the marker, fsync, rename into place."""
+    """Main process only: hash and record the files, write the state and the marker, fsync, rename into place."""
     files = {}
-    for file in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        files[file.relative_to(tmp).as_posix()] = file.stat().st_size
+    for file in sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != OWNER_FILENAME):
+        files[file.relative_to(tmp).as_posix()] = {"size": file.stat().st_size, "sha256": _sha256(file)}
         _fsync_path(file)
     raw = json.dumps({**payload, "files": files}, indent=2, default=_json_default).encode("utf-8")
     _write_synced(tmp / STATE_FILENAME, raw)
@@ -187,17 +266,20 @@ def _finalize(tmp: Path, final: Path, payload: dict) -> None:
     for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
         _fsync_path(folder)
 
-    root = final.parent
-    old = root / f"{TMP_PREFIX}old-{final.name}"
-    if final.exists():
+    root, old = final.parent, None
+    if final.exists() or final.is_symlink():
+        if final.is_symlink() or not (_owned(final) or _check(final)[1] is None):
+            raise HftlError(
+                f"save_checkpoint: {final} exists and was not written by hftl; hftl will not replace it. Move "
+                "it out of the checkpoints folder."
+            )
         # A directory cannot be os.replace'd over a non-empty one: move the old copy aside first. A crash
-        # between the two renames leaves both as .tmp-* folders (ignored); other checkpoints are untouched.
-        if old.exists():
-            shutil.rmtree(old)
+        # between the two renames leaves it as a .tmp-* folder (ignored); other checkpoints are untouched.
+        old = root / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
     os.replace(tmp, final)
     _fsync_path(root)
-    if old.exists():
+    if old is not None:
         shutil.rmtree(old)
 
 
@@ -215,7 +297,7 @@ def _prune(output_dir: Path, keep_last: int, current: Path, step: int) -> None:
     for _, path in checkpoints[:-keep_last]:
         if path != current:
             logger.info("Removing old checkpoint %s (keep_last=%d)", path, keep_last)
-            _rmtree_via_trash(path, path.parent / f"{TMP_PREFIX}del-{path.name}")
+            _rmtree_via_trash(path, "del")
 
 
 def _check_save_args(
@@ -280,34 +362,73 @@ def save_checkpoint(
         The final checkpoint folder.
 
     Raises:
-        HftlError: on a bad argument, a non-serialisable ``state``, or an Accelerator configured with
-            ``automatic_checkpoint_naming``.
+        HftlError: on a bad argument, a non-serialisable ``state``, an Accelerator configured with
+            ``automatic_checkpoint_naming``, or a folder in the way that hftl did not write.
+        OutputError: the checkpoint could not be written (disk full, ``output_dir`` gone); the earlier
+            checkpoints are untouched.
     """
     payload = _check_save_args(accelerator, step, state, keep_last)
     root = Path(output_dir) / CHECKPOINT_DIRNAME
     final = root / f"step-{step:08d}"
     tmp = root / f"{TMP_PREFIX}step-{step:08d}"
 
-    if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        for stale in root.glob(f"{TMP_PREFIX}*"):  # crashed saves, half-done rotations: nobody uses them
-            logger.info("Removing unfinished checkpoint folder %s", stale)
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
-    accelerator.wait_for_everyone()
+    with writing(f"checkpoint {final.name}", root):
+        if accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            record_output(root)
+            _remove_stale(root)
+        accelerator.wait_for_everyone()
+        if tmp.exists() or tmp.is_symlink():  # left by the cleanup: not hftl's (checked on every process)
+            raise HftlError(
+                f"save_checkpoint: {tmp} exists and was not written by hftl, and hftl does not delete it. Move "
+                "it out of the checkpoints folder, then run the same command again."
+            )
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            tmp.mkdir()
+            (tmp / OWNER_FILENAME).write_text("written by hftl.training.checkpoint\n", encoding="utf-8")
+        accelerator.wait_for_everyone()
 
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
 
-    if accelerator.is_main_process:
-        _finalize(tmp, final, payload)
-        logger.info("Saved checkpoint %s", final)
-        if keep_last is not None:
-            _prune(Path(output_dir), keep_last, final, step)
+        if accelerator.is_main_process:
+            _finalize(tmp, final, payload)
+            logger.info("Saved checkpoint %s", final)
+            if keep_last is not None:
+                _prune(Path(output_dir), keep_last, final, step)
     accelerator.wait_for_everyone()
     return final
+
+
+def _remove_stale(root: Path) -> None:
+    """Removes crashed saves and half-done rotations (``.tmp-*`` folders hftl created); nothing else."""
+    for stale in root.glob(f"{TMP_PREFIX}*"):
+        if _owned(stale):
+            logger.info("Removing unfinished checkpoint folder %s", stale)
+            shutil.rmtree(stale)
+        else:
+            _warn_once(stale, "its name looks like an unfinished save, but hftl did not write it: left alone")
+
+
+def remove_checkpoints(output_dir: str | Path) -> None:
+    """Deletes what hftl's checkpointing wrote under ``output_dir/checkpoints`` (``--overwrite``): its
+    checkpoints and unfinished saves (owner file or valid manifest) and the best weights. Anything else stays,
+    and so does the folder then."""
+    root = Path(output_dir) / CHECKPOINT_DIRNAME
+    if root.is_symlink() or not root.is_dir():
+        return
+    for child in root.iterdir():
+        if child.is_symlink():
+            continue
+        if _owned(child) or (_STEP_DIR.match(child.name) and _read_state(child)[1] is None):
+            shutil.rmtree(child)
+        elif child.name in (BEST_FILENAME, Path(BEST_FILENAME).with_suffix(".tmp").name) and child.is_file():
+            child.unlink()
+    try:
+        root.rmdir()
+    except OSError:
+        pass  # something of yours is still in it
 
 
 def load_checkpoint(accelerator: accelerate.Accelerator, path: str | Path) -> dict:
@@ -328,7 +449,7 @@ def load_checkpoint(accelerator: accelerate.Accelerator, path: str | Path) -> di
         HftlError: if ``path`` is not a complete checkpoint, or its tensors do not fit the prepared objects.
     """
     path = Path(path)
-    state, reason = _check(path)
+    state, reason = _check(path, verify=True)
     if reason:
         raise HftlError(
             f"Cannot resume from checkpoint {path}: {reason}. Pass a complete checkpoint folder; "

@@ -6,6 +6,7 @@ stopping, atomic checkpoints with exact mid-epoch resume, trackers, and tqdm on 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -21,8 +22,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hftl.errors import ConfigError, TrainingError
-from hftl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from hftl.training.checkpoint import (
+    BEST_FILENAME,
+    CHECKPOINT_DIRNAME,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from hftl.training.config import TrainConfig
+from hftl.training.run_dir import record_output, writing
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,11 @@ def cross_entropy_step(
     return loss, {}
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 @dataclass
 class TrainState:
     """Loop position and selection state; saved in every checkpoint (``hftl_state.json``)."""
@@ -53,6 +66,7 @@ class TrainState:
     best_step: int | None = None
     bad_evals: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    best_sha256: str | None = None  # of best_trainable.safetensors, checked before it is restored
 
 
 class Engine:
@@ -102,14 +116,14 @@ class Engine:
         self.higher_is_better = self.metric != "loss" if higher_is_better is None else higher_is_better
         self.on_step = on_step or (lambda step: None)
         self.state = TrainState()
-        self.best_path = self.output_dir / "checkpoints" / "best_trainable.safetensors"
+        self.best_path = self.output_dir / CHECKPOINT_DIRNAME / BEST_FILENAME
         self._saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
 
     # -- checkpoints -------------------------------------------------------------------------------
     def maybe_resume(self) -> None:
         if not self.cfg.resume:
             return
-        path = latest_checkpoint(self.output_dir)
+        path = latest_checkpoint(self.output_dir, strict=True)  # hashes checked; corrupt -> the previous one
         if path is None:
             return
         self.state = TrainState(
@@ -143,11 +157,15 @@ class Engine:
 
     def _save_best(self) -> None:
         if self.acc.is_main_process:
-            self.best_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.best_path.with_suffix(".tmp")
-            save_file(self._trainable_state(), str(tmp), metadata={"step": str(self.state.step)})
-            tmp.replace(self.best_path)  # atomic: resume never sees half a file
+            with writing("the best weights", self.best_path):
+                self.best_path.parent.mkdir(parents=True, exist_ok=True)
+                record_output(self.best_path.parent)
+                tmp = self.best_path.with_suffix(".tmp")
+                save_file(self._trainable_state(), str(tmp), metadata={"step": str(self.state.step)})
+                tmp.replace(self.best_path)  # atomic: resume never sees half a file
         self.acc.wait_for_everyone()
+        # every process hashes the file: all of them must agree on whether it is restored at the end
+        self.state.best_sha256 = _sha256(self.best_path)
 
     def _restore_best(self) -> None:
         state = self.state
@@ -155,6 +173,12 @@ class Engine:
             logger.warning(
                 "Cannot restore the best weights: %s is missing; keeping the final weights.", self.best_path
             )
+            return
+        if state.best_sha256 is not None and _sha256(self.best_path) != state.best_sha256:
+            logger.warning(
+                "Not restoring %s: its content does not match the sha256 recorded when it was saved (changed "
+                "or corrupt); keeping the final weights.", self.best_path,
+            )  # fmt: skip
             return
         with safe_open(str(self.best_path), framework="pt") as f:
             written_at = (f.metadata() or {}).get("step")

@@ -8,6 +8,7 @@ and leave no model, checkpoint or metrics behind; a ``handled`` case must run to
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -247,6 +248,28 @@ def predict_on(what: str) -> Callable[[Env], list[str]]:
     return build
 
 
+def output_at(make: Callable[[Path], Path]) -> Callable[[Env], list[str]]:
+    """The text run with ``output_dir`` = the path ``make(env.root)`` prepares."""
+    return lambda env: run_config(env, text_config(env), f"output_dir={make(env.root)}")
+
+
+def foreign_folder(root: Path) -> Path:
+    (root / "mine" / "model").mkdir(parents=True)
+    (root / "mine" / "notes.txt").write_text("my notes")
+    return root / "mine"
+
+
+def other_run(root: Path) -> Path:
+    """A folder an earlier hftl run (with another config) left: its marker and metrics."""
+    (root / "earlier").mkdir()
+    marker = {"written_by": "hftl", "format": 1, "recipe": "finetune", "created": "2025-01-01T00:00:00+00:00",
+              "config_fingerprint": "0123456789abcdef", "data_fingerprint": "fedcba9876543210",
+              "config_keys": {"optimizer.lr": "0"}, "data_keys": {}, "outputs": ["metrics.json"]}  # fmt: skip
+    (root / "earlier" / ".hftl_run.json").write_text(json.dumps(marker))
+    (root / "earlier" / "metrics.json").write_text('{"written_by": "hftl", "steps": 3}')
+    return root / "earlier"
+
+
 def _nan_audio() -> np.ndarray:
     x = np.zeros(4000)
     x[100:200] = np.nan
@@ -358,4 +381,24 @@ CASES: list[Case] = [
          lambda env: (env.root.joinpath("taken").write_text("x"),
                       run_config(env, text_config(env), f"output_dir={env.root / 'taken'}"))[1],
          ["taken"]),
+    # --- output folder (refused before any work) -------------------------------------------------------
+    Case("output-empty", "output", "`output_dir=` (empty)", text_run("output_dir="), ["output_dir", "empty"]),
+    Case("output-dot", "output", "`output_dir=.` (the current folder)", text_run("output_dir=."),
+         ["output_dir", "current folder"]),
+    Case("output-parent", "output", "`output_dir=..`", text_run("output_dir=.."),
+         ["output_dir", "parent of the current folder"]),
+    Case("output-home", "output", "`output_dir` = the home folder", text_run(f"output_dir={Path.home()}"),
+         ["output_dir", "home folder"]),
+    Case("output-below-file", "output", "`output_dir` below a regular file",
+         output_at(lambda root: (root.joinpath("notes.txt").write_text("x"), root / "notes.txt" / "run")[1]),
+         ["output_dir", "lies below the file"]),
+    Case("output-dangling-symlink", "output", "`output_dir` is a dangling symlink",
+         output_at(lambda root: (root.joinpath("scratch").symlink_to(root / "unmounted"), root / "scratch")[1]),
+         ["output_dir", "dangling symlink"]),
+    Case("output-foreign", "output", "`output_dir` is a non-empty folder hftl did not write",
+         output_at(foreign_folder), ["output_dir", "not empty", "new `output_dir`"]),
+    Case("output-other-run", "output", "`output_dir` holds an hftl run with other settings (no `--overwrite`)",
+         output_at(other_run), ["output_dir", "other settings", "--overwrite"]),
+    Case("output-holds-data", "output", "`output_dir` is the folder holding the data files",
+         output_at(lambda root: root), ["output_dir", "contains `data.data_files."]),
 ]  # fmt: skip
