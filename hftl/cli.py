@@ -119,7 +119,6 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
-    from omegaconf import OmegaConf
 
     from hftl.config import instantiate
     from hftl.evaluation import classification_report, format_report, write_metrics
@@ -128,7 +127,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from hftl.training.builders import build_loader
 
     target = _eval_target(args)  # checked before any model or data loads
-    model, cfg, meta = load_model(args.output_dir, allow_any_component=args.allow_any_component)
+    model, meta = load_model(_model_ref(args), trust_remote_code=args.trust_remote_code)
+    _print_source(meta)
     if args.data:
         node = {"_component_": "hftl.data.ClassificationData", "path": args.data, "validation_size": 0}
         if args.input_column:
@@ -138,7 +138,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         split = "train" if args.split is None else args.split
         node["splits"] = None
     else:
-        node = OmegaConf.to_container(cfg.data, resolve=True)
+        node = {"_component_": "hftl.data.ClassificationData", **_recorded_data(meta)}
         split = args.split or "test"
     node["label_names"] = meta["label_names"]
     data = instantiate(node).load()
@@ -160,7 +160,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     report = classification_report(out["predictions"], out["references"], meta["label_names"])
     print(format_report(report, title=f"{split} ({len(data[split])} examples)"))
-    write_metrics(target, {split: report, "data": args.data or "config"})
+    write_metrics(target, {split: report, "data": args.data or "config", "model": meta["source"]})
     print(f"Metrics written to {target}")
     return 0
 
@@ -170,6 +170,7 @@ def _eval_target(args: argparse.Namespace) -> Path:
     the model. Refused up front: a folder, a symlink or a file hftl did not write, or a model outside a run."""
     from hftl.evaluation.metrics import read_existing_metrics
     from hftl.models.io import MODEL_DIRNAME, find_model_dir
+    from hftl.models.source import is_hub_source
     from hftl.training.run_dir import MARKER_FILE
 
     if args.output:
@@ -181,6 +182,11 @@ def _eval_target(args: argparse.Namespace) -> Path:
                 "in an existing or new folder"
             )
     else:
+        if args.from_hub or is_hub_source(args.output_dir):
+            raise HftlError(
+                f"{args.output_dir} is a Hub model, outside any hftl run folder; pass --output FILE.json to say "
+                "where the metrics go"
+            )
         model_dir = find_model_dir(args.output_dir)
         run_dir = model_dir.parent
         if model_dir.name != MODEL_DIRNAME or not (run_dir / MARKER_FILE).is_file():
@@ -193,10 +199,43 @@ def _eval_target(args: argparse.Namespace) -> Path:
     return target
 
 
+def _model_ref(args: argparse.Namespace) -> str:
+    """OUTPUT_DIR as the loaders take it: ``--from-hub user/name --revision R`` becomes ``hf://user/name@R``."""
+    from hftl.models.source import HUB_PREFIX, is_hub_source, parse_hub_reference
+
+    if not (args.from_hub or is_hub_source(args.output_dir)):
+        if args.revision:
+            raise HftlError(
+                f"--revision {args.revision!r} applies to Hub models; add --from-hub or write hf://user/name@REV"
+            )
+        return args.output_dir
+    repo_id, revision = parse_hub_reference(args.output_dir, args.revision)
+    return f"{HUB_PREFIX}{repo_id}" + (f"@{revision}" if revision else "")
+
+
+def _print_source(meta: dict) -> None:
+    """Names the exact Hub commit a model was loaded from (stderr: stdout stays the command's output)."""
+    if meta["source"].startswith("hf://"):
+        print(f"Loaded {meta['source']} ({meta['path']})", file=sys.stderr)
+
+
+def _recorded_data(meta: dict) -> dict:
+    """The data node of the model's own run (a local model only): plain values, ClassificationData only."""
+    from hftl.models.records import recorded_data
+
+    if meta["source"].startswith("hf://"):
+        raise HftlError(
+            f"{meta['source']}: a Hub model's config.yaml names the data of someone else's machine; pass the "
+            "labelled data to score with --data"
+        )
+    return recorded_data(Path(meta["path"]))
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from hftl.predict import Predictor
 
-    predictor = Predictor.from_pretrained(args.output_dir, allow_any_component=args.allow_any_component)
+    predictor = Predictor.from_pretrained(_model_ref(args), trust_remote_code=args.trust_remote_code)
+    _print_source(predictor.meta)
     results = predictor(args.inputs, batch_size=args.batch_size)
     for item, res in zip(args.inputs, results, strict=True):
         if args.json:
@@ -304,7 +343,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not args.merge:
         raise HftlError("`hftl export` needs --merge (the only export format: a merged transformers model)")
-    out = export_merged(args.output_dir, args.out, force=args.force)
+    out = export_merged(_model_ref(args), args.out, force=args.force)
     print(f"Exported a plain transformers classifier to {out} (AutoModelFor*Classification.from_pretrained)")
     return 0
 
@@ -336,6 +375,36 @@ def _add_hub_commands(sub) -> None:
     export.add_argument("--merge", action="store_true", help="Merge LoRA/IA3 weights into the base model.")
     export.add_argument("--out", required=True, help="Directory to write.")
     export.add_argument("--force", action="store_true", help="Replace a non-empty --out.")
+    _add_source_flags(export, trust=False)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of counts such as ``--batch-size``: a positive integer (argparse names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive integer, e.g. 32")
+    return value
+
+
+def _add_source_flags(parser: argparse.ArgumentParser, *, trust: bool = True) -> None:
+    """``--from-hub``/``--revision`` (and ``--trust-remote-code``) of the commands that load a saved model."""
+    parser.add_argument(
+        "--from-hub", action="store_true",
+        help="OUTPUT_DIR is a Hub repo id user/name (same as writing hf://user/name); a missing local path "
+        "is never looked up on the Hub otherwise.",
+    )  # fmt: skip
+    parser.add_argument("--revision", help="Hub branch, tag or commit (with --from-hub or hf://).")
+    if trust:
+        parser.add_argument(
+            "--trust-remote-code", action="store_true",
+            help="Let transformers import the .py files of a model with auto_map (refused otherwise). "
+            "Only for code you have read.",
+        )  # fmt: skip
+    else:
+        parser.set_defaults(trust_remote_code=False)
 
 
 def _positive_int(text: str) -> int:
@@ -387,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=_positive_int, default=64)
     ev.add_argument("--output", help="Where to write the metrics JSON (default: OUTPUT_DIR/eval_SPLIT.json).")
     ev.add_argument("--cpu", action="store_true")
-    ev.add_argument("--allow-any-component", action="store_true")
+    _add_source_flags(ev)
     pr = sub.add_parser(
         "predict", help="Predict labels: hftl predict OUTPUT_DIR 'some text' | file.wav | image.png"
     )
@@ -395,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+")
     pr.add_argument("--batch-size", type=_positive_int, default=32)
     pr.add_argument("--json", action="store_true", help="One JSON object per input with all class scores.")
-    pr.add_argument("--allow-any-component", action="store_true")
+    _add_source_flags(pr)
     _add_assess_command(sub)
     _add_data_commands(sub)
     _add_hub_commands(sub)

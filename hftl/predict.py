@@ -29,10 +29,24 @@ class Predictor:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, device: str | None = None, allow_any_component: bool = False
+        cls,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        from_hub: bool = False,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
     ) -> Predictor:
-        model, _, meta = load_model(path, allow_any_component=allow_any_component)
+        """Loads a model directory (see :func:`hftl.models.io.load_model` for the arguments)."""
+        model, meta = load_model(
+            path, from_hub=from_hub, revision=revision, trust_remote_code=trust_remote_code
+        )
         return cls(model, meta, device=device)
+
+    @property
+    def source(self) -> str:
+        """Where the model was loaded from: its local path, or ``hf://user/name@<commit sha>``."""
+        return self.meta.get("source", "")
 
     def _row(self, item: Any) -> dict[str, Any]:
         if self.modality == "text":

@@ -35,6 +35,7 @@ from hftl.losses.distillation import IGNORE_LABEL, SoftTargetCollator, record_lo
 from hftl.models import Classifier, count_parameters
 from hftl.models.compress import keep_layers, merged_backbone, same_tokenizer, time_forward
 from hftl.models.io import MODEL_DIRNAME, find_model_dir, load_model, save_model
+from hftl.models.source import is_hub_source
 from hftl.recipe import recipe_main
 from hftl.training import Engine, TrainConfig, steps_for
 from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
@@ -155,7 +156,8 @@ class DistillRecipe:
     def load_teacher(self) -> Classifier:
         tc = self.teacher_cfg
         try:
-            find_model_dir(tc.path)
+            if not is_hub_source(tc.path):  # hf://user/name: load_model downloads it
+                find_model_dir(tc.path)
         except ModelLoadError:
             if tc.finetune_config is None:
                 raise ConfigError(
@@ -169,7 +171,7 @@ class DistillRecipe:
             claim_output_dir(FinetuneRecipe, self._teacher_run)  # the teacher's folder: the same checks as a run
             print(f"Training the teacher first: {tc.finetune_config} -> {tc.path}")
             FinetuneRecipe(self._teacher_run, allow_any_component=self.allow_any).run()
-        teacher, _, _ = load_model(tc.path, allow_any_component=self.allow_any)
+        teacher, _ = load_model(tc.path)  # a model directory is data: rebuilt from hftl's tables only
         return teacher.requires_grad_(False)
 
     # -- student -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from hftl.losses.distillation import SoftTargetCollator, record_logits, soft_kl
 from hftl.models import count_parameters
 from hftl.models.io import MODEL_DIRNAME, load_model, save_model
 from hftl.models.multitask import MultiTaskClassifier, save_tasks
+from hftl.models.spec import component_node
 from hftl.recipe import recipe_main
 from hftl.training import Engine, TrainConfig, steps_for
 from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
@@ -174,13 +175,14 @@ class MultitaskRecipe:
         """Encoder (+adapter) and one head per task; with ``init_from`` the saved model's head is kept."""
         heads, labels, self.head_nodes = {}, {}, {}
         if self.cfg.get("init_from"):
-            old, old_cfg, meta = load_model(self.cfg.init_from, allow_any_component=self.allow_any)
-            encoder, self.adapter_kind, self.encoder_node = old.encoder, meta["adapter"], old_cfg.encoder
+            old, meta = load_model(self.cfg.init_from)  # a model directory is data: hftl's tables only
+            encoder, self.adapter_kind = old.encoder, meta["adapter"]
+            self.encoder_node = component_node(meta["encoder"], "encoder", model=meta["base_model"])
             for n, p in encoder.backbone.named_parameters():  # peft loads its weights frozen (inference mode)
                 peft_weight = self.adapter_kind == "peft" and any(t in n for t in ("lora_", "ia3_"))
                 p.requires_grad_(self.adapter_kind == "full" or peft_weight)
             heads[self.lwf.task], labels[self.lwf.task] = old.head, old.label_names
-            self.head_nodes[self.lwf.task] = old_cfg.head
+            self.head_nodes[self.lwf.task] = component_node(meta["head"], "head")
         else:
             encoder = self._build(self.cfg.encoder)
             adapter = self._build(self.cfg.adapter)

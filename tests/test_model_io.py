@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,9 +68,20 @@ def test_round_trip_gives_same_logits(tiny_models, tmp_path, adapter):
         assert "model.safetensors" not in encoder_files and "adapter_model.safetensors" not in encoder_files
     meta = json.loads((out / "hftl_model.json").read_text())
     assert meta["adapter"] == adapter.kind and meta["label_names"] == LABELS and meta["modality"] == "text"
+    assert meta["format"] == 2 and meta["base_revision"] is None
+    # The whole rebuilding recipe, as plain values: what the encoder stores, then the config, then defaults.
+    assert meta["encoder"] == {
+        "class": "TextEncoder",
+        "kwargs": {"pooling": "attention", "layer": -1, "max_length": 128, "pretokenize": True},
+    }
+    assert meta["head"] == {
+        "class": "MLPHead",
+        "kwargs": {"hidden_features": 8, "num_layers": 1, "dropout": 0.1, "activation": "gelu"},
+    }
 
-    loaded, loaded_cfg, loaded_meta = load_model(tmp_path)  # a run output dir holding model/
-    assert not loaded.training and loaded_meta == meta and loaded_cfg.head.hidden_features == 8
+    loaded, loaded_meta = load_model(tmp_path)  # a run output dir holding model/
+    assert not loaded.training and loaded_meta.items() >= meta.items()
+    assert loaded_meta["source"] == loaded_meta["path"] == str(out)
     torch.testing.assert_close(_logits(loaded), _logits(model))
 
 
@@ -94,7 +106,7 @@ def test_from_config_frozen_encoder_is_saved_whole(tmp_path):
     model = _build(cfg, Frozen())
     out = save_model(model, tmp_path / "model", adapter_kind="frozen", config=cfg)
     assert json.loads((out / "hftl_model.json").read_text())["adapter"] == "full"
-    loaded, _, _ = load_model(out)
+    loaded, _ = load_model(out)
     batch = model.encoder.collator(train=False)([{"image": Image.new("RGB", (20, 20), (9, 99, 199))}])
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
@@ -126,8 +138,12 @@ def test_find_model_dir(tiny_models, tmp_path):
     assert find_model_dir(tmp_path) == saved
     with pytest.raises(ModelLoadError, match="hftl_model.json"):
         find_model_dir(saved / "encoder")
-    with pytest.raises(ModelLoadError, match="does not exist"):
+    with pytest.raises(
+        ModelLoadError, match=r"does not exist. .* \(for a Hub model: hf://user/name or --from-hub\)"
+    ):
         load_model(tmp_path / "nowhere")
+    with pytest.raises(ModelLoadError, match="did you mean hf://alice/model or --from-hub"):
+        find_model_dir("alice/model")  # a missing `user/name` is an error, never a Hub lookup
 
 
 def test_text_predictor(tiny_models, tmp_path):
@@ -159,3 +175,152 @@ def test_image_predictor(tiny_models, tmp_path):
         assert again["label"] == result["label"] and again["scores"] == pytest.approx(result["scores"])
     with pytest.raises(DataError, match="does not exist"):
         predictor([str(tmp_path / "missing.png")])
+
+
+# -- the directory is data: every value checked, every refusal one line naming the file -----------------------
+@pytest.fixture(scope="module")
+def saved(tiny_models, tmp_path_factory):
+    """A LoRA model directory and its logits on TEXTS (copied by each test before it edits anything)."""
+    cfg = _config(tiny_models["bert"], pooling="mean")
+    model = _build(cfg, Lora(r=4))
+    path = save_model(model, tmp_path_factory.mktemp("saved") / "model", adapter_kind="peft", config=cfg)
+    return path, _logits(model)
+
+
+@pytest.fixture
+def copy(saved, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(saved[0], tmp_path / "model"))
+
+
+def _edit_meta(path: Path, **changes) -> None:
+    meta = json.loads((path / "hftl_model.json").read_text())
+    for key, value in changes.items():
+        if value is _DROP:
+            meta.pop(key)
+        else:
+            meta[key] = value
+    (path / "hftl_model.json").write_text(json.dumps(meta))
+
+
+_DROP = object()
+
+
+def _format1(path: Path) -> None:
+    """Rewrites ``path`` as hftl 0.1 wrote it: no specs in hftl_model.json, encoder/head in config.yaml."""
+    _edit_meta(path, format=1, encoder=_DROP, head=_DROP, base_revision=_DROP)
+
+
+def test_format1_directory_loads_through_the_same_tables(copy, saved):
+    _format1(copy)
+    model, meta = load_model(copy)
+    torch.testing.assert_close(_logits(model), saved[1])
+    assert meta["format"] == 1 and meta["encoder"]["class"] == "TextEncoder"
+    assert meta["head"] == {"class": "MLPHead", "kwargs": {"hidden_features": 8}}
+
+
+@pytest.mark.parametrize(
+    ("node", "value", "expected"),
+    [
+        ("encoder", {"_component_": "os.system", "model": "x"}, "`encoder.class` = 'os.system'"),
+        ("head", {"_component_": "hftl.config._instantiate.importlib.import_module"}, "`head.class`"),
+        ("encoder", {"_component_": "hftl.encoders.TextEncoder", "max_length": "${oc.env:HOME}"}, "interpolation"),
+        ("head", {"_component_": "hftl.models.MLPHead", "hidden_features": {"_component_": "os.getpid"}}, "hidden_features"),
+        ("head", {"_component_": "hftl.models.LinearHead", "eval": "1"}, "`head.kwargs.eval`"),
+    ],
+    ids=["module-function", "module-walk", "interpolation", "nested-component", "unknown-key"],
+)  # fmt: skip
+def test_format1_config_payloads_are_refused(copy, node, value, expected):
+    import yaml
+
+    _format1(copy)
+    record = yaml.safe_load((copy / "config.yaml").read_text())
+    record[node] = value
+    (copy / "config.yaml").write_text(yaml.safe_dump(record))
+    with pytest.raises(ModelLoadError, match="config.yaml") as err:
+        load_model(copy)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_format2_ignores_config_yaml(copy, saved):
+    (copy / "config.yaml").write_text(
+        "encoder: {_component_: os.system, command: 'exit 1'}\nhead: ${oc.env:HOME}\n"
+    )
+    torch.testing.assert_close(_logits(load_model(copy)[0]), saved[1])
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"encoder": {"class": "builtins.exec", "kwargs": {}}}, "`encoder.class` = 'builtins.exec'"),
+        ({"head": {"class": "hftl.models.heads.nn.Module", "kwargs": {}}}, "`head.class`"),
+        ({"head": {"_component_": "hftl.models.LinearHead"}}, "exactly `class` and `kwargs`"),
+        ({"encoder": {"class": "TextEncoder", "kwargs": {"trust_remote_code": True}}}, "kwargs.trust_remote_code"),
+        ({"encoder": {"class": "TextEncoder", "kwargs": {"max_length": "${oc.env:HOME}"}}}, "`max_length`"),
+        ({"encoder": {"class": "TextEncoder", "kwargs": {"pooling": "max"}}}, "one of cls, mean, attention, stats"),
+        ({"head": {"class": "MLPHead", "kwargs": {"hidden_features": 10**9}}}, "[1, 65536]"),
+        ({"head": {"class": "LinearHead", "kwargs": {"dropout": float("nan")}}}, "`dropout`"),
+        ({"head": {"class": "MLPHead", "kwargs": {"num_layers": True}}}, "`num_layers`"),
+        ({"encoder": {"class": "VisionEncoder", "kwargs": {}}}, "image encoder"),
+        ({"callback": "os.system"}, "unknown key `callback`"),
+        ({"format": 3}, "Upgrade hftl"),
+        ({"adapter": "pickle"}, "`adapter`"),
+        ({"label_names": ["a", "a"]}, "distinct"),
+        ({"base_model": "/nonexistent/base"}, "`base_model` = '/nonexistent/base'"),
+    ],
+)  # fmt: skip
+def test_hftl_model_json_values_are_checked(copy, changes, expected):
+    _edit_meta(copy, **changes)
+    with pytest.raises(ModelLoadError, match="hftl_model.json") as err:
+        load_model(copy)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def _truncate(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[:-7])
+
+
+def _retype(file: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.to(torch.int64) for k, v in load_file(file).items()}, str(file))
+
+
+def _reshape(file: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: torch.cat([v, v]) for k, v in load_file(file).items()}, str(file))
+
+
+@pytest.mark.parametrize(
+    ("file", "damage", "expected"),
+    [
+        ("head.safetensors", _truncate, "not a valid safetensors file"),
+        ("head.safetensors", lambda f: f.write_bytes(b"\xff" * 8 + b"{}"), "not a valid safetensors file"),
+        ("head.safetensors", _retype, "mismatched"),
+        ("head.safetensors", _reshape, "mismatched"),
+        ("head.safetensors", lambda f: f.unlink(), "head.safetensors"),
+        ("encoder/adapter_model.safetensors", _truncate, "adapter_model.safetensors is not a valid"),
+        ("encoder/adapter_model.safetensors", lambda f: f.unlink(), "no adapter_model.safetensors"),
+        ("hftl_model.json", lambda f: f.write_text("{"), "Cannot read"),
+        ("encoder/tokenizer_config.json", lambda f: f.write_text("[" * 100_000), "tokenizer_config.json"),
+    ],
+    ids=["truncated", "bad-header", "wrong-dtype", "wrong-shape", "missing-head", "truncated-adapter",
+         "missing-adapter", "bad-json", "deep-json"],
+)  # fmt: skip
+def test_damaged_files_give_one_line_naming_the_file(copy, file, damage, expected):
+    damage(copy / file)
+    with pytest.raises(ModelLoadError) as err:
+        load_model(copy)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_multitask_task_names_cannot_leave_the_directory(copy):
+    from hftl.models.multitask import load_multitask
+
+    head = json.loads((copy / "hftl_model.json").read_text())["head"]
+    tasks = {"tasks": [{"name": "../../head", "label_names": LABELS, "head": head}]}
+    (copy / "tasks.json").write_text(json.dumps(tasks))
+    with pytest.raises(ModelLoadError, match=r"tasks\[0\].name"):
+        load_multitask(copy)

@@ -1,4 +1,4 @@
-"""``hftl push`` and ``hftl.load("user/name")`` against a local stand-in for the Hub API.
+"""``hftl push`` and ``hftl.load("hf://user/name")`` against a local stand-in for the Hub API.
 
 The server implements the few routes huggingface_hub uses to create a repo and a branch, validate the
 card's YAML, pre-upload and commit (every file as a "regular" base64 file, so no LFS/Xet storage), open
@@ -226,7 +226,8 @@ hftl("push", run, "--repo-id", repo, "--create-pr")
 hftl("push", run, "--repo-id", repo, token="hf_wrongTOKENvalue")
 hftl("push", run, "--repo-id", repo, "--revision", "v1", "--create-pr")
 import hftl as lib  # load back through snapshot_download into the empty HF_HOME cache
-print(json.dumps({"prediction": lib.load(repo)(["the movie was good great"])}))
+loaded = lib.load(f"hf://{repo}")  # a Hub repo is named explicitly; the commit loaded is pinned
+print(json.dumps({"prediction": loaded(["the movie was good great"]), "source": loaded.source}))
 """
 
 
@@ -275,6 +276,7 @@ def test_push_branch_pr_errors_and_load_back(hub, run_dir):
     assert bad_args["rc"] == 2 and "cannot be combined" in bad_args["err"]
 
     (pred,) = loaded["prediction"]
+    assert loaded["source"] == f"hf://{REPO}@{hub.sha(REPO, 'main')}"  # the commit downloaded
     assert pred["label"] in ("negative", "positive") and set(pred["scores"]) == {"negative", "positive"}
 
 

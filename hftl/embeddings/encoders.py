@@ -4,7 +4,7 @@
 :mod:`hftl.encoders` whose pooling is a :class:`~hftl.embeddings.heads.ContextPooler` (scalar mix of
 all layers → token-level model → pooling) instead of a fixed pooling of one layer. They are ordinary
 encoders for the rest of hftl: a saved model holds the pooler's weights in ``head.safetensors`` and
-``hftl.load`` / ``hftl predict`` rebuild them from ``config.yaml``.
+``hftl.load`` / ``hftl predict`` rebuild them from ``hftl_model.json``.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def export_merged(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise HftlError(f"--out {out} exists and is not empty; pass --force to replace it, or another --out.")
-    model, _, meta = load_model(output_dir)
+    model, meta = load_model(output_dir)
     encoder = model.encoder
     config = encoder.base_model.config
     head = _head_layers(model.head)

@@ -97,23 +97,36 @@ def push_to_hub(
     return info.pr_url or info.commit_url
 
 
-def download_model(repo_id: str, *, revision: str | None = None) -> Path:
+# Never downloaded for loading: pickles (hftl loads safetensors only) and, unless the caller trusts remote
+# code, Python files (fnmatch's `*` also matches `/`, so these cover every folder).
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "*.npy", "*.npz"]
+
+
+def download_model(repo_id: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Path:
     """Downloads (or reuses the cached copy of) a Hub model repo pushed by hftl; returns its local folder.
 
+    The folder is ``.../snapshots/<commit sha>``: the commit actually downloaded, which callers pin.
+
+    Args:
+        repo_id: ``user/name``.
+        revision: branch, tag or commit (default: the default branch).
+        trust_remote_code: also download ``.py`` files (skipped otherwise: nothing could import them).
+
     Raises:
-        ModelLoadError: the repo cannot be downloaded or is not an hftl model.
+        ModelLoadError: the repo cannot be downloaded.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    ignore = [*IGNORE_PATTERNS, *PICKLE_PATTERNS, *([] if trust_remote_code else ["*.py"])]
     try:
-        path = Path(snapshot_download(repo_id, revision=revision, ignore_patterns=IGNORE_PATTERNS))
+        path = Path(snapshot_download(repo_id, revision=revision, ignore_patterns=ignore))
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
         reason = (str(err).splitlines() or [type(err).__name__])[0]
+        at = f" at revision {revision!r}" if revision else ""
         raise ModelLoadError(
-            f"{repo_id!r} does not exist locally, and downloading it from the Hub failed: {reason}. "
-            "Pass an existing local model directory, or a Hub repo id you can access (log in with "
-            "`hf auth login` for private repos; unset HF_HUB_OFFLINE when it is not cached yet)."
+            f"Downloading the Hub model {repo_id!r}{at} failed: {reason}. Check the repo id and revision "
+            "(log in with `hf auth login` for private repos; unset HF_HUB_OFFLINE when it is not cached yet)."
         ) from None
     return path
 

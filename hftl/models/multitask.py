@@ -3,7 +3,7 @@
 A multi-task model directory is an ordinary hftl model directory for the *default* task (the first
 one), so ``hftl.load``, ``hftl eval``, ``hftl predict``, cards and export work unchanged, plus::
 
-    tasks.json             task names in order, label names and head config of every task
+    tasks.json             task names in order, label names and head spec of every task
     tasks/<name>.safetensors   head weights of every task
 
 ``hftl.load(path, task="name")`` (or :func:`load_task`) predicts another task with the shared encoder.
@@ -12,20 +12,22 @@ one), so ``hftl.load``, ``hftl eval``, ``hftl predict``, cards and export work u
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from hftl.encoders.base import Encoder
 from hftl.errors import ModelLoadError
+from hftl.models import spec
 from hftl.models.classifier import Classifier, ClassifierOutput
 
 TASKS_FILE = "tasks.json"
+TASK_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,127}$")  # also the head's file name: no path separators
 
 
 @dataclass
@@ -90,7 +92,8 @@ def save_tasks(model: MultiTaskClassifier, model_dir: str | Path, *, head_config
     Args:
         model: the trained model.
         model_dir: the directory :func:`hftl.models.io.save_model` wrote for ``model.task_classifier(first)``.
-        head_configs: task name -> the head's ``_component_`` node (plain dict or DictConfig).
+        head_configs: task name -> the head's ``_component_`` node (plain dict or DictConfig); its values
+            are recorded as the head's spec (:func:`hftl.models.spec.describe_head`).
     """
     model_dir = Path(model_dir)
     (model_dir / "tasks").mkdir(exist_ok=True)
@@ -98,63 +101,109 @@ def save_tasks(model: MultiTaskClassifier, model_dir: str | Path, *, head_config
     for name in model.tasks:
         state = {k: v.detach().contiguous().cpu() for k, v in model.heads[name].state_dict().items()}
         save_file(state, str(model_dir / "tasks" / f"{name}.safetensors"))
-        node = head_configs[name]
-        node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-        entries.append({"name": name, "label_names": model.label_names[name], "head": node})
+        head = spec.describe_head(model.heads[name], head_configs.get(name))
+        entries.append({"name": name, "label_names": model.label_names[name], "head": head})
     (model_dir / TASKS_FILE).write_text(json.dumps({"tasks": entries}, indent=2) + "\n")
 
 
-def load_multitask(path: str | Path, *, allow_any_component: bool = False) -> MultiTaskClassifier:
+def load_multitask(
+    path: str | Path, *, from_hub: bool = False, revision: str | None = None, trust_remote_code: bool = False
+) -> MultiTaskClassifier:
     """Rebuilds every head of a saved multi-task model on its shared encoder (eval mode).
 
-    Raises:
-        ModelLoadError: the directory has no ``tasks.json`` (not a multi-task model) or a head file is
-            missing or does not match its config.
-    """
-    from hftl.config import instantiate
-    from hftl.models.io import find_model_dir, load_model
+    Args:
+        path: a run's ``output_dir``, its ``model/`` folder, or ``hf://user/name[@revision]``.
+        from_hub, revision, trust_remote_code: as for :func:`hftl.models.io.load_model`.
 
-    model_dir = find_model_dir(path)
-    spec_file = model_dir / TASKS_FILE
-    if not spec_file.is_file():
+    Raises:
+        ModelLoadError: not a multi-task model, or ``tasks.json`` / a head file is damaged or does not
+            match (one line naming the file).
+    """
+    return _load(path, from_hub=from_hub, revision=revision, trust_remote_code=trust_remote_code)[0]
+
+
+def _load(path: str | Path, **source: Any) -> tuple[MultiTaskClassifier, dict[str, Any]]:
+    from hftl.models.io import load_model, load_weights
+
+    classifier, meta = load_model(path, **source)
+    model_dir = Path(meta["path"])
+    heads, labels = {}, {}
+    for i, (name, label_names, head_spec) in enumerate(_task_entries(model_dir, legacy=meta["format"] == 1)):
+        where = f"{model_dir / TASKS_FILE} `tasks[{i}]`"
+        head = spec.build(
+            head_spec,
+            "head",
+            where=where,
+            in_features=classifier.encoder.out_features,
+            num_labels=len(label_names),
+        )
+        load_weights(head, model_dir / "tasks" / f"{name}.safetensors")
+        heads[name], labels[name] = head, label_names
+    return MultiTaskClassifier(classifier.encoder, heads, labels).eval(), meta
+
+
+def _task_entries(model_dir: Path, *, legacy: bool) -> list[tuple[str, list[str], dict[str, Any]]]:
+    """``(name, label_names, head spec)`` of every task in ``tasks.json``, each value checked."""
+    from hftl.models.records import read_json
+
+    file = model_dir / TASKS_FILE
+    if not file.is_file():
         raise ModelLoadError(
             f"{model_dir} is not a multi-task model (no {TASKS_FILE}); load it without `task=` "
             "(it predicts its single task)."
         )
-    classifier, _, _ = load_model(model_dir, allow_any_component=allow_any_component)
-    heads, labels = {}, {}
-    for entry in json.loads(spec_file.read_text())["tasks"]:
-        name, file = entry["name"], model_dir / "tasks" / f"{entry['name']}.safetensors"
-        head = instantiate(
-            OmegaConf.create(entry["head"]),
-            in_features=classifier.encoder.out_features,
-            num_labels=len(entry["label_names"]),
-            allow_any=allow_any_component,
+    data = read_json(file)
+    tasks = data.get("tasks") if isinstance(data, dict) and set(data) == {"tasks"} else None
+    entries, problem = [], None if isinstance(tasks, list) and tasks else "`tasks` must be a non-empty list"
+    for i, entry in enumerate(tasks if problem is None else []):
+        if not isinstance(entry, dict) or set(entry) != {"name", "label_names", "head"}:
+            problem = f"`tasks[{i}]` must have exactly `name`, `label_names` and `head`"
+        elif not isinstance(entry["name"], str) or not TASK_NAME.match(entry["name"]):
+            problem = (
+                f"`tasks[{i}].name` = {str(entry['name'])[:40]!r} is not a task name (letters, digits, _ . -)"
+            )
+        elif not _labels_ok(entry["label_names"]):
+            problem = f"`tasks[{i}].label_names` must be a non-empty list of distinct strings"
+        elif entry["name"] in {e[0] for e in entries}:
+            problem = f"task {entry['name']!r} appears twice"
+        if problem:
+            break
+        head = (
+            spec.legacy_spec(entry["head"], "head", where=f"{file} `tasks[{i}]`") if legacy else entry["head"]
         )
-        try:
-            head.load_state_dict(load_file(str(file)))
-        except (OSError, RuntimeError) as err:
-            raise ModelLoadError(
-                f"Cannot load the head of task {name!r} from {file}: {err}. Re-run training or re-download the model."
-            ) from err
-        heads[name], labels[name] = head, entry["label_names"]
-    return MultiTaskClassifier(classifier.encoder, heads, labels).eval()
+        entries.append((entry["name"], entry["label_names"], head))
+    if problem:
+        raise ModelLoadError(
+            f"{file}: {problem}. The file is damaged; re-download the model or re-run training."
+        )
+    return entries
+
+
+def _labels_ok(labels: Any) -> bool:
+    return (
+        isinstance(labels, list) and bool(labels) and all(isinstance(x, str) for x in labels)
+        and len(set(labels)) == len(labels)
+    )  # fmt: skip
 
 
 def load_task(
-    path: str | Path, task: str, *, device: str | None = None, allow_any_component: bool = False
+    path: str | Path,
+    task: str,
+    *,
+    device: str | None = None,
+    from_hub: bool = False,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Any:
     """A :class:`hftl.predict.Predictor` for one ``task`` of a saved multi-task model.
 
     Raises:
         ModelLoadError: not a multi-task model, or ``task`` is not one of its tasks.
     """
-    from hftl.models.io import find_model_dir
     from hftl.predict import Predictor
 
-    model = load_multitask(path, allow_any_component=allow_any_component)
+    model, meta = _load(path, from_hub=from_hub, revision=revision, trust_remote_code=trust_remote_code)
     if task not in model.tasks:
         raise ModelLoadError(f"Model {str(path)!r} has no task {task!r}; its tasks are {model.tasks}.")
-    meta = json.loads((find_model_dir(path) / "hftl_model.json").read_text())
     meta = {**meta, "label_names": model.label_names[task], "task": task}
     return Predictor(model.task_classifier(task), meta, device=device)

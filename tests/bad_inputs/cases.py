@@ -270,6 +270,48 @@ def other_run(root: Path) -> Path:
     return root / "earlier"
 
 
+def tampered_model(kind: str) -> Callable[[Env], list[str]]:
+    """``hftl predict`` on a saved tiny model directory that ``kind`` damages or tampers with."""
+
+    def build(env: Env) -> list[str]:
+        import json as _json
+
+        import torch
+        from omegaconf import OmegaConf
+        from safetensors.torch import save_file
+
+        from hftl.encoders import TextEncoder
+        from hftl.models import Classifier, LinearHead
+        from hftl.models.io import save_model
+
+        encoder = TextEncoder(env.models["bert"], max_length=16)
+        cfg = OmegaConf.create({"encoder": {"_component_": "hftl.encoders.TextEncoder", "max_length": 16}})
+        classifier = Classifier(encoder, LinearHead(encoder.out_features, 2), ["neg", "pos"])
+        model = save_model(classifier, env.root / "saved" / "model", adapter_kind="full", config=cfg)
+        meta = _json.loads((model / "hftl_model.json").read_text())
+        if kind == "component":
+            meta["head"]["class"] = "os.system"
+        elif kind == "interpolation":  # hftl 0.1's layout, a secret asked for inside a value
+            meta = {k: v for k, v in meta.items() if k not in ("encoder", "head", "base_revision")} | {"format": 1}
+            (model / "config.yaml").write_text(yaml.safe_dump({
+                "encoder": {"_component_": "hftl.encoders.TextEncoder", "max_length": "${oc.env:HF_TOKEN}"},
+                "head": {"_component_": "hftl.models.LinearHead"}}))  # fmt: skip
+        elif kind == "auto-map":
+            config = _json.loads((model / "encoder" / "config.json").read_text())
+            config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+            (model / "encoder" / "config.json").write_text(_json.dumps(config))
+            (model / "encoder" / "modeling_evil.py").write_text("import os\nos.system('echo pwned')\n")
+        elif kind == "truncated":
+            head = model / "head.safetensors"
+            head.write_bytes(head.read_bytes()[:-16])
+        elif kind == "head-mismatch":
+            save_file({"head.1.weight": torch.zeros(3, 32), "head.1.bias": torch.zeros(3)}, str(model / "head.safetensors"))
+        (model / "hftl_model.json").write_text(_json.dumps(meta))
+        return ["predict", str(model), "the movie was good"]
+
+    return build
+
+
 def _nan_audio() -> np.ndarray:
     x = np.zeros(4000)
     x[100:200] = np.nan
@@ -401,4 +443,19 @@ CASES: list[Case] = [
          output_at(other_run), ["output_dir", "other settings", "--overwrite"]),
     Case("output-holds-data", "output", "`output_dir` is the folder holding the data files",
          output_at(lambda root: root), ["output_dir", "contains `data.data_files."]),
+    # --- saved model directories are data (issue 13) ----------------------------------------------------
+    Case("load-missing-user-name", "loading", "`hftl predict user/name` that is no local folder (no Hub lookup)",
+         lambda env: ["predict", "nobody/no-such-model", "good"], ["nobody/no-such-model", "hf://nobody/no-such-model", "--from-hub"]),
+    Case("load-revision-local", "loading", "`--revision` for a local folder",
+         lambda env: ["predict", str(env.root), "--revision", "v1", "good"], ["--revision", "Hub models"]),
+    Case("load-component", "loading", "hftl_model.json naming `os.system` as the head class",
+         tampered_model("component"), ["hftl_model.json", "os.system", "registered hftl head"]),
+    Case("load-interpolation", "loading", "model config.yaml asking for `${oc.env:HF_TOKEN}` (hftl 0.1 layout)",
+         tampered_model("interpolation"), ["config.yaml", "encoder.max_length", "interpolation"]),
+    Case("load-auto-map", "loading", "encoder config.json with `auto_map` and a .py file",
+         tampered_model("auto-map"), ["config.json", "auto_map", "modeling_evil.py", "--trust-remote-code"]),
+    Case("load-truncated-weights", "loading", "head.safetensors cut short (malformed header)",
+         tampered_model("truncated"), ["head.safetensors", "not a valid safetensors file"]),
+    Case("load-head-mismatch", "loading", "head weights of another shape than the declared head",
+         tampered_model("head-mismatch"), ["head.safetensors", "mismatched"]),
 ]  # fmt: skip
