@@ -94,7 +94,7 @@ def problem(source: Any, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str |
     except _Rejected as err:
         return str(err)
     except Image.DecompressionBombError as err:  # over twice PIL's limit: raised inside Image.open
-        return f"is over PIL's decompression-bomb limit ({err}); the hftl limit is {max_pixels:,} pixels"
+        return f"is a likely decompression bomb ({err}); the limit is {max_pixels:,} pixels (`data.max_image_pixels`)"
     except (
         Exception
     ) as err:  # PIL's plugins raise OSError, SyntaxError, ValueError, struct.error, EOFError...

@@ -308,15 +308,15 @@ def outside(value: LabelValue, names: Sequence[str]) -> str:
 
 
 def encode_labels(
-    dd: datasets.DatasetDict, *, names: Sequence[str] | None, source: str, column: str
+    dd: datasets.DatasetDict, *, names: Sequence[str] | None, column: str, sources: dict[str, str]
 ) -> tuple[datasets.DatasetDict, list[str]]:
     """Casts the ``label`` column of every labelled split to one shared ClassLabel.
 
     Args:
         dd: splits, each with or without a ``label`` column.
         names: the configured (canonical) ``label_names``; None infers them from every split's labels.
-        source: the data path, for messages.
         column: the label column's name in the source, for messages.
+        sources: what each split was read from, for messages; key ``""``: the whole data.
 
     Returns:
         The splits with ``label`` as ``ClassLabel(names)``, and the class names (the configured ones when
@@ -326,8 +326,9 @@ def encode_labels(
         DataError: for a bad label value (naming the row), a single class, mixed strings and numbers, or
             (with inferred names) a label an evaluation split has and ``train`` lacks.
     """
+    source = sources[""]
     values = {
-        split: _split_labels(ds, split=split, source=source, column=column, names=names)
+        split: _split_labels(ds, split=split, source=sources.get(split, source), column=column, names=names)
         for split, ds in dd.items()
         if "label" in ds.column_names
     }
@@ -344,7 +345,7 @@ def encode_labels(
     check_label_space(names, {split: len(labels) for split, labels in values.items()}, source)
     feature = datasets.ClassLabel(names=list(names))
     for split, labels in values.items():
-        ids = to_ids(labels, names, split=split, source=source, column=column)
+        ids = to_ids(labels, names, split=split, source=sources.get(split, source), column=column)
         dd[split] = dd[split].remove_columns("label").add_column("label", ids, feature=feature)
     return dd, list(names)
 

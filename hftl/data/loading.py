@@ -34,7 +34,7 @@ from hftl.data.labels import (
     filter_key,
     label_names_problems,
 )
-from hftl.data.sources import IMAGE_EXTENSIONS, read_source
+from hftl.data.sources import IMAGE_EXTENSIONS, PACKAGED_BUILDERS, flat_files, read_source
 from hftl.errors import ConfigError, DataError, HftlError
 
 logger = logging.getLogger(__name__)
@@ -180,6 +180,7 @@ class ClassificationData:
             self.requested_label_names = [canonical_name(n) for n in label_names]
         self._label_names: list[str] | None = None
         self._modality: str | None = None
+        self._source_splits: dict[str, str] = {}  # hftl split -> the source split it was read from
 
     def _check_args(self) -> None:
         problems = []
@@ -256,6 +257,15 @@ class ClassificationData:
             raise HftlError("ClassificationData.modality is known only after load(); call load() first.")
         return self._modality
 
+    def source_of(self, split: str | None = None) -> str:
+        """What the data (or one split) is read from, for messages: the file(s) when ``path`` is a builder."""
+        files = self.data_files
+        if self.path not in PACKAGED_BUILDERS or not files:
+            return self.path
+        if split is not None and isinstance(files, dict):
+            files = files.get(self._source_splits.get(split, split)) or files
+        return ", ".join(flat_files(files))
+
     # ----------------------------------------------------------------------------------------------
     def load(self) -> datasets.DatasetDict:
         """Reads, checks and standardizes the data.
@@ -307,9 +317,8 @@ class ClassificationData:
                 )
         dd = self._subsample(dd)
         if self.check_train_classes and "train" in dd and "label" in dd["train"].column_names:
-            check_train_classes(
-                _column(dd["train"], "label"), self._label_names, split="train", source=self.path
-            )
+            labels = _column(dd["train"], "label")
+            check_train_classes(labels, self._label_names, split="train", source=self.source_of("train"))
         return datasets.DatasetDict({s: dd[s] for s in SPLITS if s in dd})
 
     # ----------------------------------------------------------------------------------------------
@@ -345,6 +354,7 @@ class ClassificationData:
                     f"Split {source!r} of {self.path} is empty (0 rows); fix the data file or map "
                     "another split with `data.splits`."
                 )
+        self._source_splits = dict(mapping)
         dd = datasets.DatasetDict({target: raw[source] for target, source in mapping.items()})
         return dd, {t: folders[s] for t, s in mapping.items() if s in folders}
 
@@ -472,7 +482,10 @@ class ClassificationData:
     def _encode_labels(self, dd: datasets.DatasetDict) -> datasets.DatasetDict:
         """Casts every present label column to one shared ClassLabel (rules: :mod:`hftl.data.labels`)."""
         dd, names = encode_labels(
-            dd, names=self.requested_label_names, source=self.path, column=self.label_column
+            dd,
+            names=self.requested_label_names,
+            column=self.label_column,
+            sources={"": self.source_of()} | {split: self.source_of(split) for split in dd},
         )
         self._label_names = names
         return dd

@@ -31,7 +31,7 @@ _LOCAL_HINT = (
 )
 
 
-def _flat_files(files: str | list | dict | None) -> list[str]:
+def flat_files(files: str | list | dict | None) -> list[str]:
     """Every file name in a ``data_files`` value (a name, a list, or ``{split: name or list}``)."""
     files = list(files.values()) if isinstance(files, dict) else [files] if isinstance(files, str) else files
     return [str(n) for x in files or [] for n in ([x] if isinstance(x, str) else x)]
@@ -127,7 +127,7 @@ def _read_builder(
         )
     folders = {}
     for split, value in (files if isinstance(files, dict) else {"train": files}).items():
-        for f in _flat_files(value):
+        for f in flat_files(value):
             if not any(c in f for c in "*?[") and not Path(f).expanduser().exists():
                 raise DataError(
                     f"`data.data_files` ({split}): file not found: {f} (absolute: "
@@ -142,7 +142,7 @@ def _read_builder(
 def _load(builder: str, delimiter: str | None, **kwargs) -> datasets.DatasetDict:
     """``datasets.load_dataset`` for a local builder, with csv options and errors naming the files."""
     if builder == "csv":
-        names = _flat_files(kwargs.get("data_files"))
+        names = flat_files(kwargs.get("data_files"))
         names += [str(p) for p in Path(kwargs.get("data_dir") or "/nonexistent").glob("*.tsv")]
         delimiter = delimiter or ("\t" if any(n.lower().endswith(".tsv") for n in names) else ",")
         # "NA"/"null" are real words in reviews: only an empty field is missing; tsv fields are unquoted.

@@ -41,7 +41,7 @@ import datasets
 from torch.utils.data import IterableDataset
 
 from hftl.data.labels import canonical_label, canonical_name, filter_key, label_names_problems, outside
-from hftl.data.sources import PACKAGED_BUILDERS, read_source
+from hftl.data.sources import read_source
 from hftl.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ def _row_standardizer(
     data: ClassificationData, label_column: str | None, folder: Path
 ) -> Callable[[dict, int], dict]:
     """Maps a raw row to ``{modality: input, label: class id}``, raising DataError on a bad row."""
-    modality, column, source = data.modality, data.input_column, _train_source(data)
+    modality, column, source = data.modality, data.input_column, data.source_of("train")
     names = [str(n) for n in data.label_names]
     ids = {n: i for i, n in enumerate(names)}
 
@@ -225,14 +225,6 @@ def _row_standardizer(
         return out
 
     return standardize
-
-
-def _train_source(data: ClassificationData) -> str:
-    """What the train rows are read from, for error messages: the file(s) when ``path`` is a builder name."""
-    files = data.data_files.get("train") if isinstance(data.data_files, dict) else data.data_files
-    if data.path in PACKAGED_BUILDERS and files:
-        return ", ".join(files) if isinstance(files, list | tuple) else str(files)
-    return data.path
 
 
 def _label_id(value: Any, names: list[str], ids: dict[str, int], where: str, column: str) -> int:
