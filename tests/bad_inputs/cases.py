@@ -459,3 +459,70 @@ CASES: list[Case] = [
     Case("load-head-mismatch", "loading", "head weights of another shape than the declared head",
          tampered_model("head-mismatch"), ["head.safetensors", "mismatched"]),
 ]  # fmt: skip
+
+
+# --- data files are untrusted input (issue 13: labels, decompression bombs, absurd headers) ---------------
+CAFE_NFC, CAFE_NFD = "caf\u00e9", "cafe\u0301"  # one label, two Unicode spellings
+
+
+def png_bomb(path: Path) -> None:
+    """A PNG of a few hundred bytes whose header declares 50,000 × 50,000 pixels (2.5 gigapixels)."""
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 1, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(6251))) + chunk(b"IEND", b"")
+    )
+
+
+def jpeg_truncated(path: Path) -> None:
+    """A JPEG cut off at 60 % (PIL opens it and ``verify()`` passes; decoding fails)."""
+    from PIL import Image
+
+    jpg = path.with_suffix(".jpg")
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(jpg)
+    jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size * 6 // 10])
+
+
+def wav_claiming_rate(rate: int) -> Callable[[Path], str]:
+    """A 16-bit WAV of 0.1 s of silence whose header claims ``rate`` Hz."""
+
+    def write(path: Path) -> str:
+        data = bytes(3200)
+        fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, (2 * rate) & 0xFFFFFFFF, 2, 16)
+        riff = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + fmt
+        path.write_bytes(riff + b"data" + struct.pack("<I", len(data)) + data)
+        return str(path)
+
+    return write
+
+
+def _unicode_labels() -> str:
+    rows = [f"good film {i},{CAFE_NFC if i % 2 else CAFE_NFD}\nbad film {i},tea" for i in range(12)]
+    return "text,label\n" + "\n".join(rows) + "\n"
+
+
+CASES += [
+    Case("label-nan", "data", "integer labels with a `nan` cell",
+         with_file("nan.csv", "text,label\nfine,1\nbad,0\nmeh,nan\ngood,1\n"), ["nan.csv", "row 2", "data.filters"]),
+    Case("label-fraction", "data", "a label of 1.5 in an integer label column",
+         with_file("frac.csv", "text,label\nfine,1\nbad,0\nmeh,1.5\n"), ["frac.csv", "row 2", "whole number"]),
+    Case("label-single-class", "data", "every row has the same label (would score 100 %)",
+         with_file("one.csv", "text,label\n" + "fine film,pos\n" * 12, None), ["one.csv", "single class", "'pos'"]),
+    Case("label-single-class-train", "data", "the train split holds one of the two classes",
+         with_file("onetrain.csv", "text,label\n" + "fine film,pos\n" * 8, label_names=["pos", "neg"]),
+         ["'train'", "single class", "'pos'"]),
+    Case("label-names-nfc-nfd", "config", "`data.label_names` lists one name in NFC and in NFD",
+         text_run(label_names=[CAFE_NFC, CAFE_NFD, "tea"]), ["data.label_names", "same class twice"]),
+    Case("label-unicode-forms", "data", "one label written in NFC and NFD (read as one class)",
+         with_file("unicode.csv", _unicode_labels(), None), handled=True),
+    Case("image-bomb", "image", "PNG header declaring 50,000×50,000 pixels (decompression bomb)",
+         image_run(png_bomb), ["bad.png", "data.max_image_pixels"]),
+    Case("image-truncated-jpeg", "image", "JPEG cut off at 60 % (its header and verify() pass)",
+         image_run(jpeg_truncated), ["bad.jpg", "truncated"]),
+    Case("audio-absurd-rate", "audio", "WAV header claiming a 2 GHz sampling rate",
+         audio_run(wav_claiming_rate(2_000_000_000)), ["bad.wav", "768,000"]),
+]  # fmt: skip
