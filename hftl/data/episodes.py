@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hftl.data.labels import canonical_name
 from hftl.errors import ConfigError, DataError
 
 
@@ -210,14 +211,15 @@ class EpisodeDataset(Dataset):
 
 
 def class_ids(label_names: Sequence[str], names: Sequence[str], *, key: str) -> list[int]:
-    """Class ids of ``names`` in ``label_names``.
+    """Class ids of ``names`` in ``label_names`` (compared as labels are: NFC, without outer spaces).
 
     Raises:
         ConfigError: naming ``key`` and the unknown names.
     """
-    unknown = [n for n in names if str(n) not in label_names]
+    index = {canonical_name(n): i for i, n in enumerate(label_names)}
+    unknown = [n for n in names if canonical_name(n) not in index]
     if unknown:
         raise ConfigError(
             f"`{key}` names unknown classes {unknown}; the data's classes are {list(label_names)}."
         )
-    return [list(label_names).index(str(n)) for n in names]
+    return [index[canonical_name(n)] for n in names]

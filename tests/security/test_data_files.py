@@ -313,3 +313,11 @@ def test_predictor_refuses_batch_size_zero():
 
     with pytest.raises(HftlError, match="batch_size"):
         Predictor.__call__(object.__new__(Predictor), ["text"], batch_size=0)
+
+
+def test_episode_classes_are_matched_like_labels():
+    from hftl.data.episodes import class_ids
+
+    assert class_ids([NFC, "tea"], [NFD, " tea"], key="episodes.test_classes") == [0, 1]
+    with pytest.raises(ConfigError, match="episodes.test_classes"):
+        class_ids([NFC, "tea"], ["coffee"], key="episodes.test_classes")
