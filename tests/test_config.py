@@ -189,8 +189,10 @@ def test_get_component_import_failure_suggests_names():
     assert "`torch.optim` has no attribute `AdamX`" in str(
         e.value
     ) and "did you mean `torch.optim.Adam`" in str(e.value)
-    with pytest.raises(ConfigError, match="not callable"):
+    with pytest.raises(ConfigError, match="`torch.float32` is not a registered component"):
         get_component("torch.float32")
+    with pytest.raises(ConfigError, match="not callable"):
+        get_component("torch.float32", allow_any=True)
 
 
 def test_instantiate_allowed_with_runtime_kwargs():

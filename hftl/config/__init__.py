@@ -15,7 +15,7 @@ only the environment variables the user allows, and is written to disk through :
 
 from __future__ import annotations
 
-from hftl.config._instantiate import ALLOWED_PREFIXES, get_component, instantiate
+from hftl.config._instantiate import get_component, instantiate
 from hftl.config._parse import (
     apply_overrides,
     list_shipped_configs,
@@ -34,11 +34,13 @@ from hftl.config._trust import (
     redact,
 )
 from hftl.config._validate import to_dataclass, validate_config
+from hftl.config.registry import ALLOWED_PREFIXES, HFTL_COMPONENTS
 
 register_resolvers()
 
 __all__ = [
     "ALLOWED_PREFIXES",
+    "HFTL_COMPONENTS",
     "SAFE_ENV_VARS",
     "Grants",
     "current_grants",

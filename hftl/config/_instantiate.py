@@ -1,8 +1,7 @@
-"""Building objects from ``_component_`` nodes, limited to an allow-list of modules."""
+"""Building objects from ``_component_`` nodes: only registered components (see :mod:`hftl.config.registry`)."""
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import re
 from collections.abc import Callable, Mapping
@@ -11,27 +10,33 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hftl.config._trust import check_remote_code, redact
+from hftl.config.registry import resolve_registered
 from hftl.errors import ConfigError, HftlError
 
-ALLOWED_PREFIXES: tuple[str, ...] = ("hftl", "torch", "transformers", "peft", "accelerate", "datasets")
-
-_ALLOW_FLAG = "--allow-any-component"
-
-
-def is_allowed(path: str) -> bool:
-    """Whether ``path`` lies in an allowed package (``torch.x`` is, ``torchx.y`` is not)."""
-    return any(path == p or path.startswith(p + ".") for p in ALLOWED_PREFIXES)
+_MAX_PATH = 300  # a dotted path longer than this is not a class name
 
 
 def resolve_component(path: Any, *, allow_any: bool = False) -> tuple[Callable | None, str | None]:
-    """Import the callable named by ``path``; return ``(callable, None)`` or ``(None, problem)``."""
-    if not isinstance(path, str) or not all(part.isidentifier() for part in path.split(".")):
-        return None, f"`_component_` must be a dotted import path like `torch.optim.AdamW`, got {path!r}"
-    if not allow_any and not is_allowed(path):
-        return None, (
-            f"`{path}` is not from an allowed package ({', '.join(ALLOWED_PREFIXES)}); "
-            f"pass `{_ALLOW_FLAG}` to run code from other modules"
-        )
+    """Find the callable named by ``path``; return ``(callable, None)`` or ``(None, problem)``.
+
+    Without ``allow_any`` only registered components resolve (:func:`~hftl.config.registry.resolve_registered`);
+    with it (the user's ``--allow-any-component``), any importable callable does.
+    """
+    if (
+        not isinstance(path, str)
+        or len(path) > _MAX_PATH
+        or not all(part.isidentifier() for part in path.split("."))
+    ):
+        shown = repr(path) if len(repr(path)) <= 80 else repr(path)[:77] + "..."
+        return None, f"`_component_` must be a dotted import path like `torch.optim.AdamW`, got {shown}"
+    if not allow_any:
+        return resolve_registered(path)
+    return _import_any(path)
+
+
+def _import_any(path: str) -> tuple[Callable | None, str | None]:
+    """Import any callable by path (``--allow-any-component``): a module prefix, then attributes."""
     parts = path.split(".")
     for i in range(len(parts), 0, -1):  # longest importable module prefix, then attributes
         module_name = ".".join(parts[:i])
@@ -47,11 +52,7 @@ def resolve_component(path: Any, *, allow_any: bool = False) -> tuple[Callable |
         return None, f"cannot import `{path}`: there is no module named `{parts[0]}`"
     for j in range(i, len(parts)):
         if not hasattr(obj, parts[j]):
-            owner = ".".join(parts[:j])
-            names = [n for n in dir(obj) if not n.startswith("_")]
-            close = difflib.get_close_matches(parts[j], names, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(f'`{owner}.{c}`' for c in close)}?" if close else ""
-            return None, f"cannot import `{path}`: `{owner}` has no attribute `{parts[j]}`{hint}"
+            return None, f"cannot import `{path}`: `{'.'.join(parts[:j])}` has no attribute `{parts[j]}`"
         obj = getattr(obj, parts[j])
     if not callable(obj):
         return None, f"`{path}` is not callable (it is a {type(obj).__name__})"
@@ -63,14 +64,15 @@ def get_component(path: str, *, allow_any: bool = False) -> Callable:
 
     Args:
         path: the dotted import path.
-        allow_any: also allow modules outside :data:`ALLOWED_PREFIXES`.
+        allow_any: allow any importable callable, not only registered components (the user's
+            ``--allow-any-component``).
 
     Returns:
-        The class or function.
+        The class (or, with ``allow_any``, any callable).
 
     Raises:
-        ConfigError: the path is outside the allow-list, cannot be imported (the message suggests the nearest
-            names in the parent module), or is not callable.
+        ConfigError: the path is not a registered component, cannot be imported (the message suggests the
+            nearest registered names), or is not callable.
     """
     obj, problem = resolve_component(path, allow_any=allow_any)
     if problem:
@@ -109,10 +111,10 @@ def interpolation_problem(e: Exception) -> str:
     cause: BaseException | None = e
     while cause is not None:
         if isinstance(cause, HftlError):
-            return "; ".join(getattr(cause, "problems", None) or [str(cause)])
+            return redact("; ".join(getattr(cause, "problems", None) or [str(cause)]))
         cause = cause.__cause__ or cause.__context__
     first = str(e).splitlines()[0]
-    return re.sub(r"^\w+ raised while resolving interpolation: ", "", first).strip('"')
+    return redact(re.sub(r"^\w+ raised while resolving interpolation: ", "", first).strip('"'))
 
 
 def instantiate(node: DictConfig | Mapping, *args: Any, allow_any: bool = False, **kwargs: Any) -> Any:
@@ -134,13 +136,17 @@ def instantiate(node: DictConfig | Mapping, *args: Any, allow_any: bool = False,
     if not is_component_node(node):
         found = list(node.keys()) if isinstance(node, Mapping | DictConfig) else type(node).__name__
         raise ConfigError(f"instantiate needs a node with a `_component_` key, got {found}")
+    where = node._get_full_key(None) if isinstance(node, DictConfig) else ""
     try:
         plain = _to_plain(node)
     except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
+        key = getattr(e, "full_key", None) or where or "?"
         raise ConfigError(f"`{key}`: cannot resolve interpolation: {interpolation_problem(e)}") from e
+    except RecursionError as e:
+        raise ConfigError(f"`{where or '?'}`: interpolations nested too deeply to resolve") from e
     target = plain.pop("_component_")
     component = target if callable(target) else get_component(target, allow_any=allow_any)
+    check_remote_code({k: v for k, v in plain.items() if not is_component_node(v)}, where)
     call_kwargs = {k: _build(v, allow_any) for k, v in plain.items()}
     call_kwargs.update(kwargs)
     try:
@@ -149,4 +155,4 @@ def instantiate(node: DictConfig | Mapping, *args: Any, allow_any: bool = False,
         raise
     except Exception as e:
         name = target if isinstance(target, str) else getattr(target, "__qualname__", repr(target))
-        raise ConfigError(f"building `{name}` failed: {type(e).__name__}: {e}") from e
+        raise ConfigError(redact(f"building `{name}` failed: {type(e).__name__}: {e}")) from e

@@ -72,13 +72,16 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> DictConfig:
         The config; interpolations are left unresolved.
 
     Raises:
-        ConfigError: the file is missing, is not valid YAML (the message names the line), its top level is
-            not a mapping, or an override is malformed.
+        ConfigError: the file is missing, too large, not UTF-8, not valid YAML (the message names the line),
+            nested too deeply or an alias bomb, its top level is not a mapping, or an override is malformed.
     """
     path = resolve_config_path(name_or_path)
-    text = path.read_text(encoding="utf-8")
+    text = _read_config_text(path)
     try:
-        top = yaml.safe_load(text)  # OmegaConf takes a bare scalar for a key, or fails with OSError
+        _check_yaml_shape(text, str(path))  # before any recursive YAML code sees it
+        top = yaml.load(
+            text, Loader=_SAFE_LOADER
+        )  # OmegaConf takes a bare scalar for a key, or fails with OSError
         if not isinstance(top, dict | None):
             raise ConfigError(
                 f"the top level must be a mapping of `key: value` lines, found a {type(top).__name__}",
@@ -89,7 +92,89 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(_yaml_problem(e, text), source=str(path)) from e
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot load the YAML: {str(e).splitlines()[0]}", source=str(path)) from e
-    return apply_overrides(cfg, overrides)
+    apply_overrides(cfg, overrides)
+    _check_interpolation_depth(cfg, str(path))
+    return cfg
+
+
+# Limits far above any real config; past them the YAML is an attack or an accident, never a config.
+MAX_CONFIG_BYTES = 4 << 20  # 4 MiB
+MAX_YAML_DEPTH = 64  # nested mappings/lists
+MAX_YAML_VALUES = 10_000  # values after expanding aliases (`*anchor`); OmegaConf's own limit too
+MAX_INTERPOLATION_DEPTH = 16  # `${a:${b:...}}` nesting inside one string
+
+
+def _read_config_text(path: pathlib.Path) -> str:
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"the file is {size / 2**20:.1f} MiB; a config is at most {MAX_CONFIG_BYTES >> 20} MiB of YAML "
+            "(list large data in a data file, not in the config)",
+            source=str(path),
+        )
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"not UTF-8 text (byte {e.start}); save the config as UTF-8", source=str(path)
+        ) from None
+
+
+def _check_yaml_shape(text: str, source: str) -> None:
+    """Refuse YAML nested deeper than :data:`MAX_YAML_DEPTH` or expanding (through aliases) to more than
+    :data:`MAX_YAML_VALUES` values, reading parser events only (no recursion, no object built)."""
+    sizes: dict[str, int] = {}  # anchor -> expanded size
+    stack: list[list] = [[0, None]]  # per open collection: [expanded size so far, its anchor]
+    for event in yaml.parse(text, Loader=_SAFE_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) > MAX_YAML_DEPTH:
+                line = event.start_mark.line + 1
+                raise ConfigError(
+                    f"the YAML nests mappings/lists more than {MAX_YAML_DEPTH} levels deep (line {line}); "
+                    "a config is a few levels of sections",
+                    source=source,
+                )
+            stack.append([1, event.anchor])
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            size, anchor = stack.pop()
+        elif isinstance(event, yaml.AliasEvent):
+            size, anchor = sizes.get(event.anchor, 1), None
+        elif isinstance(event, yaml.ScalarEvent):
+            size, anchor = 1, event.anchor
+        else:
+            continue
+        if anchor:
+            sizes[anchor] = size
+        stack[-1][0] += size
+        if stack[-1][0] > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"the YAML holds more than {MAX_YAML_VALUES:,} values once aliases (`*name`) are expanded: "
+                "an alias bomb, or data that belongs in a data file the config names",
+                source=source,
+            )
+
+
+def _check_interpolation_depth(cfg: DictConfig, source: str) -> None:
+    """Refuse a string whose ``${...}`` nest deeper than :data:`MAX_INTERPOLATION_DEPTH` (the resolver's
+    parser would exhaust the stack)."""
+    pending = [("", OmegaConf.to_container(cfg, resolve=False))]
+    while pending:
+        key, value = pending.pop()
+        if isinstance(value, dict):
+            pending += [(f"{key}.{k}" if key else str(k), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            pending += [(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, str) and "${" in value:
+            depth = deepest = 0
+            for part in re.findall(r"\$\{|\}", value):
+                depth = depth + 1 if part == "${" else max(depth - 1, 0)
+                deepest = max(deepest, depth)
+            if deepest > MAX_INTERPOLATION_DEPTH:
+                raise ConfigError(
+                    f"`{key}`: interpolations nested {deepest} deep; at most {MAX_INTERPOLATION_DEPTH} are resolved",
+                    source=source,
+                )
 
 
 def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
@@ -104,6 +189,8 @@ def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
 
 # YAML 1.1 reads these words as booleans; on the command line they are meant as words (only true/false
 # are booleans there, as in YAML 1.2).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when built with it: same rules, faster
+
 _YAML11_BOOLEANS = {"yes", "no", "on", "off", "y", "n"}
 
 
@@ -172,6 +259,9 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             continue
         try:
             value = None if delete else _parse_value(raw)
+        except RecursionError:
+            problems.append(f"`{key}`: the value nests lists/mappings too deeply to read")
+            continue
         except (yaml.YAMLError, OmegaConfBaseException) as e:
             problems.append(
                 f"`{ov}`: the value `{raw}` is not valid YAML ({str(e).splitlines()[0]}); quote it"

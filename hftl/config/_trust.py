@@ -20,15 +20,17 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from hftl.errors import ConfigError
 
+logger = logging.getLogger(__name__)
 SAFE_ENV_VARS: frozenset[str] = frozenset(
     {
         "HFTL_DATA_DIR",  # where the shared data sets live
@@ -67,6 +69,9 @@ class Grants:
 _grants = Grants()
 _recording: contextvars.ContextVar[bool] = contextvars.ContextVar("hftl_recording", default=False)
 _granted_values: dict[str, str] = {}  # values read through --allow-env: scrubbed from messages
+_env_reads: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "hftl_env_reads", default=None
+)
 
 
 def current_grants() -> Grants:
@@ -95,6 +100,45 @@ def granted(*, trust_remote_code: bool = False, allow_env: Iterable[str] = ()) -
         yield _grants
     finally:
         _grants = previous
+
+
+# -- trust_remote_code ---------------------------------------------------------------------------------
+def remote_code_keys(value: Any, path: str = "") -> list[str]:
+    """Dotted keys in a plain config value that switch on remote code (``trust_remote_code`` not false)."""
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if k == "trust_remote_code" and v not in (False, None):
+                found.append(sub)
+            else:
+                found += remote_code_keys(v, sub)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += remote_code_keys(v, f"{path}[{i}]")
+    return found
+
+
+def remote_code_problem(key: str) -> str:
+    """The one-line refusal of ``trust_remote_code`` set by a config."""
+    return (
+        f"`{key}` is true, but a config cannot switch on remote code (transformers or datasets would import "
+        "and run Python files from that repo); if you trust the repo, remove the key and pass "
+        "`--trust-remote-code` on the command line"
+    )
+
+
+def check_remote_code(value: Any, path: str = "") -> None:
+    """Refuse ``trust_remote_code`` in ``value`` unless the command line granted it (then warn).
+
+    Raises:
+        ConfigError: naming the first key that sets it.
+    """
+    keys = remote_code_keys(value, path)
+    if keys and not _grants.trust_remote_code:
+        raise ConfigError(remote_code_problem(keys[0]))
+    for key in keys:
+        logger.warning("`%s`: --trust-remote-code: Python files from that repo will be imported and run", key)
 
 
 # -- the restricted ${oc.env:NAME} -------------------------------------------------------------------
@@ -132,6 +176,9 @@ def env_resolver(key: str, default: Any = _NO_DEFAULT) -> str | None:
         return None if default is None else str(default)
     if key not in SAFE_ENV_VARS:
         _granted_values[key] = value
+    reads = _env_reads.get()
+    if reads is not None:
+        reads[key] = value
     return value
 
 
@@ -141,6 +188,25 @@ def redact(text: str) -> str:
         if len(value) >= 4:  # shorter values are no secret and would blank ordinary words
             text = text.replace(value, f"<redacted:{name}>")
     return text
+
+
+@contextlib.contextmanager
+def hiding_env_values() -> Iterator[Callable[[str], str]]:
+    """Note every value ``${oc.env:...}`` reads inside; yields a function that puts the interpolation
+    text back in place of those values in a message (``/root/x`` -> ``${oc.env:HOME}/x``)."""
+    reads: dict[str, str] = {}
+    token = _env_reads.set(reads)
+
+    def hide(text: str) -> str:
+        for name, value in sorted(reads.items(), key=lambda kv: -len(kv[1])):
+            if len(value) >= 4:  # shorter values are no secret and would blank ordinary words
+                text = text.replace(value, "${oc.env:" + name + "}")
+        return redact(text)
+
+    try:
+        yield hide
+    finally:
+        _env_reads.reset(token)
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ import collections.abc as cabc
 import dataclasses
 import difflib
 import inspect
+import logging
 import sys
 import types
 import typing
@@ -16,8 +17,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from hftl.config._instantiate import interpolation_problem, resolve_component
+from hftl.config._trust import current_grants, hiding_env_values, remote_code_keys, remote_code_problem
 from hftl.errors import ConfigError, HftlError
 
+logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _UNCHECKED = object()  # the annotation is not one we check
 _ABSENT = object()
@@ -188,7 +191,7 @@ def _resolved(node: DictConfig | ListConfig, k: Any) -> Any:
     try:
         value = node[k]
         return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    except OmegaConfBaseException:  # reported by the interpolation walk
+    except (OmegaConfBaseException, RecursionError):  # reported by the interpolation walk
         return _ABSENT
 
 
@@ -207,7 +210,7 @@ def _walk(node: DictConfig | ListConfig, path: str, visit: Callable[[str, Any], 
         except MissingMandatoryValue:
             visit(sub, MissingMandatoryValue)
             continue
-        except OmegaConfBaseException as e:
+        except (OmegaConfBaseException, RecursionError) as e:
             raw = OmegaConf.to_container(node, resolve=False)[k]
             visit(sub, _Unresolved(raw, interpolation_problem(e)))
             continue
@@ -295,12 +298,52 @@ def validate_config(
         required: keys (dotted allowed) that must exist.
         top_level: every top-level key the recipe reads; any other (a misspelt section) is a problem.
             None skips the check.
-        allow_any: allow components outside :data:`ALLOWED_PREFIXES`.
+        allow_any: allow any importable callable as a component, not only registered ones (the user's
+            ``--allow-any-component``).
         source: the config file, named in the error.
 
     Raises:
-        ConfigError: one error listing every problem found.
+        ConfigError: one error listing every problem found. Besides the checks above: components that are
+            not registered (:mod:`hftl.config.registry`), ``trust_remote_code`` switched on without the
+            user's ``--trust-remote-code``, environment variables the user did not allow. No message shows
+            a value read from the environment.
     """
+    with hiding_env_values() as hide:
+        problems = _remote_code_problems(cfg)
+        problems += _problems(cfg, runtime_args, sections, required, top_level, allow_any)
+        if problems:
+            raise ConfigError([hide(p) for p in dict.fromkeys(problems)], source=source)
+
+
+def _remote_code_problems(cfg: DictConfig) -> list[str]:
+    """``trust_remote_code`` set anywhere (also through an interpolation): refused, or warned about when the
+    command line granted it (:func:`hftl.config.granted`)."""
+    keys = []
+    for key in cfg:
+        try:
+            value = (
+                OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            )
+        except (OmegaConfBaseException, RecursionError):  # unresolvable: reported by the walk
+            value = OmegaConf.to_container(cfg, resolve=False)[key]
+        keys += remote_code_keys({key: value})
+    if current_grants().trust_remote_code:
+        for key in keys:
+            logger.warning(
+                "`%s`: --trust-remote-code: Python files from that repo will be imported and run", key
+            )
+        return []
+    return [remote_code_problem(k) for k in keys]
+
+
+def _problems(
+    cfg: DictConfig,
+    runtime_args: Mapping[str, Collection[str]],
+    sections: Mapping[str, type],
+    required: Collection[str],
+    top_level: Collection[str] | None,
+    allow_any: bool,
+) -> list[str]:
     problems: list[str] = []
     if top_level is not None:
         for key in cfg:
@@ -332,8 +375,7 @@ def validate_config(
         try:
             node = OmegaConf.select(cfg, key, throw_on_missing=False)
             node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-        except OmegaConfBaseException:  # reported by the walk
+        except (OmegaConfBaseException, RecursionError):  # reported by the walk
             continue
         problems.extend(_section_values(node, cls, key)[1])
-    if problems:
-        raise ConfigError(list(dict.fromkeys(problems)), source=source)
+    return problems
