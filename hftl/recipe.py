@@ -43,8 +43,11 @@ def recipe_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--allow-any-component",
         action="store_true",
-        help="Let `_component_` import from any module (default: hftl, torch, transformers, peft, accelerate, datasets).",
+        help="Let `_component_` import any callable from any module (default: only the registered "
+        "components of hftl.config.registry: hftl classes, torch optimizers/schedulers/nn modules, "
+        "transformers configs and feature extractors).",
     )
+    add_trust_flags(parser)
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -55,6 +58,24 @@ def recipe_parser(prog: str) -> argparse.ArgumentParser:
         "overrides", nargs="*", help="Dotted overrides such as optimizer.lr=3e-4 train.epochs=1."
     )
     return parser
+
+
+def add_trust_flags(parser: argparse.ArgumentParser) -> None:
+    """``--trust-remote-code`` and ``--allow-env``: what only the user's command line can grant a config."""
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="Let the config set `trust_remote_code: true` (transformers/datasets then run Python files "
+        "from that repo). Off: a config that sets it is refused.",
+    )
+    parser.add_argument(
+        "--allow-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Let the config read environment variable NAME with ${oc.env:NAME} (repeatable). Without it "
+        "a config reads only hftl.config.SAFE_ENV_VARS (HFTL_DATA_DIR, HOME, ...), never a token.",
+    )
 
 
 def load_and_validate(
@@ -147,11 +168,14 @@ def recipe_main(
     logging.basicConfig(
         level=os.environ.get("HFTL_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )
+    from hftl.config import granted
+
     claim = None
     try:
-        cfg = load_and_validate(recipe, args.config, args.overrides, allow_any=args.allow_any_component)
-        claim = claim_output_dir(recipe, cfg, overwrite=args.overwrite)
-        recipe(cfg, allow_any_component=args.allow_any_component).run()
+        with granted(trust_remote_code=args.trust_remote_code, allow_env=args.allow_env):
+            cfg = load_and_validate(recipe, args.config, args.overrides, allow_any=args.allow_any_component)
+            claim = claim_output_dir(recipe, cfg, overwrite=args.overwrite)
+            recipe(cfg, allow_any_component=args.allow_any_component).run()
     except (HftlError, OSError) as err:
         if claim is not None:
             claim.release_if_unused()  # a run that failed before writing anything leaves no folder behind
