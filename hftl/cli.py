@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from hftl.errors import HftlError
+from hftl.recipe import add_trust_flags
 
 
 def recipe_names() -> list[str]:
@@ -86,6 +87,13 @@ def _launch(path: Path, num_processes: int, extra: list[str]) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from hftl.config import granted
+
+    with granted(trust_remote_code=args.trust_remote_code, allow_env=args.allow_env):
+        return _validate(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
     from hftl.config import load_config
     from hftl.recipe import load_and_validate
 
@@ -247,8 +255,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_assess(args: argparse.Namespace) -> int:
     from hftl.assess import main as assess_main
+    from hftl.config import granted
 
-    return assess_main(args.config, args.overrides, allow_any=args.allow_any_component)
+    with granted(trust_remote_code=args.trust_remote_code, allow_env=args.allow_env):
+        return assess_main(args.config, args.overrides, allow_any=args.allow_any_component)
 
 
 def _add_assess_command(sub) -> None:
@@ -261,6 +271,7 @@ def _add_assess_command(sub) -> None:
         "--config", required=True, help="Assess config name (e.g. assess/amazon_sources) or YAML."
     )
     assess.add_argument("--allow-any-component", action="store_true")
+    add_trust_flags(assess)
     assess.add_argument("overrides", nargs="*", help="Dotted overrides, e.g. assess.target_labeled=200.")
 
 
@@ -435,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe", help="Recipe to check against (default: the config's `recipe:` key, else finetune)."
     )
     val.add_argument("--allow-any-component", action="store_true")
+    add_trust_flags(val)
     val.add_argument("overrides", nargs="*")
     cp = sub.add_parser(
         "cp", help="Copy a recipe or shipped config to edit it: hftl cp finetune ./my_recipe.py"
