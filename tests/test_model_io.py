@@ -324,3 +324,22 @@ def test_multitask_task_names_cannot_leave_the_directory(copy):
     (copy / "tasks.json").write_text(json.dumps(tasks))
     with pytest.raises(ModelLoadError, match=r"tasks\[0\].name"):
         load_multitask(copy)
+
+
+def test_auto_map_of_a_hub_base_model_is_refused_without_the_flag(copy, tmp_path, monkeypatch, caplog):
+    """An adapter whose Hub base model ships code: refused, or loaded with a warning naming the module."""
+    import transformers.utils
+
+    base_config = tmp_path / "base_config.json"
+    base_config.write_text(json.dumps({"model_type": "bert", "auto_map": {"AutoModel": "modeling_x.XModel"}}))
+    monkeypatch.setattr(transformers.utils, "cached_file", lambda repo, name, revision=None: str(base_config))
+    _edit_meta(copy, base_model="someone/base-with-code")
+    with pytest.raises(
+        ModelLoadError, match=r"base_config.json has `auto_map`: .*'someone/base-with-code'"
+    ) as err:
+        load_model(copy)
+    assert "modeling_x.py" in str(err.value) and "--trust-remote-code" in str(err.value)
+    caplog.set_level("WARNING", logger="hftl")
+    with pytest.raises(ModelLoadError):  # the check passes; the (fake, unreachable) base then fails to load
+        load_model(copy, trust_remote_code=True)
+    assert "modeling_x.py" in caplog.text and "someone/base-with-code" in caplog.text

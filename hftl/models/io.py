@@ -38,6 +38,7 @@ from hftl.errors import ModelLoadError
 from hftl.models import spec
 from hftl.models.classifier import Classifier
 from hftl.models.records import read_json, recorded_node
+from hftl.models.remote_code import check_folder, check_hub_config
 from hftl.models.source import HUB_MODEL_ID, META_FILE, MODEL_DIRNAME, find_model_dir, resolve_source
 
 logger = logging.getLogger(__name__)
@@ -212,8 +213,11 @@ def _legacy_specs(model_dir: Path) -> dict[str, Any]:
 
 # -- weights ---------------------------------------------------------------------------------------------------
 def check_safetensors(model_dir: Path) -> None:
-    """Parses the header of every ``*.safetensors`` file under ``model_dir`` before anything loads them."""
-    for file in sorted(model_dir.rglob("*.safetensors")):
+    """Parses the header of every weights file a load reads (head, encoder/, tasks/) before anything loads it."""
+    files = [model_dir / "head.safetensors", *(model_dir / "encoder").glob("*.safetensors")]
+    for file in [*files, *sorted((model_dir / "tasks").glob("*.safetensors"))]:
+        if not file.exists():
+            continue  # reported by the step that needs it
         try:
             with safe_open(str(file), framework="pt"):
                 pass
@@ -261,49 +265,22 @@ def load_weights(module: nn.Module, file: Path, *, optional_prefix: str | None =
     module.load_state_dict(state, strict=False)
 
 
-# -- remote code -----------------------------------------------------------------------------------------------
-def _auto_map_files(folder: Path) -> list[Path]:
-    """Config files in ``folder`` whose ``auto_map`` asks transformers to import code."""
-    hits = []
-    for file in sorted(folder.glob("*config.json")):
-        data = read_json(file)
-        if isinstance(data, dict) and "auto_map" in data:
-            hits.append(file)
-    return hits
-
-
-def _check_remote_code(folder: Path, *, trust_remote_code: bool, what: str) -> None:
-    """Refuses ``auto_map`` in ``folder`` unless the caller trusts remote code; then warns naming the code."""
-    hits = _auto_map_files(folder) if folder.is_dir() else []
-    code = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.py")) if folder.is_dir() else []
-    if trust_remote_code and (hits or code):
-        logger.warning(
-            "trust_remote_code=True: transformers may import and run the Python code of %s (%s): %s. Do this "
-            "only for a model whose code you have read.",
-            what, folder, ", ".join(code) or "modules named by auto_map in " + ", ".join(p.name for p in hits),
-        )  # fmt: skip
-    elif hits:
-        shipped = f" (it ships {', '.join(code)})" if code else ""
-        raise ModelLoadError(
-            f"{hits[0]} has `auto_map`: loading {what} would import and run Python code{shipped}. Refused; if you "
-            "have read that code and trust it, pass --trust-remote-code (Python: trust_remote_code=True)."
-        )
-
-
 def _base_model(meta: dict[str, Any], file: Path, *, trust_remote_code: bool) -> str:
     """The base model adapters and frozen encoders load on: a local directory or a Hub id, checked."""
     from hftl.encoders.base import resolve_model_path
 
     base = meta["base_model"]
     path = resolve_model_path(base)
+    what = f"the base model {base!r}"
     if Path(path).is_dir():
-        _check_remote_code(Path(path), trust_remote_code=trust_remote_code, what=f"the base model {base!r}")
+        check_folder(Path(path), trust_remote_code=trust_remote_code, what=what)
         return base
     if Path(base).is_absolute() or base.startswith((".", "~")) or not HUB_MODEL_ID.match(base):
         raise ModelLoadError(
             f"{file}: `base_model` = {base!r} is neither a directory on this machine nor a Hub model id; this "
             f"{meta['adapter']} model needs its base model. Put the base model there, or re-run training."
         )
+    check_hub_config(base, meta["base_revision"], trust_remote_code=trust_remote_code, what=what)
     return base
 
 
@@ -352,7 +329,7 @@ def _build_encoder(meta: dict[str, Any], model_dir: Path, *, trust_remote_code: 
             f"{enc_dir} has no {weights} (hftl loads safetensors weights only); the directory is incomplete. "
             "Re-download it or re-run training."
         )
-    _check_remote_code(enc_dir, trust_remote_code=trust_remote_code, what=f"the model in {model_dir}")
+    check_folder(enc_dir, trust_remote_code=trust_remote_code, what="this model")
     cls, _ = spec.resolve_spec(meta["encoder"], "encoder", where=str(file))
     try:
         processor = cls.load_processor(str(enc_dir), trust_remote_code=trust_remote_code)
