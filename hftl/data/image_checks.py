@@ -27,9 +27,8 @@ import datasets
 from hftl.errors import DataError
 
 SHOWN = 5  # bad files listed in the error
-DEFAULT_MAX_IMAGE_PIXELS = (
-    89_478_485  # = PIL.Image.MAX_IMAGE_PIXELS as shipped (1024 * 1024 * 1024 // 4 // 3)
-)
+# PIL.Image.MAX_IMAGE_PIXELS as shipped (1024 * 1024 * 1024 // 4 // 3, about 9,459 × 9,459); hftl's default
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 _VERIFIED_FORMATS = frozenset({"PNG"})  # formats whose verify() checks all of the data (CRCs)
 _WORKERS = 8  # PIL decodes without the GIL; file reads wait on the disk
 
@@ -43,7 +42,7 @@ def _allow_in_pil(max_pixels: int) -> None:
 
 
 def _open_checked(source: Any, max_pixels: int):
-    """``Image.open`` with the pixel limit enforced before any decoding (raises DataError-ready text)."""
+    """``Image.open`` with the pixel limit enforced before any decoding (:class:`_Rejected` says why)."""
     from PIL import Image
 
     image = Image.open(source)
@@ -94,10 +93,10 @@ def problem(source: Any, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> str |
     except _Rejected as err:
         return str(err)
     except Image.DecompressionBombError as err:  # over twice PIL's limit: raised inside Image.open
-        return f"is a likely decompression bomb ({err}); the limit is {max_pixels:,} pixels (`data.max_image_pixels`)"
-    except (
-        Exception
-    ) as err:  # PIL's plugins raise OSError, SyntaxError, ValueError, struct.error, EOFError...
+        limit = f"the limit is {max_pixels:,} pixels (`data.max_image_pixels`)"
+        return f"is a likely decompression bomb ({err}); {limit}"
+    # PIL's plugins raise OSError, SyntaxError, ValueError, struct.error, EOFError, ... on hostile files
+    except Exception as err:
         first = str(err).splitlines()[0] if str(err) else ""
         return f"cannot be read as an image ({type(err).__name__}: {first})"
     return None

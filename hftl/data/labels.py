@@ -66,9 +66,9 @@ def label_names_problems(names: Sequence[Any] | None, *, key: str = "data.label_
         return [
             f"`{key}` is {names!r}; give a list of class names, one per class, e.g. [negative, positive]."
         ]
-    bad = [n for n in names if not isinstance(n, str | int) or isinstance(n, bool) or not canonical_name(n)]
+    bad = [n for n in names if not isinstance(n, str | int | float) or not canonical_name(n)]
     if bad:
-        return [f"`{key}` holds {bad!r}; every class name must be a non-empty string (or an integer)."]
+        return [f"`{key}` holds {bad!r}; every class name must be a non-empty string (or a number)."]
     if len(names) < 2:
         return [f"`{key}` is {list(names)!r}; a classifier needs at least two classes."]
     seen: dict[str, Any] = {}

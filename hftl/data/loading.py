@@ -327,10 +327,8 @@ class ClassificationData:
         if self._modality == "audio":
             return scan_audio(dd, source=self.path, on_bad_audio=self.on_bad_audio,
                               max_duration=self.max_duration, report_path=self.bad_audio_report)  # fmt: skip
-        if self._modality == "image" and not self.path.startswith(BUILTIN_PREFIX):
-            return scan_images(
-                dd, source=self.path, max_pixels=self.max_image_pixels
-            )  # built-ins are encoded by hftl from parsed arrays
+        if self._modality == "image" and not self.path.startswith(BUILTIN_PREFIX):  # built-ins: hftl's arrays
+            return scan_images(dd, source=self.path, max_pixels=self.max_image_pixels)
         return dd
 
     def _select_splits(self, raw, folders) -> tuple[datasets.DatasetDict, dict[str, Path]]:
