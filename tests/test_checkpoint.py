@@ -298,13 +298,13 @@ def test_every_checkpoint_corrupt_is_an_error_when_strict(setup, tmp_path):
 
 
 def test_a_checkpoint_is_hashed_once_per_process(setup, tmp_path, monkeypatch):
-    import hftl.training.checkpoint as checkpoint
+    import hftl.training.checkpoint_manifest as manifest
 
     accelerator, _, _ = setup
     path = save_checkpoint(accelerator, tmp_path, step=1, state={})
     calls = []
-    real = checkpoint._sha256
-    monkeypatch.setattr(checkpoint, "_sha256", lambda p: calls.append(p) or real(p))
+    real = manifest.sha256_file
+    monkeypatch.setattr(manifest, "sha256_file", lambda p: calls.append(p) or real(p))
     assert latest_checkpoint(tmp_path) == path
     hashed = len(calls)
     load_checkpoint(accelerator, path)

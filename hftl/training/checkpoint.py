@@ -33,35 +33,43 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from hftl.errors import HftlError, TrainingError
+from hftl.training.checkpoint_manifest import (
+    FORMAT_VERSION,
+    OWNER_FILENAME,
+    STEP_DIR,
+    check,
+    fsync_path,
+    json_default,
+    owned,
+    read_state,
+    write_manifest,
+)
 from hftl.training.run_dir import record_output, writing
 
 if TYPE_CHECKING:
     import accelerate
 
+__all__ = [
+    "BEST_FILENAME", "CHECKPOINT_DIRNAME", "FORMAT_VERSION", "OWNER_FILENAME", "latest_checkpoint",
+    "list_checkpoints", "load_checkpoint", "remove_checkpoints", "save_checkpoint",
+]  # fmt: skip
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIRNAME = "checkpoints"
-STATE_FILENAME = "hftl_state.json"
-COMPLETE_FILENAME = "COMPLETE"
-OWNER_FILENAME = ".hftl_checkpoint"
 BEST_FILENAME = "best_trainable.safetensors"  # the best validation weights (hftl.training.Engine)
-FORMAT_VERSION = 2  # 2: `files` records {"size", "sha256"} per file
 TMP_PREFIX = ".tmp-"
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _RESERVED_KEYS = ("format", "files")
 _warned: set[tuple[str, str]] = set()
-_verified: dict[str, str] = {}  # checkpoint folder -> COMPLETE digest whose file hashes were checked
 
 
 def _warn_once(path: Path, reason: str) -> None:
@@ -69,83 +77,6 @@ def _warn_once(path: Path, reason: str) -> None:
     if key not in _warned:
         _warned.add(key)
         logger.warning("Skipping checkpoint %s: %s.", path, reason)
-
-
-def _json_default(value: Any) -> Any:
-    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):  # NumPy / torch scalars
-        return value.item()
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _owned(path: Path) -> bool:
-    """A folder hftl's checkpointing created (it holds the owner file), not a symlink."""
-    return path.is_dir() and not path.is_symlink() and (path / OWNER_FILENAME).is_file()
-
-
-def _read_state(path: Path) -> tuple[dict | None, str | None, str]:
-    """``(state, None, digest)`` when ``COMPLETE`` matches ``hftl_state.json``, else ``(None, why, "")``."""
-    if not path.is_dir():
-        return None, "it is not a directory", ""
-    marker = path / COMPLETE_FILENAME
-    if not marker.is_file():
-        return None, f"no {COMPLETE_FILENAME} marker (the save did not finish)", ""
-    try:
-        expected = marker.read_text(encoding="utf-8").strip()
-        raw = (path / STATE_FILENAME).read_bytes()
-    except OSError as err:
-        return None, f"cannot read {COMPLETE_FILENAME} or {STATE_FILENAME} ({err})", ""
-    if hashlib.sha256(raw).hexdigest() != expected:
-        return (
-            None,
-            f"{STATE_FILENAME} does not match the sha256 in {COMPLETE_FILENAME} (changed or corrupt)",
-            "",
-        )
-    try:
-        state = json.loads(raw)
-    except ValueError as err:
-        return None, f"{STATE_FILENAME} is not valid JSON ({err})", ""
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        return None, f"{STATE_FILENAME} has format {found!r}, this hftl reads format {FORMAT_VERSION}", ""
-    match = _STEP_DIR.match(path.name)
-    if match and int(match.group(1)) != state.get("step"):
-        return None, f"{STATE_FILENAME} says step {state.get('step')!r} but the folder is {path.name}", ""
-    return state, None, expected
-
-
-def _check(path: Path, *, verify: bool = False) -> tuple[dict | None, str | None]:
-    """``(state, None)`` for a complete checkpoint, else ``(None, why it is not)``.
-
-    Sizes are always compared with the manifest; ``verify`` also compares each file's sha256 (once per
-    checkpoint and process: a verified folder whose ``COMPLETE`` is unchanged is not hashed again).
-    """
-    state, reason, digest = _read_state(path)
-    if reason:
-        return None, reason
-    files = state.get("files")
-    if not isinstance(files, dict) or not all(
-        isinstance(v, dict) and isinstance(v.get("size"), int) and isinstance(v.get("sha256"), str)
-        for v in files.values()
-    ):
-        return None, f"{STATE_FILENAME} has a malformed `files` list"
-    for name, record in files.items():
-        file = path / name
-        if not file.is_file() or file.is_symlink():
-            return None, f"accelerate file {name} is missing"
-        size = file.stat().st_size
-        if size != record["size"]:
-            return None, f"accelerate file {name} has {size} bytes, expected {record['size']} (truncated?)"
-    if verify and _verified.get(str(path)) != digest:
-        for name, record in files.items():
-            if _sha256(path / name) != record["sha256"]:
-                return None, f"accelerate file {name} does not match its sha256 in {STATE_FILENAME} (corrupt)"
-        _verified[str(path)] = digest
-    return state, None
 
 
 def _step_dirs(output_dir: str | Path) -> list[tuple[int, Path]]:
@@ -156,12 +87,12 @@ def _step_dirs(output_dir: str | Path) -> list[tuple[int, Path]]:
     found = []
     for child in root.iterdir():
         if child.name.startswith(TMP_PREFIX):
-            if _owned(child):
+            if owned(child):
                 _warn_once(
                     child, "unfinished save (a .tmp-* folder); it is ignored and removed by the next save"
                 )
             continue
-        match = _STEP_DIR.match(child.name)
+        match = STEP_DIR.match(child.name)
         if match and child.is_symlink():
             _warn_once(child, "it is a symlink; hftl only uses (and removes) checkpoint folders it wrote")
         elif match:
@@ -173,7 +104,7 @@ def _scan(output_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints (sizes checked, not hashes), oldest first; the others are warned about."""
     found = []
     for step, child in _step_dirs(output_dir):
-        _, reason = _check(child)
+        _, reason = check(child)
         if reason:
             _warn_once(child, reason)
             continue
@@ -217,7 +148,7 @@ def latest_checkpoint(output_dir: str | Path, *, strict: bool = False) -> Path |
     candidates = _step_dirs(output_dir)
     reasons = []
     for _, path in reversed(candidates):
-        _, reason = _check(path, verify=True)
+        _, reason = check(path, verify=True)
         if reason is None:
             return path
         _warn_once(path, reason)
@@ -231,21 +162,6 @@ def latest_checkpoint(output_dir: str | Path, *, strict: bool = False) -> Path |
     return None
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _rmtree_via_trash(path: Path, kind: str) -> None:
     """Delete ``path`` so that no half-deleted ``step-*`` folder is ever visible: rename to a fresh
     ``.tmp-<kind>-*`` name (never an existing one), then remove."""
@@ -256,19 +172,11 @@ def _rmtree_via_trash(path: Path, kind: str) -> None:
 
 def _finalize(tmp: Path, final: Path, payload: dict) -> None:
     """Main process only: hash and record the files, write the state and the marker, fsync, rename into place."""
-    files = {}
-    for file in sorted(p for p in tmp.rglob("*") if p.is_file() and p.name != OWNER_FILENAME):
-        files[file.relative_to(tmp).as_posix()] = {"size": file.stat().st_size, "sha256": _sha256(file)}
-        _fsync_path(file)
-    raw = json.dumps({**payload, "files": files}, indent=2, default=_json_default).encode("utf-8")
-    _write_synced(tmp / STATE_FILENAME, raw)
-    _write_synced(tmp / COMPLETE_FILENAME, (hashlib.sha256(raw).hexdigest() + "\n").encode("ascii"))
-    for folder in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
-        _fsync_path(folder)
+    write_manifest(tmp, payload)
 
     root, old = final.parent, None
     if final.exists() or final.is_symlink():
-        if final.is_symlink() or not (_owned(final) or _check(final)[1] is None):
+        if final.is_symlink() or not (owned(final) or check(final)[1] is None):
             raise HftlError(
                 f"save_checkpoint: {final} exists and was not written by hftl; hftl will not replace it. Move "
                 "it out of the checkpoints folder."
@@ -278,7 +186,7 @@ def _finalize(tmp: Path, final: Path, payload: dict) -> None:
         old = root / f"{TMP_PREFIX}old-{final.name}-{uuid.uuid4().hex[:8]}"
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_path(root)
+    fsync_path(root)
     if old is not None:
         shutil.rmtree(old)
 
@@ -327,7 +235,7 @@ def _check_save_args(
         )
     payload = {**state, "step": step, "format": FORMAT_VERSION}
     try:  # fail on every process, before any file is written, rather than hang the others later
-        json.dumps(payload, default=_json_default)
+        json.dumps(payload, default=json_default)
     except (TypeError, ValueError) as err:
         raise HftlError(f"save_checkpoint: `state` must be JSON-serialisable: {err}.") from err
     return payload
@@ -404,7 +312,7 @@ def save_checkpoint(
 def _remove_stale(root: Path) -> None:
     """Removes crashed saves and half-done rotations (``.tmp-*`` folders hftl created); nothing else."""
     for stale in root.glob(f"{TMP_PREFIX}*"):
-        if _owned(stale):
+        if owned(stale):
             logger.info("Removing unfinished checkpoint folder %s", stale)
             shutil.rmtree(stale)
         else:
@@ -421,7 +329,7 @@ def remove_checkpoints(output_dir: str | Path) -> None:
     for child in root.iterdir():
         if child.is_symlink():
             continue
-        if _owned(child) or (_STEP_DIR.match(child.name) and _read_state(child)[1] is None):
+        if owned(child) or (STEP_DIR.match(child.name) and read_state(child)[1] is None):
             shutil.rmtree(child)
         elif child.name in (BEST_FILENAME, Path(BEST_FILENAME).with_suffix(".tmp").name) and child.is_file():
             child.unlink()
@@ -449,7 +357,7 @@ def load_checkpoint(accelerator: accelerate.Accelerator, path: str | Path) -> di
         HftlError: if ``path`` is not a complete checkpoint, or its tensors do not fit the prepared objects.
     """
     path = Path(path)
-    state, reason = _check(path, verify=True)
+    state, reason = check(path, verify=True)
     if reason:
         raise HftlError(
             f"Cannot resume from checkpoint {path}: {reason}. Pass a complete checkpoint folder; "

@@ -6,7 +6,6 @@ stopping, atomic checkpoints with exact mid-epoch resume, trackers, and tqdm on 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from hftl.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from hftl.training.checkpoint_manifest import sha256_file
 from hftl.training.config import TrainConfig
 from hftl.training.run_dir import record_output, writing
 
@@ -48,11 +48,6 @@ def cross_entropy_step(
     labels = batch.pop("labels")
     loss = nn.functional.cross_entropy(model(**batch).logits, labels)
     return loss, {}
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass
@@ -165,7 +160,7 @@ class Engine:
                 tmp.replace(self.best_path)  # atomic: resume never sees half a file
         self.acc.wait_for_everyone()
         # every process hashes the file: all of them must agree on whether it is restored at the end
-        self.state.best_sha256 = _sha256(self.best_path)
+        self.state.best_sha256 = sha256_file(self.best_path)
 
     def _restore_best(self) -> None:
         state = self.state
@@ -174,7 +169,7 @@ class Engine:
                 "Cannot restore the best weights: %s is missing; keeping the final weights.", self.best_path
             )
             return
-        if state.best_sha256 is not None and _sha256(self.best_path) != state.best_sha256:
+        if state.best_sha256 is not None and sha256_file(self.best_path) != state.best_sha256:
             logger.warning(
                 "Not restoring %s: its content does not match the sha256 recorded when it was saved (changed "
                 "or corrupt); keeping the final weights.", self.best_path,

@@ -5,8 +5,9 @@ re-running into the folder, is allowed only when both match, so a run never cont
 weights of) another run under a new config.
 
 * **Config fingerprint**: sha256 over the recipe name and every leaf of the resolved config, except the
-  keys in :data:`EXCLUDED_KEYS`, which only say where results go or what is logged (``output_dir``,
-  ``train.resume``, ``push_to_hub``, ``train.report_to``, ``train.log_every_steps``). Each leaf also gets
+  keys in :data:`EXCLUDED_KEYS` and :data:`EXCLUDED_NAMES`, which only say where results, reports and caches
+  go or what is logged (``output_dir``, ``train.resume``, ``push_to_hub``, ``train.report_to``,
+  ``train.log_every_steps``, ``cache.dir``, ``*.bad_audio_report``). Each leaf also gets
   its own short hash, so a mismatch names the keys that changed without writing any value (values may
   come from ``${oc.env:...}``) into the marker.
 * **Data fingerprint**: cheap, from file metadata only: every string in the config that names an existing
@@ -35,8 +36,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 EXCLUDED_KEYS = frozenset(
-    {"output_dir", "train.resume", "push_to_hub", "train.report_to", "train.log_every_steps"}
+    {"output_dir", "train.resume", "push_to_hub", "train.report_to", "train.log_every_steps", "cache.dir"}
 )
+EXCLUDED_NAMES = frozenset({"bad_audio_report"})  # at any depth: where a data node writes its report
 RECIPE_KEY = "<recipe>"  # the part for the recipe's name (not a config key)
 DIGEST_CHARS = 16  # 64 bits: plenty to tell runs apart, short enough to read in an error message
 MAX_FILES = 100_000  # files stat'ed per run; a larger tree is fingerprinted by its first MAX_FILES (sorted)
@@ -84,6 +86,8 @@ def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def _included(key: str) -> bool:
+    if key.rsplit(".", 1)[-1] in EXCLUDED_NAMES:
+        return False
     return not any(key == k or key.startswith((f"{k}.", f"{k}[")) for k in EXCLUDED_KEYS)
 
 

@@ -18,8 +18,10 @@ written); ``--overwrite`` deletes exactly those, never anything else. The finger
   folder, the current folder or one of its parents, a path that is or lies below a regular file or a
   dangling symlink, and a folder that contains one of the run's inputs (data, models);
 * an existing non-empty folder without the marker (hftl cannot tell its files from yours);
-* an hftl run folder whose config or data fingerprint differs (naming the keys that changed), or any earlier
-  run when ``train.resume`` is false or the recipe cannot resume, unless ``--overwrite`` is given.
+* an hftl run folder holding results (checkpoints, model, metrics) whose config or data fingerprint differs
+  (naming the keys that changed), or holding any results when ``train.resume`` is false, unless
+  ``--overwrite`` is given. The same config and data resume (or, for recipes that cannot resume, run
+  again); a marked folder without results (the earlier run failed first) is simply taken over.
 
 Only the main process (``RANK`` 0) writes the marker or deletes anything.
 """
@@ -193,9 +195,11 @@ def check_location(value: Any, *, key: str = "output_dir") -> Path:
 
 
 def _check_inputs_outside(cfg: DictConfig, out: Path) -> None:
+    """An input in ``out`` could be overwritten; in a marked run folder the ownership rules protect it."""
     resolved = out.resolve()
+    marked = (resolved / MARKER_FILE).is_file()
     for key, path in local_inputs(cfg).items():
-        if path == resolved or resolved in path.parents:
+        if path == resolved or (resolved in path.parents and not marked):
             raise ConfigError(
                 f"`output_dir` {out} contains `{key}` ({path}), an input of this run; hftl would write over "
                 "it. Choose an `output_dir` outside your data and models"
@@ -347,7 +351,12 @@ def claim_output_dir(
     entries = [p.name for p in path.iterdir() if p.name != MARKER_FILE]
     if old is None and entries:
         _refuse_foreign(path, entries)
-    if old is None or not entries:
+    results = [
+        n
+        for n in (old or {}).get("outputs", [])
+        if n != "logs" and ((path / n).exists() or (path / n).is_symlink())
+    ]
+    if old is None or not results:  # empty, or an earlier run that failed before writing any result
         with writing("the run marker", path / MARKER_FILE):
             _write_marker(path, marker)
         return RunClaim(path, new_marker=old is None)

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from hftl.recipes.finetune import FinetuneRecipe
 
 from hftl.cli import main as hftl
 from hftl.errors import HftlError
 from hftl.evaluation import write_metrics
 from hftl.models.io import save_model
-from hftl.recipes.finetune import FinetuneRecipe
 from hftl.training.run_dir import MARKER_FILE, read_marker
 
 WORDS = {"pos": "good great fine nice love", "neg": "bad awful poor hate boring"}
@@ -53,7 +53,11 @@ def ws(tmp_path: Path, tiny_models: dict[str, str]) -> dict[str, Path]:
         "recipe": "finetune",
         "output_dir": str(tmp_path / "out"),
         "seed": 0,
-        "encoder": {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"], "max_length": 16},
+        "encoder": {
+            "_component_": "hftl.encoders.TextEncoder",
+            "model": tiny_models["bert"],
+            "max_length": 16,
+        },
         "adapter": {"_component_": "hftl.adapters.FullFinetune"},
         "head": {"_component_": "hftl.models.LinearHead"},
         "data": {"_component_": "hftl.data.ClassificationData", "path": "csv", "data_files": files},
@@ -341,3 +345,107 @@ def test_disk_full_while_writing_the_model(ws, capsys, monkeypatch):
     assert not (out / "model").exists() and not list(out.glob(".model*"))
     assert not (out / "metrics.json").exists()  # the metrics follow the model, which failed
     assert (out / "checkpoints" / "step-00000002").is_dir()  # the same command resumes from here
+
+
+# -- the marker's ledger and --overwrite, unit level ----------------------------------------------------------
+def test_overwrite_removes_only_recorded_hftl_outputs(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from hftl.training.checkpoint import OWNER_FILENAME
+    from hftl.training.run_dir import claim_output_dir, record_output
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    cfg = OmegaConf.create({"output_dir": str(out), "optimizer": {"lr": 0.1}})
+    claim_output_dir(cfg, recipe="adapt", resume=True)
+    step = out / "runs" / "DANN" / "checkpoints" / "step-00000001"  # as the adapt recipe's engines write
+    step.mkdir(parents=True)
+    (step / OWNER_FILENAME).write_text("hftl")
+    record_output(step.parent)
+    write_metrics(out / "metrics.json", {"accuracy": 0.5})
+    (out / "features_DANN.png").write_bytes(b"png")
+    record_output(out / "features_DANN.png")
+    mine = [
+        out / "notes.txt",
+        out / "runs" / "DANN" / "notes.txt",
+        out / "runs" / "DANN" / "checkpoints" / "x.txt",
+    ]
+    for path in mine:
+        path.write_text("mine")
+    assert read_marker(out)["outputs"] == ["features_DANN.png", "metrics.json", "runs"]
+
+    claim_output_dir(
+        OmegaConf.merge(cfg, {"optimizer": {"lr": 0.2}}), recipe="adapt", resume=True, overwrite=True
+    )
+
+    assert all(path.read_text() == "mine" for path in mine)
+    assert (
+        not step.exists() and not (out / "metrics.json").exists() and not (out / "features_DANN.png").exists()
+    )
+    assert read_marker(out)["outputs"] == []
+
+
+def test_data_fingerprint_sees_weights_and_data_not_cards(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from hftl.training.fingerprint import data_fingerprint
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "teacher" / "model"
+    model.mkdir(parents=True)
+    (model / "hftl_model.json").write_text("{}")
+    (model / "head.safetensors").write_bytes(b"weights")
+    data = tmp_path / "clips"
+    data.mkdir()
+    (data / "a.wav").write_bytes(b"RIFF")
+    cfg = OmegaConf.create({"teacher": {"path": str(tmp_path / "teacher")}, "data": {"path": str(data)}})
+    first = data_fingerprint(cfg)
+    assert set(first.parts) == {"teacher.path", "data.path"}
+
+    (model / "README.md").write_text("# a card rendered later")  # hftl card / hftl eval write here
+    (tmp_path / "teacher" / "eval_test.json").write_text("{}")
+    assert data_fingerprint(cfg).digest == first.digest
+    (model / "head.safetensors").write_bytes(b"retrained")
+    (data / "b.wav").write_bytes(b"RIFF")
+    assert data_fingerprint(cfg).changed(first.parts) == ["data.path", "teacher.path"]
+
+
+def test_corrupt_best_weights_are_not_restored(tmp_path, caplog):
+    """The best validation weights are restored only if their sha256 is the one recorded when saved."""
+    import torch
+    from torch.utils.data import default_collate
+
+    from hftl.training import Engine, TrainConfig
+    from hftl.training.builders import build_accelerator, build_loader, build_scheduler
+
+    config = TrainConfig(max_steps=3, eval_every_steps=1, batch_size=4, cpu=True, lr_scheduler="constant",
+                         warmup_ratio=0.0)  # fmt: skip
+    accelerator = build_accelerator(config, tmp_path)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    rows = [{"x": torch.randn(4), "labels": torch.tensor(i % 2)} for i in range(12)]
+    loader = build_loader(rows, collate_fn=default_collate, batch_size=4, shuffle=False)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    scheduler = build_scheduler(config, optimizer, total_steps=3, num_processes=1)
+
+    def step(m, batch):
+        return torch.nn.functional.cross_entropy(m(batch["x"]), batch["labels"]), {}
+
+    scores = iter([0.9, 0.1, 0.1])  # best at step 1; the third validation corrupts the saved best file
+
+    def evaluate():
+        value = next(scores)
+        if engine.state.step == 3:
+            data = bytearray(engine.best_path.read_bytes())
+            data[-1] ^= 0xFF  # in the tensor data: load_file would read it without complaint
+            engine.best_path.write_bytes(bytes(data))
+        return {"accuracy": value}
+
+    engine = Engine(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
+                    train_loader=loader, config=config, output_dir=tmp_path, total_steps=3, evaluate=evaluate,
+                    loss_fn=step)  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="hftl.training.engine"):
+        state = engine.fit()
+    assert state.best_step == 1 and state.best_sha256 is not None
+    assert any("does not match the sha256" in r.getMessage() for r in caplog.records)
