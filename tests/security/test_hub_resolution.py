@@ -113,6 +113,8 @@ def test_cli_from_hub_prints_and_records_the_commit(hub, tmp_path, capsys):
         (["predict", "hf://alice/model@", "x"], "not a Hub model reference"),
         (["predict", "--from-hub", "../alice/model", "x"], "not a Hub model reference"),
         (["predict", "hf://bob/missing", "x"], "Downloading the Hub model 'bob/missing' failed"),
+        # downloaded and loaded (the tiny mean-pooled model then has no exact transformers export)
+        (["export", "--merge", "--from-hub", "alice/model", "--out", "exported"], "Cannot export this model"),
     ],
 )
 def test_hub_arguments_are_checked(hub, capsys, argv, expected):
