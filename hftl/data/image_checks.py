@@ -110,22 +110,33 @@ def _item_problem(item: dict | None, max_pixels: int) -> str | None:
     return problem(item["path"] if data is None else io.BytesIO(data), max_pixels=max_pixels)
 
 
-def open_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
-    """Opens one image file for inference, with the checks of the data scan; returns a loaded copy.
+def open_image(image: str | Path | dict, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    """Opens one image with the checks of the data scan (inference, streamed training); a loaded copy.
+
+    Args:
+        image: a file path, or a ``datasets.Image(decode=False)`` item ``{"path", "bytes"}`` (bytes win).
+        max_pixels: the largest width × height the file may declare.
 
     Raises:
         DataError: naming the file, if it is missing, over ``max_pixels`` or unreadable.
     """
-    if not Path(path).is_file():
-        raise DataError(f"Image file {str(path)!r} does not exist.")
-    with _quiet_pil():
-        bad = problem(str(path), max_pixels=max_pixels)
-    if bad:
-        raise DataError(f"Image file {str(path)!r} {bad}. Fix: re-export or downscale it.")
     from PIL import Image
 
-    with Image.open(path) as image:  # read now and close the file (no handle per prediction)
-        return image.copy()
+    _allow_in_pil(max_pixels)
+    data = image.get("bytes") if isinstance(image, dict) else None
+    path = image.get("path") if isinstance(image, dict) else image
+    name = str(path) if path else "<image bytes>"
+    if data is None and (not path or not Path(path).is_file()):
+        raise DataError(f"Image file {name!r} does not exist.")
+    source = io.BytesIO(data) if data is not None else str(path)
+    with _quiet_pil():
+        bad = problem(source, max_pixels=max_pixels)
+    if bad:
+        raise DataError(f"Image file {name!r} {bad}. Fix: re-export, downscale or remove it.")
+    if data is not None:
+        source.seek(0)
+    with Image.open(source) as opened:  # read now and close the file (no handle per image)
+        return opened.copy()
 
 
 def scan_images(

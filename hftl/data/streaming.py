@@ -12,7 +12,8 @@ compute). Because a stream's length is unknown up front, streamed runs are sized
 an epoch ends when the stream is exhausted.
 
 Rows are checked as they stream: an empty text, a label outside ``data.label_names`` (labels are read as
-in :mod:`hftl.data.labels`: NFC strings, integral ids; NaN, ``1.5`` or empty stop) or a missing media path
+in :mod:`hftl.data.labels`: NFC strings, integral ids; NaN, ``1.5`` or empty stop), an image the image check
+refuses (:mod:`hftl.data.image_checks`: decompression bombs, corrupt files) or a missing media path
 stops training with an error naming the row (its position in the unshuffled stream). ``label_names`` (at
 least two classes) is required; that the stream really holds more than one of them cannot be checked
 before training reads it, unlike in-memory data.
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import datasets
 from torch.utils.data import IterableDataset
 
+from hftl.data.image_checks import open_image
 from hftl.data.labels import canonical_label, canonical_name, filter_key, label_names_problems, outside
 from hftl.data.sources import read_source
 from hftl.errors import ConfigError, DataError
@@ -172,6 +174,8 @@ def _train_stream(
 ) -> datasets.IterableDataset:
     """The standardized, checked, shuffled train stream."""
     modality, column = data.modality, data.input_column
+    if isinstance((stream.features or {}).get(column), datasets.Image):  # checked, then opened, per row
+        stream = stream.cast_column(column, datasets.Image(decode=False))
     stream = stream.map(_row_standardizer(data, label_column, folder), with_indices=True)
     stream = stream.select_columns([modality] + (["label"] if label_column else []))
     if isinstance((stream.features or {}).get(column), datasets.Audio):
@@ -219,6 +223,11 @@ def _row_standardizer(
         if modality != "text" and isinstance(value, str):  # a media path, relative to the manifest
             path = Path(value).expanduser()
             value = str(path if path.is_absolute() else folder / path)
+        if modality == "image" and isinstance(value, str | dict):  # never decode a file the scan would refuse
+            try:
+                value = open_image(value, max_pixels=data.max_image_pixels)
+            except DataError as err:
+                raise DataError(f"{err} ({where}, column {column!r})") from None
         out = {modality: str(value) if modality == "text" else value}
         if label_column is not None:
             out["label"] = _label_id(row.get(label_column), names, ids, where, label_column)

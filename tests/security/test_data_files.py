@@ -240,6 +240,18 @@ def test_decompression_bomb_is_a_data_error_naming_file_and_limit(tmp_path, widt
     assert "bomb.png" in message and "89,478,485" in message and "data.max_image_pixels" in message
 
 
+def test_streamed_images_are_checked_before_decoding(tmp_path):
+    folder = image_folder(tmp_path)
+    data = ClassificationData(path=str(folder), streaming=True, label_names=["a", "b"], validation_size=0)
+    assert sorted(row["image"].size for row in _stream_rows(data)) == [(16, 16)] * 6
+    png_declaring(folder / "a" / "bomb.png", 10_000, 10_000)
+    data = ClassificationData(path=str(folder), streaming=True, label_names=["a", "b"], validation_size=0)
+    with pytest.raises(DataError) as info:
+        _stream_rows(data)
+    message = str(info.value)
+    assert "bomb.png" in message and "data.max_image_pixels" in message and "streamed" in message
+
+
 def test_max_image_pixels_is_configurable(tmp_path):
     folder = image_folder(tmp_path)
     with pytest.raises(DataError, match=r"16×16 = 256 pixels, over the limit of 100"):
