@@ -122,6 +122,11 @@ def _is_entry_name(name: Any) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..", MARKER_FILE) and Path(name).name == name
 
 
+def _is_marker_file(name: str) -> bool:
+    """The marker, or a temporary copy a killed process left while replacing it."""
+    return name == MARKER_FILE or (name.startswith(f".{MARKER_FILE}.") and name.endswith(".tmp"))
+
+
 def _write_marker(run_dir: Path, data: dict[str, Any]) -> None:
     tmp = run_dir / f".{MARKER_FILE}.{uuid.uuid4().hex[:8]}.tmp"
     try:
@@ -281,13 +286,11 @@ class RunClaim:
         path: the folder.
         created: folders this claim created (deepest last).
         new_marker: whether this claim wrote the marker into a folder that had none.
-        resuming: whether the folder holds an earlier run of the same config and data.
     """
 
     path: Path
     created: list[Path] = field(default_factory=list)
     new_marker: bool = False
-    resuming: bool = False
 
     def release_if_unused(self) -> None:
         """After a failed run: removes the marker and the folders this claim created if nothing else was written."""
@@ -348,9 +351,11 @@ def claim_output_dir(
             _write_marker(path, marker)
         return RunClaim(path, created=created, new_marker=True)
     old = read_marker(path)
-    entries = [p.name for p in path.iterdir() if p.name != MARKER_FILE]
+    entries = [p.name for p in path.iterdir() if not _is_marker_file(p.name)]
     if old is None and entries:
         _refuse_foreign(path, entries)
+    if old is not None:
+        _check_replaceable(path)
     results = [
         n
         for n in (old or {}).get("outputs", [])
@@ -360,7 +365,6 @@ def claim_output_dir(
         with writing("the run marker", path / MARKER_FILE):
             _write_marker(path, marker)
         return RunClaim(path, new_marker=old is None)
-    _check_replaceable(path)
     if overwrite:
         with writing("the run folder", path):
             for name in old.get("outputs", []):
@@ -368,7 +372,7 @@ def claim_output_dir(
             _write_marker(path, marker)
         return RunClaim(path)
     _check_same_run(path, old, config_fp, data_fp, resume=resume)
-    return RunClaim(path, resuming=True)
+    return RunClaim(path)
 
 
 def _check_same_run(
