@@ -87,14 +87,13 @@ def load_config(name_or_path: str, overrides: Sequence[str] = ()) -> DictConfig:
                 f"the top level must be a mapping of `key: value` lines, found a {type(top).__name__}",
                 source=str(path),
             )
+        _check_interpolation_depth(top or {}, str(path))  # OmegaConf parses each `${...}` as it loads
         cfg = OmegaConf.load(io.StringIO(text))
     except yaml.YAMLError as e:
         raise ConfigError(_yaml_problem(e, text), source=str(path)) from e
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot load the YAML: {str(e).splitlines()[0]}", source=str(path)) from e
-    apply_overrides(cfg, overrides)
-    _check_interpolation_depth(cfg, str(path))
-    return cfg
+    return apply_overrides(cfg, overrides)
 
 
 # Limits far above any real config; past them the YAML is an attack or an accident, never a config.
@@ -155,10 +154,10 @@ def _check_yaml_shape(text: str, source: str) -> None:
             )
 
 
-def _check_interpolation_depth(cfg: DictConfig, source: str) -> None:
-    """Refuse a string whose ``${...}`` nest deeper than :data:`MAX_INTERPOLATION_DEPTH` (the resolver's
-    parser would exhaust the stack)."""
-    pending = [("", OmegaConf.to_container(cfg, resolve=False))]
+def _check_interpolation_depth(top: dict, source: str | None) -> None:
+    """Refuse a string whose ``${...}`` nest deeper than :data:`MAX_INTERPOLATION_DEPTH` (OmegaConf's
+    grammar would exhaust the stack)."""
+    pending: list[tuple[str, object]] = [("", top)]
     while pending:
         key, value = pending.pop()
         if isinstance(value, dict):
@@ -259,8 +258,12 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
             continue
         try:
             value = None if delete else _parse_value(raw)
+            _check_interpolation_depth({key: value}, None)
         except RecursionError:
-            problems.append(f"`{key}`: the value nests lists/mappings too deeply to read")
+            problems.append(f"`{key}`: the value nests lists/mappings or interpolations too deeply to read")
+            continue
+        except ConfigError as e:
+            problems += e.problems
             continue
         except (yaml.YAMLError, OmegaConfBaseException) as e:
             problems.append(
