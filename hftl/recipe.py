@@ -168,7 +168,7 @@ def recipe_main(
     logging.basicConfig(
         level=os.environ.get("HFTL_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )
-    from hftl.config import granted
+    from hftl.config import granted, redact
 
     claim = None
     try:
@@ -179,7 +179,7 @@ def recipe_main(
     except (HftlError, OSError) as err:
         if claim is not None:
             claim.release_if_unused()  # a run that failed before writing anything leaves no folder behind
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        print(f"error: {redact(_one_line(err))}", file=sys.stderr)  # no --allow-env value in messages
         return 2
     return 0
 
