@@ -506,7 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command]
         return handler(args)
     except HftlError as err:
-        print(f"error: {err}", file=sys.stderr)
+        from hftl.config import redact  # values the user let a config read from the environment
+
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return 2
 
 
