@@ -329,6 +329,7 @@ def cmd_card(args: argparse.Namespace) -> int:
         license=args.license,
         language=args.language,
         datasets=args.dataset,
+        force=args.force,
     )
     print(f"Model card written to {path}")
     return 0
@@ -344,6 +345,8 @@ def cmd_push(args: argparse.Namespace) -> int:
         revision=args.revision,
         create_pr=args.create_pr,
         commit_message=args.commit_message,
+        render=not args.no_card,
+        skip_unknown=args.skip_unknown,
     )
     print(f"Pushed {args.output_dir} to {args.repo_id}: {url}")
     return 0
@@ -368,6 +371,10 @@ def _add_hub_commands(sub) -> None:
     )
     card.add_argument("--language", help="Language code of the data, e.g. en (default: inferred when known).")
     card.add_argument("--dataset", action="append", help="Hub dataset id trained on (repeatable).")
+    card.add_argument(
+        "--force", action="store_true",
+        help="Replace a README.md that was edited after hftl wrote it (refused otherwise: your edits are kept).",
+    )  # fmt: skip
     push = sub.add_parser(
         "push", help="Upload OUTPUT_DIR/model to the Hub: hftl push OUTPUT_DIR --repo-id user/name"
     )
@@ -379,13 +386,24 @@ def _add_hub_commands(sub) -> None:
     push.add_argument("--revision", help="Branch to commit to (created when missing).")
     push.add_argument("--create-pr", action="store_true", help="Open a pull request instead of committing.")
     push.add_argument("--commit-message")
+    push.add_argument(
+        "--no-card", action="store_true",
+        help="Upload model/README.md as it is (default: render a fresh card, unless you edited README.md).",
+    )  # fmt: skip
+    push.add_argument(
+        "--skip-unknown", action="store_true",
+        help="Push without files in model/ that hftl did not write (default: refuse to push, naming them).",
+    )  # fmt: skip
     export = sub.add_parser(
         "export", help="Write a plain transformers classifier: hftl export --merge OUTPUT_DIR --out DIR"
     )
     export.add_argument("output_dir")
     export.add_argument("--merge", action="store_true", help="Merge LoRA/IA3 weights into the base model.")
     export.add_argument("--out", required=True, help="Directory to write.")
-    export.add_argument("--force", action="store_true", help="Replace a non-empty --out.")
+    export.add_argument(
+        "--force", action="store_true",
+        help="Replace an earlier export in --out (never another folder, nor one overlapping the source).",
+    )  # fmt: skip
     _add_source_flags(export, trust=False)
 
 
@@ -506,9 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command]
         return handler(args)
     except HftlError as err:
-        from hftl.config import redact  # values the user let a config read from the environment
-
-        print(f"error: {redact(str(err))}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
 

@@ -130,11 +130,19 @@ def _handler(hub: FakeHub):
                 for x in lines
                 if x["key"] == "file"
             }
+            extra = {}
+            if "create_pr=1" in query:  # like the Hub: open a PR from the default branch and commit to it
+                prs = hub.repos[repo]["prs"]
+                prs.append({"title": lines[0]["value"]["summary"], "pullRequest": True})
+                rev = f"refs/pr/{len(prs)}"
+                hub.repos[repo]["branches"][rev] = dict(hub.repos[repo]["branches"]["main"])
+                extra["pullRequestUrl"] = f"http://{self.headers['Host']}/{repo}/discussions/{len(prs)}"
             hub.commits.append({"repo": repo, "revision": rev, "header": lines[0]["value"], "files": files})
             hub.repos[repo]["branches"].setdefault(rev, {}).update(files)
             sha = hub.sha(repo, rev)
             return self._send(
-                200, {"commitUrl": f"http://{self.headers['Host']}/{repo}/commit/{sha}", "commitOid": sha}
+                200,
+                {"commitUrl": f"http://{self.headers['Host']}/{repo}/commit/{sha}", "commitOid": sha, **extra},
             )
 
         def _discussions(self, repo, rest, body, query):

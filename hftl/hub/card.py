@@ -9,24 +9,37 @@ each shows is read by :mod:`hftl.hub.card_contexts` (with the readers of :mod:`h
 in :mod:`hftl.hub.citations`). The YAML front matter is
 :class:`huggingface_hub.ModelCardData` (``base_model``, ``library_name``, ``pipeline_tag``, ``datasets``,
 ``language``, ``license``, ``tags``, ``model-index``), so it is the one the Hub parses.
+
+A card is rendered into a temporary folder first and installed into ``model/`` only when complete;
+``model/.hftl_card.json`` records the hash of the README hftl wrote and the plots it drew. A README that
+differs from that hash (or that hftl did not write) is the user's: ``hftl card`` refuses to replace it
+without ``--force`` and ``hftl push`` uploads it unchanged. Every value a template shows is escaped for
+Markdown and HTML (:mod:`hftl.hub.markdown`); config values are read with environment interpolations
+kept as text (:func:`hftl.config.record_config`), so no secret from the environment reaches a card.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
+import os
 import platform
 import re
-from importlib import metadata, resources
+import shlex
+import shutil
+import tempfile
+from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from markupsafe import Markup
 from omegaconf import OmegaConf
 
-from hftl.errors import ModelLoadError
+from hftl.errors import HftlError, ModelLoadError
 from hftl.hub.card_contexts import BUILDERS, infer_recipe
 from hftl.hub.citations import CITATIONS
-from hftl.hub.plots import PLOTS_DIRNAME, plot_confusion_matrix, write_plots
+from hftl.hub.markdown import environment
+from hftl.hub.plots import PLOTS_DIRNAME, plot_confusion_matrix, safe_stem, write_plots
 from hftl.hub.run_files import (
     ADAPTER_NAMES,
     HUB_ID,
@@ -36,6 +49,7 @@ from hftl.hub.run_files import (
     data_paths,
     hub_path,
     plain,
+    read_config,
     read_json,
 )
 from hftl.models.io import META_FILE, MODEL_DIRNAME, find_model_dir
@@ -56,6 +70,9 @@ KNOWN_DATA: list[tuple[str, str | None, str]] = [
     ("fsdd", None, "en"),
     ("spoken_digits", None, "en"),
 ]
+CARD_FILE = "README.md"
+CARD_MARKER = ".hftl_card.json"  # what hftl's last card wrote: the README's hash and the plots
+CardState = Literal["missing", "hftl", "edited"]
 VERSIONED = ("hftl", "torch", "transformers", "peft", "accelerate", "datasets", "huggingface_hub")
 
 
@@ -66,6 +83,7 @@ def render_card(
     license: str | None = None,
     language: str | None = None,
     datasets: list[str] | None = None,
+    force: bool = False,
 ) -> Path:
     """(Re)writes ``README.md`` and ``plots/`` of a run's model directory; returns the README path.
 
@@ -76,14 +94,88 @@ def render_card(
             the license of a fine-tuned model follows its base model and data, which hftl cannot know.
         language: language code(s) of text/speech data; default: inferred for the shared data sets.
         datasets: Hub dataset ids trained/evaluated on; default: inferred when the data is a Hub id.
+        force: replace a ``README.md`` that was edited after hftl wrote it (or that hftl did not write).
 
     Raises:
         ModelLoadError: ``output_dir`` holds no hftl model, or one written by a recipe without a card.
+        CardEditedError: ``README.md`` is the user's and ``force`` is not set.
     """
-    card = build_card(output_dir, repo_id=repo_id, license=license, language=language, datasets=datasets)
-    path = find_model_dir(_local(output_dir)) / "README.md"
-    card.save(path)
-    return path
+    model_dir = find_model_dir(_local(output_dir))
+    if card_state(model_dir) == "edited" and not force:
+        raise CardEditedError(
+            f"{model_dir / CARD_FILE} was edited after hftl wrote it (or hftl did not write it), so `hftl card` "
+            "keeps it. Pass --force to replace it with a freshly rendered card (your edits are lost), or move "
+            "it out of the folder first."
+        )
+    with tempfile.TemporaryDirectory(prefix="hftl-card-") as staged:
+        stage_card(
+            model_dir, Path(staged), repo_id=repo_id, license=license, language=language, datasets=datasets
+        )
+        install_card(Path(staged), model_dir)
+    return model_dir / CARD_FILE
+
+
+class CardEditedError(HftlError):
+    """``hftl card`` would replace a README.md that hftl did not write or that was edited since."""
+
+
+def card_state(model_dir: Path) -> CardState:
+    """``missing`` (no README), ``hftl`` (the README hftl's last card wrote, unchanged) or ``edited``.
+
+    A README without hftl's marker (hand-written, or rendered by an hftl without markers) counts as edited.
+    """
+    readme = model_dir / CARD_FILE
+    if not readme.exists() and not readme.is_symlink():
+        return "missing"
+    marker = _read_marker(model_dir)
+    if readme.is_symlink() or not readme.is_file() or marker is None:
+        return "edited"
+    return "hftl" if _sha256(readme) == marker.get("readme_sha256") else "edited"
+
+
+def stage_card(model_dir: Path, dest: Path, **card_args: Any) -> list[str]:
+    """Renders the card of ``model_dir`` into the empty folder ``dest``: ``README.md`` and ``plots/``.
+
+    Args:
+        model_dir: an hftl model directory.
+        dest: where to write; ``model_dir`` itself is never written.
+        card_args: ``repo_id``, ``license``, ``language``, ``datasets`` of :func:`render_card`.
+
+    Returns:
+        The files written, relative to ``dest`` (``README.md`` first).
+    """
+    card = build_card(model_dir, plots_dir=dest, **card_args)
+    (dest / CARD_FILE).write_text(str(card), encoding="utf-8")
+    plots = sorted((dest / PLOTS_DIRNAME).iterdir()) if (dest / PLOTS_DIRNAME).is_dir() else []
+    return [CARD_FILE, *(f"{PLOTS_DIRNAME}/{p.name}" for p in plots)]
+
+
+def install_card(staged: Path, model_dir: Path) -> None:
+    """Moves a card staged by :func:`stage_card` into ``model_dir`` and records it in the card marker.
+
+    Only hftl's own files are replaced or removed: the README (the caller checked :func:`card_state`) and
+    the plots the previous card recorded; other files in ``plots/`` are left alone.
+    """
+    if (model_dir / PLOTS_DIRNAME).is_symlink():
+        raise HftlError(
+            f"{model_dir / PLOTS_DIRNAME} is a symlink; hftl writes the card's plots only into a real folder. "
+            "Replace it with a folder (or remove it), then render the card again."
+        )
+    old = _read_marker(model_dir) or {}
+    plots = sorted(p.name for p in (staged / PLOTS_DIRNAME).glob("*.png"))
+    for name in old.get("plots", []):
+        path = model_dir / PLOTS_DIRNAME / Path(name).name
+        if Path(name).name not in plots and path.is_file() and not path.is_symlink():
+            path.unlink()
+    if plots:
+        (model_dir / PLOTS_DIRNAME).mkdir(exist_ok=True)
+    for name in plots:
+        _replace_file(staged / PLOTS_DIRNAME / name, model_dir / PLOTS_DIRNAME / name)
+    _replace_file(staged / CARD_FILE, model_dir / CARD_FILE)
+    marker = {"format": 1, "readme_sha256": _sha256(model_dir / CARD_FILE), "plots": plots}
+    tmp = model_dir / f"{CARD_MARKER}.tmp"
+    tmp.write_text(json.dumps(marker, indent=2) + "\n")
+    os.replace(tmp, model_dir / CARD_MARKER)
 
 
 def build_card(
@@ -93,12 +185,13 @@ def build_card(
     license: str | None = None,
     language: str | None = None,
     datasets: list[str] | None = None,
+    plots_dir: Path | None = None,
 ):
-    """The :class:`huggingface_hub.ModelCard` of a run (plots are written as a side effect)."""
+    """The :class:`huggingface_hub.ModelCard` of a run; plots are drawn into ``plots_dir/plots`` when given."""
     from huggingface_hub import ModelCard, ModelCardData
 
     model_dir = find_model_dir(_local(output_dir))
-    ctx = card_context(model_dir, repo_id=repo_id)
+    ctx = card_context(model_dir, repo_id=repo_id, plots_dir=plots_dir)
     hints = [h for node in ctx["data_nodes"] for h in _hints(node)]
     data_ids = datasets if datasets is not None else sorted({h[0] for h in hints if h[0]})
     data = ModelCardData(
@@ -112,27 +205,26 @@ def build_card(
         model_name=ctx["model_id"],
         eval_results=_eval_results(ctx) or None,
     )
-    # What ModelCard.from_template does, through an environment whose loader lets templates import
-    # the shared `_macros.md.j2`.
-    template = _environment().get_template(f"{ctx['family']}.md.j2")
-    return ModelCard(template.render(card_data=data.to_yaml(), **(data.to_dict() | ctx)))
+    # What ModelCard.from_template does, through hftl's escaping environment (templates import the shared
+    # `_macros.md.j2`). The front matter is huggingface_hub's YAML: marked safe, then parsed back below.
+    template = environment().get_template(f"{ctx['family']}.md.j2")
+    card = ModelCard(template.render(**(data.to_dict() | ctx), card_data=Markup(data.to_yaml())))
+    if card.data.to_dict() != ModelCard(f"---\n{data.to_yaml()}\n---\n").data.to_dict():
+        raise HftlError(  # the body cannot reach the front matter; this guards the templates themselves
+            f"Internal error: the card of {model_dir} changed its own front matter; please report it."
+        )
+    return card
 
 
-@functools.cache
-def _environment():
-    import jinja2
+def card_context(
+    model_dir: Path, *, repo_id: str | None = None, plots_dir: Path | None = None
+) -> dict[str, Any]:
+    """Everything a template shows, read from the model directory and its run directory.
 
-    def source(name: str) -> str | None:
-        path = resources.files("hftl.hub") / "templates" / name
-        return path.read_text(encoding="utf-8") if path.is_file() else None
-
-    return jinja2.Environment(loader=jinja2.FunctionLoader(source), autoescape=False)
-
-
-def card_context(model_dir: Path, *, repo_id: str | None = None) -> dict[str, Any]:
-    """Everything a template shows, read from the model directory and its run directory."""
+    Plots are drawn into ``plots_dir/plots`` (never into ``model_dir``); ``None`` draws none.
+    """
     meta = json.loads((model_dir / META_FILE).read_text())
-    cfg = OmegaConf.load(model_dir / "config.yaml")
+    cfg = read_config(model_dir / "config.yaml")
     run_dir = model_dir.parent if model_dir.name == MODEL_DIRNAME else None
     metrics = read_json(run_dir / "metrics.json") if run_dir else None
     metrics = metrics or read_json(model_dir / "metrics.json") or {}
@@ -170,7 +262,7 @@ def card_context(model_dir: Path, *, repo_id: str | None = None) -> dict[str, An
         "optimizer_args": args_of(cfg.optimizer),
         "train_args": plain(cfg.get("train")) or {},
         "seed": cfg.get("seed", 42),
-        "config_yaml": OmegaConf.to_yaml(cfg).strip(),
+        "config_yaml": OmegaConf.to_yaml(cfg, resolve=True).strip(),  # ${oc.env:...} kept as text
         "command": _command(recipe, cfg),
         "versions": _versions(),
         "load_path": repo_id or str(run_dir or model_dir),
@@ -178,9 +270,10 @@ def card_context(model_dir: Path, *, repo_id: str | None = None) -> dict[str, An
     run = RunFiles(model_dir=model_dir, run_dir=run_dir, cfg=cfg, meta=meta, metrics=metrics, recipe=recipe)
     ctx.update(builder(run, ctx))
     keys = [*ctx["citations"], adapter_name]  # the method's paper(s) first, then the adapter's
-    ctx["citations"] = [CITATIONS[k] for k in dict.fromkeys(keys) if k in CITATIONS]
-    ctx["plots"] = write_plots(model_dir, run_dir, ctx)
-    ctx["plots"].update(_confusion_plots(model_dir, ctx.get("confusions") or []))
+    ctx["citations"] = [Markup(CITATIONS[k]) for k in dict.fromkeys(keys) if k in CITATIONS]  # hftl's own
+    ctx["plots"] = write_plots(plots_dir, run_dir, ctx) if plots_dir is not None else {}
+    if plots_dir is not None:
+        ctx["plots"].update(_confusion_plots(plots_dir, ctx.get("confusions") or []))
     return ctx
 
 
@@ -205,22 +298,30 @@ def _command(recipe: str, cfg: Any) -> str:
     drop = [k for k in cfg if k not in allowed]
     if recipe == "multitask" and cfg.get("init_from"):
         drop.append("encoder")  # the encoder comes from `init_from`
-    return f"hftl run {recipe} --config config.yaml" + "".join(f" '~{k}'" for k in sorted(set(drop)))
+    return f"hftl run {recipe} --config config.yaml" + "".join(
+        f" {shlex.quote(f'~{k}')}" for k in sorted(set(drop))
+    )
 
 
-def _confusion_plots(model_dir: Path, confusions: list[tuple[str, str, list, list[str]]]) -> dict[str, str]:
-    """Extra confusion matrices (one per task of a multi-task model) next to :func:`write_plots`' ones."""
+def _confusion_plots(dest: Path, confusions: list[tuple[str, str, list, list[str]]]) -> dict[str, str]:
+    """Extra confusion matrices (one per task of a multi-task model) next to :func:`write_plots`' ones.
+
+    File names come from task names, which a config chose: :func:`safe_stem` keeps them inside ``plots/``.
+    """
     try:
         import matplotlib
 
         matplotlib.use("Agg")
     except ImportError:
         return {}
-    plots = {}
-    for title, stem, matrix, labels in confusions:
-        (model_dir / PLOTS_DIRNAME).mkdir(exist_ok=True)
-        plot_confusion_matrix(matrix, labels, model_dir / PLOTS_DIRNAME / f"{stem}.png", title=title)
-        plots[title] = f"{PLOTS_DIRNAME}/{stem}.png"
+    plots: dict[str, str] = {}
+    for i, (title, stem, matrix, labels) in enumerate(confusions):
+        name = f"{safe_stem(stem)}.png"
+        if (dest / PLOTS_DIRNAME / name).exists():  # two task names that differ only in unsafe characters
+            name = f"{safe_stem(stem)}_{i}.png"
+        (dest / PLOTS_DIRNAME).mkdir(exist_ok=True)
+        plot_confusion_matrix(matrix, labels, dest / PLOTS_DIRNAME / name, title=title)
+        plots[title] = f"{PLOTS_DIRNAME}/{name}"
     return plots
 
 
@@ -279,3 +380,23 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def _read_marker(model_dir: Path) -> dict[str, Any] | None:
+    path = model_dir / CARD_MARKER
+    try:
+        marker = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _replace_file(src: Path, dst: Path) -> None:
+    """Copies ``src`` over ``dst`` atomically (a temporary sibling renamed over it; a symlink is replaced)."""
+    tmp = dst.with_name(f".{dst.name}.hftl-tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from hftl.hub.run_files import (
     Row,
@@ -32,6 +32,7 @@ from hftl.hub.run_files import (
     defaults_of,
     model_config,
     plain,
+    read_config,
     read_json,
     split_rows,
 )
@@ -197,7 +198,7 @@ def _teacher(path: Path) -> dict[str, Any] | None:
     if model_dir is None:
         return None
     meta = json.loads((model_dir / META_FILE).read_text())
-    adapter = OmegaConf.load(model_dir / "config.yaml").get("adapter") or {}
+    adapter = read_config(model_dir / "config.yaml").get("adapter") or {}
     encoder = model_dir / "encoder" if meta["adapter"] == "full" else meta["base_model"]
     return {
         "base_model": meta["base_model"],
@@ -223,7 +224,7 @@ def multitask_context(run: RunFiles, base: dict[str, Any]) -> dict[str, Any]:
         nodes += [node] if node else []
         tasks.append({
             "name": name, "label_names": entry["label_names"], "data_name": data_name(node) if node else None,
-            "head": str(entry["head"].get("_component_", "")).rsplit(".", 1)[-1], "splits": splits,
+            "head": _head_name(entry.get("head")), "splits": splits,
             "weight": float(cfg.tasks[name].get("weight", 1.0)) if name in cfg.tasks else None,
         })  # fmt: skip
     old = metrics.get("old_task")
@@ -258,6 +259,12 @@ def multitask_context(run: RunFiles, base: dict[str, Any]) -> dict[str, Any]:
         "eval_rows": rows,
         "citations": ["lwf"] if lwf else [],
     }
+
+
+def _head_name(head: Any) -> str:
+    """A task head's class name from ``tasks.json``: a spec (``class``) or a config node (``_component_``)."""
+    head = head if isinstance(head, dict) else {}
+    return str(head.get("class") or head.get("_component_") or "").rsplit(".", 1)[-1]
 
 
 def fewshot_context(run: RunFiles, base: dict[str, Any]) -> dict[str, Any]:

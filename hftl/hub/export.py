@@ -21,20 +21,31 @@ tanh pooler; ``stats``/``attention`` pooling; MLP heads elsewhere; ``encoder.lay
 models trained from scratch with hftl's own architectures) has no exact transformers equivalent and is
 refused with an explanation: load it with ``hftl.load`` instead. LoRA/IA3 weights are merged into the
 base weights with peft's ``merge_and_unload()``.
+
+``--out`` is checked before the model is loaded (:func:`check_out_dir`): it may not be, contain or lie
+inside the model directory or its run, even with ``--force``; an existing non-empty folder is replaced
+only with ``--force`` and only when an earlier export wrote it (its ``.hftl_export.json`` marker). The
+export is written into a temporary sibling and renamed into place at the end (:func:`staged_out_dir`),
+so a failure leaves ``--out`` as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+import hftl
 from hftl.errors import HftlError
-from hftl.models.io import load_model
+from hftl.models.io import META_FILE, MODEL_DIRNAME, load_model
 
 AUDIO_TYPES = ("wav2vec2", "hubert", "wavlm")
 VISION_TYPES = ("vit", "deit")
@@ -43,6 +54,9 @@ SUPPORTED = (
     "activation: tanh, hidden_features: <hidden size>}`; audio `wav2vec2`/`hubert`/`wavlm` with `pooling: mean` "
     "and a linear head; vision `vit`/`deit` with `pooling: cls` and a linear head (all with `encoder.layer: -1`)"
 )
+EXPORT_MARKER = ".hftl_export.json"  # in every folder `hftl export` wrote: what --force may replace
+# Files that show a `model/` folder sits inside a run directory, which the export then protects too.
+RUN_FILES = (".hftl_run.json", "metrics.json", "checkpoints")
 
 
 def export_merged(
@@ -53,18 +67,19 @@ def export_merged(
     Args:
         output_dir: a finished run's ``output_dir``, its ``model/`` folder, or a Hub repo id.
         out: directory to create.
-        force: replace ``out`` when it exists.
+        force: replace ``out`` when an earlier ``hftl export`` wrote it.
         atol: largest logit difference allowed in the built-in check.
 
     Returns:
         ``out``; load it with ``AutoModelFor{Sequence,Audio,Image}Classification.from_pretrained(out)``.
 
     Raises:
-        HftlError: the configuration has no exact transformers equivalent, or ``out`` exists.
+        HftlError: the configuration has no exact transformers equivalent; ``out`` overlaps the source,
+            or exists and is not empty (without ``force``, or not written by ``hftl export``).
     """
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise HftlError(f"--out {out} exists and is not empty; pass --force to replace it, or another --out.")
+    sources = model_sources(output_dir)
+    check_out_dir(out, sources=sources, force=force)
     model, meta = load_model(output_dir)
     encoder = model.encoder
     config = encoder.base_model.config
@@ -84,12 +99,121 @@ def export_merged(
             f"Internal export error: the exported model's logits differ from hftl's by {diff:.2e} (> {atol}); "
             "nothing was written. Please report this with the model's config.yaml."
         )
-    if out.exists():
-        shutil.rmtree(out)
-    exported.save_pretrained(out)
-    if encoder.processor is not None:
-        encoder.processor.save_pretrained(out)
+    with staged_out_dir(out, sources=sources, force=force, record={"format": "transformers"}) as tmp:
+        exported.save_pretrained(tmp)
+        if encoder.processor is not None:
+            encoder.processor.save_pretrained(tmp)
     return out
+
+
+def model_sources(output_dir: str | Path) -> list[Path]:
+    """The local folders an export reads (resolved): the path given, its model directory, and the run
+    directory around a ``model/`` folder. Empty for a Hub reference (``hf://...``)."""
+    if isinstance(output_dir, str) and output_dir.startswith("hf://"):
+        return []
+    path = Path(output_dir)
+    if not path.exists():
+        return []
+    sources = [path.resolve()]
+    for candidate in (path, path / MODEL_DIRNAME):
+        if (candidate / META_FILE).is_file():
+            model_dir = candidate.resolve()
+            sources.append(model_dir)
+            run = model_dir.parent
+            if model_dir.name == MODEL_DIRNAME and any((run / f).exists() for f in RUN_FILES):
+                sources.append(run)
+    return list(dict.fromkeys(sources))
+
+
+def check_out_dir(out: Path, *, sources: Iterable[Path], force: bool, marker: str = EXPORT_MARKER) -> None:
+    """Refuses an ``--out`` that overlaps a source or that holds files an export did not write.
+
+    Args:
+        out: the folder to write.
+        sources: resolved folders the export reads (:func:`model_sources`); ``out`` may not be one of them,
+            lie inside one, or contain one, whatever ``force`` says.
+        force: allow replacing a non-empty ``out`` that holds ``marker`` (an earlier export).
+        marker: the file an export writes into its folder.
+
+    Raises:
+        HftlError: one line naming ``--out``, what is wrong and the fix.
+    """
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        kind = "a symlink" if out.is_symlink() else "a file"
+        raise HftlError(
+            f"--out {out} is {kind}; pass the path of a new or empty folder (or an earlier export)."
+        )
+    target = out.resolve()
+    for src in sources:
+        relation = (
+            "is"
+            if target == src
+            else "lies inside"
+            if src in target.parents
+            else "contains"
+            if target in src.parents
+            else None
+        )
+        if relation:
+            raise HftlError(
+                f"--out {out} {relation} the model being exported ({src}); writing there could overwrite or "
+                "delete it, so it is refused even with --force. Choose a folder outside it."
+            )
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / marker).is_file():
+            raise HftlError(
+                f"--out {out} is not empty and was not written by `hftl export` (no {marker} in it); hftl "
+                "replaces only its own exports, even with --force. Choose a new or empty folder."
+            )
+        if not force:
+            raise HftlError(
+                f"--out {out} holds an earlier export; pass --force to replace it, or choose another --out."
+            )
+
+
+@contextlib.contextmanager
+def staged_out_dir(
+    out: Path, *, sources: Iterable[Path], force: bool, record: dict[str, Any], marker: str = EXPORT_MARKER
+) -> Iterator[Path]:
+    """Yields an empty temporary sibling of ``out`` to write into; on success it becomes ``out``.
+
+    The ``marker`` file (``record`` + the hftl version) is written last; ``out`` is checked again
+    (:func:`check_out_dir`) before an earlier export in it is replaced. On any error the temporary folder
+    is removed and ``out`` is left as it was; an ``OSError`` (disk full, permissions) becomes an HftlError.
+    """
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    except OSError as err:
+        raise HftlError(
+            f"--out {out}: cannot create a folder in {out.parent} ({err.strerror or err}); choose a writable --out."
+        ) from None
+    try:
+        yield tmp
+        (tmp / marker).write_text(json.dumps({**record, "hftl_version": hftl.__version__}, indent=2) + "\n")
+        check_out_dir(out, sources=list(sources), force=force, marker=marker)
+        old = None
+        if out.exists():  # an empty folder, or an earlier export (checked above)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            out.rename(old / "out")
+        try:
+            tmp.rename(out)
+        except BaseException:
+            if old is not None:  # put the earlier export back
+                (old / "out").rename(out)
+                old.rmdir()
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise HftlError(
+            f"Writing --out {out} failed ({err.strerror or err}); nothing was written and --out is as it was. "
+            "Free space or fix the folder's permissions, then export again."
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _head_layers(head: nn.Module) -> list[nn.Module]:

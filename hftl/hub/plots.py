@@ -1,22 +1,37 @@
 """PNG plots for model cards (matplotlib, Agg backend): training curves, confusion matrix, feature plot.
 
-Plots go to ``<model dir>/plots/`` and the card links them by relative path, so they are files of the
-Hub repo and render on the model page.
+Plots go to ``plots/`` beside the card (a staging folder first, see :func:`hftl.hub.card.stage_card`) and
+the card links them by relative path, so they are files of the Hub repo and render on the model page.
+File names made from names a config or metrics file chose (task names, method names) go through
+:func:`safe_stem`, and label names are drawn as plain text (no matplotlib mathtext).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
 PLOTS_DIRNAME = "plots"
+# Every file name write_plots and the card's per-task confusion matrices can produce (what push uploads).
+PLOT_FILE = re.compile(r"(training_curves|confusion_matrix|confusion_[\w.-]+|features_[\w-]+)\.png")
 
 
-def write_plots(model_dir: Path, run_dir: Path | None, ctx: dict[str, Any]) -> dict[str, str]:
-    """Draws every plot the run's metrics allow; returns ``{title: path relative to model_dir}``.
+def safe_stem(name: str) -> str:
+    """``name`` as a file name stem: letters, digits, ``_``, ``-`` and ``.`` only, not starting with a dot."""
+    return re.sub(r"[^\w.-]", "_", name).lstrip(".")[:100] or "_"
+
+
+def _text(label: object) -> str:
+    """A label as matplotlib draws it literally: ``$`` would start mathtext (and a bad formula raises)."""
+    return str(label).replace("$", r"\$")
+
+
+def write_plots(dest: Path, run_dir: Path | None, ctx: dict[str, Any]) -> dict[str, str]:
+    """Draws every plot the run's metrics allow into ``dest/plots``; returns ``{title: path relative to dest}``.
 
     Missing matplotlib (``pip install hftl[plots]``) gives a card without plots, not an error.
     """
@@ -27,9 +42,8 @@ def write_plots(model_dir: Path, run_dir: Path | None, ctx: dict[str, Any]) -> d
     except ImportError:
         logger.warning("matplotlib is not installed (pip install 'hftl[plots]'): the card will have no plots")
         return {}
-    out = model_dir / PLOTS_DIRNAME
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir()
+    out = dest / PLOTS_DIRNAME
+    out.mkdir(exist_ok=True)
     plots: dict[str, str] = {}
     if plot_history(ctx.get("history") or [], out / "training_curves.png", title=ctx["model_id"]):
         plots["Validation metrics during training"] = f"{PLOTS_DIRNAME}/training_curves.png"
@@ -41,12 +55,12 @@ def write_plots(model_dir: Path, run_dir: Path | None, ctx: dict[str, Any]) -> d
             title=f"Confusion matrix ({split} split)",
         )  # fmt: skip
         plots[f"Confusion matrix ({split})"] = f"{PLOTS_DIRNAME}/confusion_matrix.png"
-    method = ctx.get("method")
-    features = run_dir / f"features_{method}.png" if run_dir and method else None
-    if features is not None and features.is_file():
+    method = str(ctx.get("method") or "")
+    features = run_dir / f"features_{method}.png" if run_dir and re.fullmatch(r"[\w-]+", method) else None
+    if features is not None and features.is_file() and not features.is_symlink():
         shutil.copyfile(features, out / features.name)
         plots["Source vs target features after adaptation"] = f"{PLOTS_DIRNAME}/{features.name}"
-    if not plots:
+    if not plots and not any(out.iterdir()):
         out.rmdir()
     return plots
 
@@ -72,12 +86,12 @@ def plot_history(history: list[dict[str, Any]], path: Path, *, title: str = "") 
     for ax, (panel, ylabel) in zip(axes[0], panels, strict=True):
         for key, points in panel.items():
             steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, marker="o", markersize=3, label=key)
+            ax.plot(steps, values, marker="o", markersize=3, label=_text(key))
         ax.set_xlabel("optimizer step")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title or "validation metrics")
+    fig.suptitle(_text(title) or "validation metrics")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -95,15 +109,16 @@ def plot_confusion_matrix(matrix: list[list[int]], labels: list[str], path: Path
     image = ax.imshow(counts, cmap="Blues")
     fig.colorbar(image, ax=ax, fraction=0.046)
     ticks = range(len(labels))
-    ax.set_xticks(ticks, labels, rotation=45, ha="right")
-    ax.set_yticks(ticks, labels)
+    names = [_text(name) for name in labels]
+    ax.set_xticks(ticks, names, rotation=45, ha="right")
+    ax.set_yticks(ticks, names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if len(labels) <= 20:
         for (i, j), value in np.ndenumerate(counts):
             color = "white" if value > counts.max() / 2 else "black"
             ax.text(j, i, str(value), ha="center", va="center", color=color, fontsize=8)
-    ax.set_title(title)
+    ax.set_title(_text(title))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,7 +1,7 @@
 """What a finished ``hftl run`` left on disk, and the readers model cards share.
 
 :class:`RunFiles` is a run as :mod:`hftl.hub.card_contexts` reads it (model directory, run directory,
-resolved config, ``hftl_model.json``, ``metrics.json``); the functions below turn config nodes and files
+config as recorded by :func:`read_config`, ``hftl_model.json``, ``metrics.json``); the functions below turn config nodes and files
 into what a card shows: readable data names, model-index rows, a component's default arguments, a
 model's depth and width.
 """
@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 ADAPTER_NAMES = {
     "hftl.adapters.Lora": "lora",
@@ -58,6 +60,33 @@ class RunFiles:
 
         sections = importlib.import_module(f"hftl.recipes.{self.recipe}").RECIPE.SECTIONS
         return to_dataclass(sections[key], self.cfg.get(key), key=key)
+
+
+def read_config(path: Path) -> DictConfig:
+    """A saved ``config.yaml`` as a card shows it: interpolations resolved except environment ones.
+
+    ``${oc.env:NAME}`` and ``${hftl.data_dir:...}`` come back as that text (escaped, so :func:`plain` and
+    ``OmegaConf.to_yaml(..., resolve=True)`` show the text and never read the environment).
+
+    Raises:
+        ModelLoadError: the file is not a YAML mapping, or one of its interpolations cannot be resolved.
+    """
+    from hftl.config import record_config
+    from hftl.errors import HftlError, ModelLoadError
+
+    try:
+        cfg = OmegaConf.load(path)
+        if not isinstance(cfg, DictConfig):
+            raise ModelLoadError(f"{path}: expected a YAML mapping, found a {type(cfg).__name__}")
+        return record_config(cfg)
+    except ModelLoadError:
+        raise
+    except (HftlError, OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ModelLoadError(
+            f"{path} cannot be read as an hftl run config ({reason}); the model card needs the config.yaml "
+            "that `hftl run` saved: restore it from the run's output_dir."
+        ) from None
 
 
 def plain(node: Any) -> Any:

@@ -526,3 +526,67 @@ CASES += [
     Case("audio-absurd-rate", "audio", "WAV header claiming a 2 GHz sampling rate",
          audio_run(wav_claiming_rate(2_000_000_000)), ["bad.wav", "768,000"]),
 ]  # fmt: skip
+
+
+# --- publishing: hftl card / push / export (issue 13) ------------------------------------------------------
+def saved_model(env: Env) -> Path:
+    """A tiny exportable hftl model (BERT, CLS pooling, tanh MLP head) saved to ``env.root / "run"``."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from hftl.adapters import FullFinetune
+    from hftl.config import instantiate
+    from hftl.models import Classifier
+    from hftl.models.io import save_model
+
+    cfg = OmegaConf.create({
+        "recipe": "finetune",
+        "encoder": {"_component_": "hftl.encoders.TextEncoder", "model": env.models["bert"], "pooling": "cls"},
+        "head": {"_component_": "hftl.models.MLPHead", "activation": "tanh", "hidden_features": 32},
+    })
+    torch.manual_seed(0)
+    enc = FullFinetune().apply(instantiate(cfg.encoder))
+    model = Classifier(enc, instantiate(cfg.head, in_features=enc.out_features, num_labels=2), ["pos", "neg"])
+    save_model(model, env.root / "run" / "model", adapter_kind="full", config=cfg, metrics={})
+    return env.root / "run"
+
+
+def publish(command: str, plant: Callable[[Env, Path], list[str]]) -> Callable[[Env], list[str]]:
+    """``hftl <command> RUN ...``: ``plant`` changes the saved run and returns the rest of the argv."""
+
+    def build(env: Env) -> list[str]:
+        run = saved_model(env)
+        return [command, str(run), *plant(env, run)]
+
+    return build
+
+
+def _token_link(env: Env, run: Path) -> list[str]:
+    (env.root / "token").write_text("hf_FAKEtoken")
+    (run / "model" / "encoder" / "vocab.txt").symlink_to(env.root / "token")
+    return ["--repo-id", "alice/x"]
+
+
+def _foreign_out(env: Env, run: Path) -> list[str]:
+    (env.root / "mine").mkdir()
+    (env.root / "mine" / "notes.txt").write_text("not an export")
+    return ["--merge", "--out", str(env.root / "mine"), "--force"]
+
+
+CASES += [
+    Case("push-symlink", "publish", "a symlink to a token file inside model/ (named like a tokenizer file)",
+         publish("push", _token_link), ["vocab.txt", "symlink"]),
+    Case("push-unknown-file", "publish", "a file hftl did not write inside model/",
+         publish("push", lambda env, run: ((run / "model" / "notes.txt").write_text("x"), ["--repo-id", "a/b"])[1]),
+         ["notes.txt", "--skip-unknown"]),
+    Case("push-bad-repo-id", "publish", "`--repo-id` that is not user/name",
+         publish("push", lambda env, run: ["--repo-id", "not a repo"]), ["--repo-id", "user/name"]),
+    Case("export-out-is-source", "publish", "`hftl export --out` inside the run it exports, with --force",
+         publish("export", lambda env, run: ["--merge", "--out", str(run / "model" / "hf"), "--force"]),
+         ["--out", "even with --force"]),
+    Case("export-out-foreign", "publish", "`hftl export --force` into a folder an export did not write",
+         publish("export", _foreign_out), ["mine", "not written by `hftl export`"]),
+    Case("card-edited", "publish", "`hftl card` over a README.md the user wrote",
+         publish("card", lambda env, run: ((run / "model" / "README.md").write_text("# mine\n"), [])[1]),
+         ["README.md", "--force"]),
+]  # fmt: skip
