@@ -1,0 +1,59 @@
+"""The module hftl exports: (audio front end) → encoder → pooling → head(s), on positional inputs.
+
+This wrapper is the only hand-written part of the export; the encoder, pooling and heads are the
+trained modules themselves (in a copy with LoRA/IA3 merged), traced by ``torch.onnx``.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from hftl.encoders.base import Encoder
+
+
+class ExportGraph(nn.Module):
+    """Logits of every head from one encoder pass, for ``torch.onnx.export``.
+
+    Args:
+        encoder: the trained encoder (already a merged copy: see :func:`merged_copy`).
+        heads: task name -> head, in output order (one entry for a single-task classifier).
+        input_names: names of the positional inputs, in order (the ONNX graph's input names).
+        frontend: a module turning ``waveform``/``attention_mask`` into the encoder's inputs
+            (:mod:`hftl.export.frontends`), or ``None`` when the inputs are the encoder's own.
+
+    Returns (forward):
+        One ``(B, num_labels)`` tensor per head, a tuple when there are several.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        heads: dict[str, nn.Module],
+        input_names: list[str],
+        frontend: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.encoder, self.heads, self.frontend = encoder, nn.ModuleDict(heads), frontend
+        self.input_names = list(input_names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        batch = dict(zip(self.input_names, inputs, strict=True))
+        if self.frontend is not None:
+            batch = self.frontend(**batch)
+        features = self.encoder(**batch).pooled
+        logits = tuple(head(features) for head in self.heads.values())
+        return logits[0] if len(logits) == 1 else logits
+
+
+def merged_copy(encoder: Encoder, heads: dict[str, nn.Module]) -> tuple[Encoder, dict[str, nn.Module]]:
+    """Deep copies of ``encoder`` (LoRA/IA3 merged into its base weights, peft wrapper removed) and heads.
+
+    The loaded model is left untouched, so it still gives the reference logits of the parity check.
+    """
+    encoder, heads = copy.deepcopy(encoder), copy.deepcopy(heads)
+    if hasattr(encoder.backbone, "merge_and_unload"):
+        encoder.backbone = encoder.backbone.merge_and_unload()
+    return encoder.eval(), {name: head.eval() for name, head in heads.items()}
