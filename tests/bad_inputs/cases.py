@@ -590,3 +590,61 @@ CASES += [
          publish("card", lambda env, run: ((run / "model" / "README.md").write_text("# mine\n"), [])[1]),
          ["README.md", "--force"]),
 ]  # fmt: skip
+
+
+# --- configs are untrusted data (issue 13: components, remote code, environment, pathological YAML) -------
+def config_file(content: str | bytes) -> Callable[[Env], list[str]]:
+    """``hftl run finetune`` on a config file holding exactly ``content``."""
+
+    def build(env: Env) -> list[str]:
+        path = env.root / "c.yaml"
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return ["run", "finetune", "--config", str(path)]
+
+    return build
+
+
+def with_node(key: str, node: dict) -> Callable[[Env], list[str]]:
+    """The text config with its ``key`` section replaced by ``node`` (as a shared config would do it)."""
+    return lambda env: run_config(env, {**text_config(env), key: node})
+
+
+_CHECKPOINT_GET_COMPONENT = {  # checkpoint(fn, **kw) calls fn(**kw); get_component hands it os.system
+    "_component_": "torch.utils.checkpoint.checkpoint",
+    "function": {"_component_": "hftl.config.get_component", "path": "os.system", "allow_any": True},
+    "use_reentrant": False, "command": "echo pwned",
+}
+_ALIAS_BOMB = "".join(
+    [f"a: &a [{', '.join(['x'] * 9)}]\n"]
+    + [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdef", "bcdefg", strict=True)]
+)
+
+CASES += [
+    Case("component-module-walk", "config", "`_component_` walking into a module an hftl module imported",
+         text_run("data._component_=hftl.cli.os.system"), ["hftl.cli.os.system", "module `os`"]),
+    Case("component-torch-load", "config", "`torch.load` with `weights_only: false` as a component",
+         with_node("data", {"_component_": "torch.load", "f": "x.pt", "weights_only": False}),
+         ["torch.load", "--allow-any-component"]),
+    Case("component-higher-order", "config", "a function calling `hftl.config.get_component`'s result",
+         with_node("data", _CHECKPOINT_GET_COMPONENT), ["torch.utils.checkpoint.checkpoint", "get_component"]),
+    Case("component-private", "config", "`_component_` through a private module (`hftl.config._parse.yaml`)",
+         text_run("head._component_=hftl.config._parse.yaml.unsafe_load"), ["private name `_parse`"]),
+    Case("component-classmethod", "config", "`_component_` naming a class method (`X.from_pretrained`)",
+         text_run("head._component_=transformers.AutoModel.from_pretrained"), ["the class itself"]),
+    Case("config-remote-code", "config", "`trust_remote_code: true` set by the config",
+         text_run("encoder.trust_remote_code=true"), ["encoder.trust_remote_code", "--trust-remote-code"]),
+    Case("config-env-secret", "config", "`${oc.env:HF_TOKEN}` in a shared config",
+         text_run(missing_hint="${oc.env:HF_TOKEN}"), ["data.missing_hint", "HF_TOKEN", "--allow-env HF_TOKEN"]),
+    Case("yaml-deep-nesting", "config", "10,000 nested lists", config_file("train: " + "[" * 10_000 + "]" * 10_000),
+         ["c.yaml", "levels deep"]),
+    Case("yaml-alias-bomb", "config", "anchors and aliases expanding to ~5 million values",
+         config_file(_ALIAS_BOMB), ["c.yaml", "aliases"]),
+    Case("yaml-huge", "config", "a 5 MiB config file", config_file("notes: '" + "x" * (5 << 20) + "'\n"),
+         ["c.yaml", "MiB"]),
+    Case("yaml-python-tag", "config", "`!!python/object/apply:os.system` in the YAML",
+         config_file("data: !!python/object/apply:os.system ['echo pwned']\n"), ["c.yaml", "python/object/apply"]),
+    Case("yaml-not-utf8", "config", "config saved in Latin-1", config_file("train: {epochs: 1}\n# caf\xe9\n".encode("latin-1")),
+         ["c.yaml", "UTF-8"]),
+    Case("yaml-deep-interpolation", "config", "`${...}` nested 500 deep in one value",
+         config_file("x: " + "${oc.decode:" * 500 + "1" + "}" * 500 + "\n"), ["interpolations nested"]),
+]  # fmt: skip
