@@ -240,10 +240,15 @@ def _recorded_data(meta: dict) -> dict:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hftl.predict import Predictor
+    from hftl.export.runtime import OnnxPredictor, is_onnx_export
 
-    predictor = Predictor.from_pretrained(_model_ref(args), trust_remote_code=args.trust_remote_code)
-    _print_source(predictor.meta)
+    if is_onnx_export(args.output_dir):  # an `hftl export --onnx` directory: onnxruntime, no torch
+        predictor = OnnxPredictor(args.output_dir)
+    else:
+        from hftl.predict import Predictor
+
+        predictor = Predictor.from_pretrained(_model_ref(args), trust_remote_code=args.trust_remote_code)
+        _print_source(predictor.meta)
     results = predictor(args.inputs, batch_size=args.batch_size)
     for item, res in zip(args.inputs, results, strict=True):
         if args.json:
@@ -353,12 +358,32 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.onnx:
+        return _export_onnx(args)
     from hftl.hub import export_merged
 
     if not args.merge:
-        raise HftlError("`hftl export` needs --merge (the only export format: a merged transformers model)")
+        raise HftlError(
+            "`hftl export` needs --merge (a plain transformers classifier) or --onnx (one ONNX graph for onnxruntime)"
+        )
     out = export_merged(_model_ref(args), args.out, force=args.force)
     print(f"Exported a plain transformers classifier to {out} (AutoModelFor*Classification.from_pretrained)")
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from hftl.export import export_onnx
+
+    if args.merge:
+        raise HftlError("`hftl export` takes --merge or --onnx, not both (--onnx always merges LoRA/IA3 weights)")
+    exporters = ("dynamo", "torchscript") if args.exporter == "auto" else (args.exporter,)
+    spec = export_onnx(_model_ref(args), args.out, force=args.force, exporters=exporters)
+    check = spec["export"]["parity"]
+    print(
+        f"Exported {args.out}/{spec['graph']} ({spec['export']['exporter']} exporter); onnxruntime vs PyTorch: max "
+        f"|logit difference| {check['max_abs_diff']:.1e} (≤ {check['atol']:g}). Run it: hftl predict {args.out} ..., "
+        f"or without hftl: {args.out}/README.md"
+    )
     return 0
 
 
@@ -395,27 +420,24 @@ def _add_hub_commands(sub) -> None:
         help="Push without files in model/ that hftl did not write (default: refuse to push, naming them).",
     )  # fmt: skip
     export = sub.add_parser(
-        "export", help="Write a plain transformers classifier: hftl export --merge OUTPUT_DIR --out DIR"
+        "export", help="Export a trained model: hftl export --merge|--onnx OUTPUT_DIR --out DIR"
     )
     export.add_argument("output_dir")
     export.add_argument("--merge", action="store_true", help="Merge LoRA/IA3 weights into the base model.")
+    export.add_argument(
+        "--onnx", action="store_true",
+        help="One ONNX graph (+ tokenizer/processor, hftl_onnx.json) that runs with onnxruntime, no hftl or torch.",
+    )  # fmt: skip
+    export.add_argument(
+        "--exporter", choices=["auto", "dynamo", "torchscript"], default="auto",
+        help="--onnx: torch.onnx exporter (auto: dynamo, then TorchScript if dynamo fails or misses the check).",
+    )  # fmt: skip
     export.add_argument("--out", required=True, help="Directory to write.")
     export.add_argument(
         "--force", action="store_true",
         help="Replace an earlier export in --out (never another folder, nor one overlapping the source).",
     )  # fmt: skip
     _add_source_flags(export, trust=False)
-
-
-def _positive_int(text: str) -> int:
-    """argparse type of counts such as ``--batch-size``: a positive integer (argparse names the flag)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive integer, e.g. 32")
-    return value
 
 
 def _add_source_flags(parser: argparse.ArgumentParser, *, trust: bool = True) -> None:
@@ -524,7 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command]
         return handler(args)
     except HftlError as err:
-        print(f"error: {err}", file=sys.stderr)
+        from hftl.config import redact  # values the user let a config read from the environment
+
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return 2
 
 
