@@ -47,9 +47,6 @@ SAFE_ENV_VARS: frozenset[str] = frozenset(
 )
 """Environment variables any config may read: paths and names, never credentials."""
 
-ENV_RESOLVERS: tuple[str, ...] = ("oc.env", "hftl.data_dir")
-"""Resolvers whose value comes from this machine's environment: kept as text in written files."""
-
 _NO_DEFAULT = object()
 
 
@@ -259,8 +256,8 @@ def record_container(cfg: DictConfig | dict) -> dict[str, Any]:
 def record_config(cfg: DictConfig | dict) -> DictConfig:
     """The config as it should be written to disk: no environment value in it, nothing left to resolve.
 
-    Every interpolation is resolved except environment ones (:data:`ENV_RESOLVERS`), which stay as the
-    text ``${oc.env:NAME}``, escaped so that neither ``OmegaConf.save(..., resolve=True)`` nor a later
+    Every interpolation is resolved except the ones whose value comes from this machine's environment
+    (``oc.env`` and ``hftl.data_dir``), which stay as the text ``${oc.env:NAME}``, escaped so that neither ``OmegaConf.save(..., resolve=True)`` nor a later
     load resolves them. Call it for every file hftl writes from a config: ``model/config.yaml``,
     cards, run summaries.
 

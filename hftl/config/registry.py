@@ -148,7 +148,9 @@ def _transformers_feature_extractor(obj: Any) -> bool:
 
 
 def _hftl_registered(obj: Any) -> bool:
-    return any(obj is found for found in _hftl_objects().values())
+    """Whether ``obj`` is one of :data:`HFTL_COMPONENTS` (imports only the entries of the same name)."""
+    name = getattr(obj, "__name__", None)
+    return any(obj is _import_path(p) for p in registered_hftl_paths() if p.rpartition(".")[2] == name)
 
 
 KINDS: tuple[Kind, ...] = (
@@ -188,11 +190,6 @@ ALLOWED_PREFIXES: tuple[str, ...] = tuple(
 
 
 @functools.cache
-def _hftl_objects() -> dict[str, Any]:
-    """Registered hftl path -> object (imported on first use: the table names lazy-loaded modules)."""
-    return {path: _import_path(path) for paths in HFTL_COMPONENTS.values() for path in paths}
-
-
 def _import_path(path: str) -> Any:
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
@@ -263,8 +260,10 @@ def _safe_accepted(owner: Any, name: str, namespace: str) -> bool:
 
 
 def _what_is_registered(package: str) -> str:
+    """``"from torch a config may build only optimizers (...), ... and ..."``."""
     kinds = [k.name for k in KINDS if k.namespaces[0].split(".")[0] == package]
-    return f"from {package} a config may build only {', '.join(kinds[:-1]) + ' and ' if len(kinds) > 1 else ''}{kinds[-1]}"
+    listed = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
+    return f"from {package} a config may build only {listed}"
 
 
 def _import_longest(path: str, namespace: str) -> tuple[types.ModuleType | None, str, str | None]:
@@ -294,7 +293,7 @@ def resolve_registered(path: str) -> tuple[Callable | None, str | None]:
     if private:
         return (
             None,
-            f"`{path}` goes through the private name `{private[0]}`; a config may name only public classes",
+            f"`{path}` goes through the private name `{private[0]}`: a config names public classes; or {fix}",
         )
     module, module_name, problem = _import_longest(path, namespace)
     if problem:
@@ -325,7 +324,6 @@ def resolve_registered(path: str) -> tuple[Callable | None, str | None]:
 
 def kind_of(obj: Any) -> str | None:
     """The registered kind of ``obj`` (``"optimizers (`torch.optim.X`)"``), or None if a config may not build it."""
-    module = getattr(obj, "__module__", None) or ""
-    namespace = _namespace(module) or _namespace(module.split(".")[0])
+    namespace = _namespace(getattr(obj, "__module__", None) or "")
     kind = _accepted_kind(obj, namespace) if namespace else None
     return kind.name if kind else None
