@@ -11,7 +11,8 @@ in :mod:`hftl.hub.citations`). The YAML front matter is
 ``language``, ``license``, ``tags``, ``model-index``), so it is the one the Hub parses.
 
 A card is rendered into a temporary folder first and installed into ``model/`` only when complete;
-``model/.hftl_card.json`` records the hash of the README hftl wrote and the plots it drew. A README that
+``model/.hftl_card.json`` records the hash of the README hftl wrote and the plots it drew
+(:mod:`hftl.hub.card_files`). A README that
 differs from that hash (or that hftl did not write) is the user's: ``hftl card`` refuses to replace it
 without ``--force`` and ``hftl push`` uploads it unchanged. Every value a template shows is escaped for
 Markdown and HTML (:mod:`hftl.hub.markdown`); config values are read with environment interpolations
@@ -20,23 +21,21 @@ kept as text (:func:`hftl.config.record_config`), so no secret from the environm
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import platform
 import re
 import shlex
-import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from markupsafe import Markup
 from omegaconf import OmegaConf
 
 from hftl.errors import HftlError, ModelLoadError
 from hftl.hub.card_contexts import BUILDERS, infer_recipe
+from hftl.hub.card_files import CARD_FILE, CardEditedError, card_state, install_card
 from hftl.hub.citations import CITATIONS
 from hftl.hub.markdown import environment
 from hftl.hub.plots import PLOTS_DIRNAME, plot_confusion_matrix, safe_stem, write_plots
@@ -70,9 +69,6 @@ KNOWN_DATA: list[tuple[str, str | None, str]] = [
     ("fsdd", None, "en"),
     ("spoken_digits", None, "en"),
 ]
-CARD_FILE = "README.md"
-CARD_MARKER = ".hftl_card.json"  # what hftl's last card wrote: the README's hash and the plots
-CardState = Literal["missing", "hftl", "edited"]
 VERSIONED = ("hftl", "torch", "transformers", "peft", "accelerate", "datasets", "huggingface_hub")
 
 
@@ -115,24 +111,6 @@ def render_card(
     return model_dir / CARD_FILE
 
 
-class CardEditedError(HftlError):
-    """``hftl card`` would replace a README.md that hftl did not write or that was edited since."""
-
-
-def card_state(model_dir: Path) -> CardState:
-    """``missing`` (no README), ``hftl`` (the README hftl's last card wrote, unchanged) or ``edited``.
-
-    A README without hftl's marker (hand-written, or rendered by an hftl without markers) counts as edited.
-    """
-    readme = model_dir / CARD_FILE
-    if not readme.exists() and not readme.is_symlink():
-        return "missing"
-    marker = _read_marker(model_dir)
-    if readme.is_symlink() or not readme.is_file() or marker is None:
-        return "edited"
-    return "hftl" if _sha256(readme) == marker.get("readme_sha256") else "edited"
-
-
 def stage_card(model_dir: Path, dest: Path, **card_args: Any) -> list[str]:
     """Renders the card of ``model_dir`` into the empty folder ``dest``: ``README.md`` and ``plots/``.
 
@@ -148,34 +126,6 @@ def stage_card(model_dir: Path, dest: Path, **card_args: Any) -> list[str]:
     (dest / CARD_FILE).write_text(str(card), encoding="utf-8")
     plots = sorted((dest / PLOTS_DIRNAME).iterdir()) if (dest / PLOTS_DIRNAME).is_dir() else []
     return [CARD_FILE, *(f"{PLOTS_DIRNAME}/{p.name}" for p in plots)]
-
-
-def install_card(staged: Path, model_dir: Path) -> None:
-    """Moves a card staged by :func:`stage_card` into ``model_dir`` and records it in the card marker.
-
-    Only hftl's own files are replaced or removed: the README (the caller checked :func:`card_state`) and
-    the plots the previous card recorded; other files in ``plots/`` are left alone.
-    """
-    if (model_dir / PLOTS_DIRNAME).is_symlink():
-        raise HftlError(
-            f"{model_dir / PLOTS_DIRNAME} is a symlink; hftl writes the card's plots only into a real folder. "
-            "Replace it with a folder (or remove it), then render the card again."
-        )
-    old = _read_marker(model_dir) or {}
-    plots = sorted(p.name for p in (staged / PLOTS_DIRNAME).glob("*.png"))
-    for name in old.get("plots", []):
-        path = model_dir / PLOTS_DIRNAME / Path(name).name
-        if Path(name).name not in plots and path.is_file() and not path.is_symlink():
-            path.unlink()
-    if plots:
-        (model_dir / PLOTS_DIRNAME).mkdir(exist_ok=True)
-    for name in plots:
-        _replace_file(staged / PLOTS_DIRNAME / name, model_dir / PLOTS_DIRNAME / name)
-    _replace_file(staged / CARD_FILE, model_dir / CARD_FILE)
-    marker = {"format": 1, "readme_sha256": _sha256(model_dir / CARD_FILE), "plots": plots}
-    tmp = model_dir / f"{CARD_MARKER}.tmp"
-    tmp.write_text(json.dumps(marker, indent=2) + "\n")
-    os.replace(tmp, model_dir / CARD_MARKER)
 
 
 def build_card(
@@ -380,23 +330,3 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def _read_marker(model_dir: Path) -> dict[str, Any] | None:
-    path = model_dir / CARD_MARKER
-    try:
-        marker = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) else None
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _replace_file(src: Path, dst: Path) -> None:
-    """Copies ``src`` over ``dst`` atomically (a temporary sibling renamed over it; a symlink is replaced)."""
-    tmp = dst.with_name(f".{dst.name}.hftl-tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from hftl.errors import ConfigError, HftlError, ModelLoadError
+from hftl.hub.card_files import CARD_FILE, CARD_MARKER, card_state, install_card
+from hftl.hub.plots import PLOT_FILE, PLOTS_DIRNAME
 from hftl.models.io import META_FILE, find_model_dir
 
 logger = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ IGNORE_PATTERNS = [
     "**/.DS_Store", "encoder/README.md",
 ]  # fmt: skip
 # hftl's own bookkeeping in a model directory: kept local, never uploaded (and never an "unknown file").
-LOCAL_FILES = [".hftl_card.json", "*.hftl-tmp", "**/*.hftl-tmp"]
+LOCAL_FILES = [CARD_MARKER, "*.hftl-tmp", "**/*.hftl-tmp"]
 HUB_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 
 
@@ -97,8 +99,6 @@ def push_to_hub(
 
 def _install_card(staged: Path, model_dir: Path) -> None:
     """After a successful upload: the pushed card replaces the local one (a failure here is only a warning)."""
-    from hftl.hub.card import install_card
-
     try:
         install_card(staged, model_dir)
     except (OSError, HftlError) as err:
@@ -162,8 +162,6 @@ def _allowed(model_dir: Path) -> Callable[[str], bool]:
     ``hftl.models.io.save_model`` (the top-level files and ``encoder/``), ``hftl.models.multitask``
     (``tasks.json``, ``tasks/<task>.safetensors`` for the tasks it lists) and the card (README, plots).
     """
-    from hftl.hub.card import CARD_FILE
-    from hftl.hub.plots import PLOT_FILE, PLOTS_DIRNAME
     from hftl.models.multitask import TASKS_FILE
 
     top = {META_FILE, "config.yaml", "head.safetensors", "metrics.json", TASKS_FILE, CARD_FILE}
@@ -260,8 +258,7 @@ def _check_hub_access() -> None:
 
 def _stage_card(model_dir: Path, tmp: Path, repo_id: str, files: dict[str, Path]) -> bool:
     """Renders the card into ``tmp`` and points ``files`` at it, unless the user's README is to be kept."""
-    from hftl.hub.card import CARD_FILE, card_state, stage_card
-    from hftl.hub.plots import PLOTS_DIRNAME
+    from hftl.hub.card import stage_card
 
     if card_state(model_dir) == "edited":
         logger.warning(

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from test_cli import base_config, dump, write_text_csv  # noqa: E402
 
 from hftl.cli import main as hftl  # noqa: E402
-from hftl.hub.card import CARD_MARKER  # noqa: E402
+from hftl.hub.card_files import CARD_MARKER  # noqa: E402
 
 SECRET = "hf_S3CRETtoken0123456789leak"  # appears only in an environment variable's value
 TOKEN = "hf_FAKEpushTOKEN0123456789abcdef"
