@@ -299,6 +299,7 @@ def _attributes(obj: object) -> list[str]:
         return []
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # getattr on deprecated torch names warns
 def test_no_attribute_path_from_the_allowed_packages_reaches_code():
     """Every ``module.name`` and ``module.name.attribute`` (attributes of classes, and the dangerous names
     of modules imported into them) from the root modules: refused, or a registered class."""
