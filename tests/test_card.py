@@ -122,7 +122,7 @@ def test_hub_ids_and_known_data_fill_the_front_matter(finetune_run):
     front, card = _validated(finetune_run / "model" / "README.md")
     assert front["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert front["datasets"] == ["stanfordnlp/sst2"]
-    assert front["model-index"][0]["name"] == "alice/m" and 'hftl.load("alice/m")' in card.text
+    assert front["model-index"][0]["name"] == "alice/m" and 'hftl.load("hf://alice/m")' in card.text
 
     sst2 = {"path": "csv", "data_files": {"train": "/data/sst2_agnews_alps/SST-2/train.tsv"}}
     assert _hints(sst2) == [("stanfordnlp/sst2", "en")] and _data_name(sst2) == "SST-2"
@@ -453,4 +453,4 @@ def test_push_uploads_a_multitask_card_with_every_head(hub, multitask_runs, monk
                 "plots/confusion_sentiment.png", "plots/confusion_topic.png"}  # fmt: skip
     assert expected <= set(files)
     card = files["README.md"].decode()
-    assert f'topic = hftl.load("{repo}", task="topic")' in card and "- multi-task" in card
+    assert f'topic = hftl.load("hf://{repo}", task="topic")' in card and "- multi-task" in card

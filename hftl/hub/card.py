@@ -215,7 +215,7 @@ def card_context(
         "config_yaml": OmegaConf.to_yaml(cfg, resolve=True).strip(),  # ${oc.env:...} kept as text
         "command": _command(recipe, cfg),
         "versions": _versions(),
-        "load_path": repo_id or str(run_dir or model_dir),
+        "load_path": f"hf://{repo_id}" if repo_id else str(run_dir or model_dir),  # Hub ids load only with hf://
     }
     run = RunFiles(model_dir=model_dir, run_dir=run_dir, cfg=cfg, meta=meta, metrics=metrics, recipe=recipe)
     ctx.update(builder(run, ctx))
