@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -369,3 +372,54 @@ def test_label_free_criteria_pick_the_best_target_classifier(seed):
     assert best == 1 and target_acc[best] > 0.99 and max(target_acc[0], target_acc[2]) < 0.96
     for criterion in ("im", "snd", "dev", "source_val_acc", "bnm", "class_ami"):
         assert select(candidates, criterion) == best, criterion
+
+
+# ---------------------------------------------------------------- benchmarks/selection.py on fabricated runs
+
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "selection.py"
+
+
+def fake_run(root: Path, name: str, accs: list[float], method: str = "dann") -> None:
+    """A run directory as benchmarks/adaptation.py lays it out, with a metrics.json history in which
+    `im` follows the accuracy, `dev` (lower is better) its negative and `snd` runs against it."""
+    history = [
+        {
+            "step": 10 * (i + 1), "eval_target_test_acc": a, "eval_im": a, "eval_dev": -a, "eval_snd": -a,
+            "eval_source_val_acc": 0.9,
+        }
+        for i, a in enumerate(accs)
+    ]  # fmt: skip
+    oracle = {"history": [{"step": 10, "eval_target_test_acc": 1.0, "eval_im": 9.0}]}
+    (root / name).mkdir(parents=True)
+    metrics = {"results": {method: {"history": history}, "target_oracle": oracle}}
+    (root / name / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_selection_benchmark_scores_fabricated_runs(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("selection_benchmark", BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fake_run(tmp_path / "digits", "M-U_dann_s0", [0.60, 0.80, 0.70])
+    fake_run(tmp_path / "digits", "M-U_mcc_s0", [0.50, 0.65, 0.90], method="mcc")
+    fake_run(tmp_path / "fsdd", "_to_nicolas_dann_s1", [0.4, 0.5])
+    (tmp_path / "digits" / "notarun").mkdir()
+    (tmp_path / "digits" / "notarun" / "metrics.json").write_text("{}")
+    (tmp_path / "digits" / "M-U_dann_s0" / "model").mkdir()  # the run's saved model has a metrics.json too
+    (tmp_path / "digits" / "M-U_dann_s0" / "model" / "metrics.json").write_text('{"results": {}}')
+    rows = bench.collect([tmp_path])
+    err = capsys.readouterr().err
+    assert "notarun" in err and "model" not in err
+    assert len(rows) == 8  # the oracle is no candidate, the odd directory is skipped
+    assert {(r["family"], r["pair"], r["seed"]) for r in rows} == {
+        ("digits", "M-U", 0),
+        ("fsdd", "->nicolas", 1),
+    }
+    stats = bench.analyse(rows)["digits"]
+    assert stats["im"]["spearman"] == [pytest.approx(1.0)] and stats["im"]["run"] == [0.0, 0.0]
+    assert stats["dev"]["run"] == [0.0, 0.0]  # lower is better: negated before ranking
+    assert stats["snd"]["run"] == [pytest.approx(20.0), pytest.approx(40.0)]  # picks the worst step
+    assert stats["snd"]["pool"] == [pytest.approx(40.0)]  # 0.90 is best, snd keeps the 0.50 checkpoint
+    assert stats["last checkpoint"]["run"] == [pytest.approx(10.0), pytest.approx(0.0)]
+    assert all(np.isnan(x) for x in stats["bnm"]["run"])  # older runs without a validator: NaN, not 0
+    text = bench.table(rows, ["--runs", "x"], "test machine", [])
+    assert "| `im` | +1.00 |" in text and "needs GPU" in text  # no text runs
