@@ -10,7 +10,7 @@ identical in every process and invalidated by anything the token ids depend on:
 
 * the data: ``Dataset._fingerprint``, which datasets derives from the source files (path and
   modification time), their contents for in-memory tables, and every transform applied since;
-* the tokenizer: :func:`hftl.embeddings.cache.processor_fingerprint` (vocabulary, normalizer,
+* the tokenizer: :func:`hftl.data.fingerprints.processor_fingerprint` (vocabulary, normalizer,
   pre-tokenizer, post-processor with its special tokens, truncation side), not the Python object, whose
   pickle hash varies between processes;
 * ``max_length``, the input column and the cache format version below.
@@ -37,6 +37,7 @@ from typing import Any
 
 import datasets
 
+from hftl.data.fingerprints import processor_fingerprint
 from hftl.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -74,8 +75,6 @@ def tokenization_fingerprint(
     Returns:
         32 hex characters.
     """
-    from hftl.embeddings.cache import processor_fingerprint
-
     parts = {
         "format": TOKENIZED_FORMAT,
         "data": dataset._fingerprint,

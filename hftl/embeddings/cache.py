@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 import hftl
+from hftl.data.fingerprints import processor_fingerprint
 from hftl.embeddings.features import (
     Autocast,
     encode_pooled,
@@ -86,28 +87,6 @@ def weights_fingerprint(module: nn.Module) -> str:
         digest.update(tensor.view(torch.uint8).numpy())
     _FINGERPRINTS[module] = (signature, digest.hexdigest())
     return digest.hexdigest()
-
-
-def processor_fingerprint(processor: Any) -> str:
-    """A hash of what a processor does to the raw inputs (tokenizer model and settings, or extractor config)."""
-    parts = [type(processor).__name__]
-    backend = getattr(processor, "backend_tokenizer", None)
-    if backend is not None:  # fast tokenizer: vocabulary, normalizer, pre-tokenizer, post-processor
-        spec = json.loads(backend.to_str())
-        for transient in ("truncation", "padding"):  # set by each call (the collator's own arguments)
-            spec.pop(transient, None)
-        parts += [
-            json.dumps(spec, sort_keys=True),
-            str(processor.padding_side),
-            str(processor.truncation_side),
-        ]
-    elif hasattr(processor, "to_json_string"):  # feature extractor / image processor
-        parts.append(processor.to_json_string())
-    elif hasattr(processor, "get_vocab"):  # slow tokenizer
-        parts.append(json.dumps(sorted(processor.get_vocab().items())))
-    else:
-        parts.append(repr(processor))
-    return hashlib.blake2b("\n".join(parts).encode(), digest_size=16).hexdigest()
 
 
 def encoder_description(encoder: Encoder, *, level: Level, revision: str | None = None) -> dict[str, Any]:
