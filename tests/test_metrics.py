@@ -127,7 +127,7 @@ def test_write_metrics_merges_top_level_keys(tmp_path):
     write_metrics(path, {"eval": {"accuracy": np.float32(0.75)}, "epoch": np.int64(2)})
 
     data = json.loads(path.read_text())
-    assert data == {"train": {"loss": 0.5}, "epoch": 2, "eval": {"accuracy": 0.75}}
+    assert data == {"train": {"loss": 0.5}, "epoch": 2, "eval": {"accuracy": 0.75}, "written_by": "hftl"}
     assert path.read_text().startswith('{\n  "train"')  # indent 2
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temp files left
     assert path.stat().st_mode & 0o777 == 0o644
@@ -142,7 +142,7 @@ def test_write_metrics_is_atomic_when_replace_fails(tmp_path, monkeypatch):
         raise OSError("simulated crash")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(HftlError, match="cannot write metrics to .*simulated crash"):  # one-line OutputError
         write_metrics(path, {"a": 2})
     monkeypatch.undo()
 
