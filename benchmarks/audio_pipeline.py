@@ -28,8 +28,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from hftl.data import AudioCollator, ClassificationData, with_example_keys
+from hftl.data import ClassificationData, with_example_keys
 from hftl.data.samplers import EpochSampler
+from hftl.encoders import AudioCollator
 
 HERE = Path(__file__).resolve().parent
 RATE = 16_000

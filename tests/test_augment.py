@@ -15,14 +15,13 @@ from torch.utils.data import DataLoader
 from hftl.data import (
     AudioAugment,
     AudioAugmentConfig,
-    AudioCollator,
     audio_lengths,
     decode_audio,
     with_example_keys,
 )
 from hftl.data.augment import colored_noise, speed_perturb, time_shift
 from hftl.data.samplers import EpochSampler
-from hftl.encoders import AudioEncoder
+from hftl.encoders import AudioCollator, AudioEncoder
 from hftl.errors import ConfigError, DataError
 
 RATE = 16_000

@@ -1,4 +1,4 @@
-"""Tests for hftl.data collators and text_lengths, with tiny processors built offline."""
+"""Tests for the encoders' collators and hftl.data.lengths, with tiny processors built offline."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import soundfile as sf
 import torch
 import transformers
 
-from hftl.data import AudioCollator, ClassificationData, ImageCollator, TextCollator, text_lengths
+from hftl.data import ClassificationData, text_lengths
+from hftl.encoders import AudioCollator, ImageCollator, TextCollator
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "good", "bad"]
 
@@ -102,7 +103,7 @@ def test_audio_collator_peak_and_rms_normalization(wavs):
     import numpy as np
     from transformers import Wav2Vec2FeatureExtractor
 
-    from hftl.data.collate import AudioCollator, normalize_level
+    from hftl.encoders.audio_collator import normalize_level
 
     x = np.array([0.0, 0.5, -0.25, 0.1], dtype=np.float32)
     assert np.isclose(np.abs(normalize_level(x, "peak")).max(), 1.0)

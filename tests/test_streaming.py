@@ -156,8 +156,7 @@ def test_streamed_run_without_max_steps_is_refused(tmp_path, tiny_models, files,
 
 
 def test_keyed_stream_gives_each_row_its_position_and_epoch(files):
-    from hftl.data.collate import EXAMPLE_KEY
-    from hftl.data.streaming import KeyedStream
+    from hftl.data.keys import EXAMPLE_KEY, KeyedStream
 
     keyed = KeyedStream(_data(files).load()["train"])
     keyed.set_epoch(2)

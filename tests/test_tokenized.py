@@ -15,8 +15,9 @@ import transformers
 from test_cli import base_config, dump, write_text_csv
 
 from hftl.cli import main as hftl
-from hftl.data import ClassificationData, TextCollator, text_lengths
+from hftl.data import ClassificationData, text_lengths
 from hftl.data.tokenized import pretokenize, pretokenize_splits, tokenized_cache_file
+from hftl.encoders import TextCollator
 from hftl.errors import DataError
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "good", "bad"]

@@ -243,29 +243,3 @@ def _label_id(value: Any, names: list[str], ids: dict[str, int], where: str, col
     if isinstance(label, str) and label in ids:
         return ids[label]
     raise DataError(f"Label {value!r} at {where} (column {column!r}) {outside(label, names)}")
-
-
-class KeyedStream(IterableDataset):
-    """Adds each row's ``(position in the epoch's stream, epoch)`` key (the collator's ``EXAMPLE_KEY``).
-
-    The streamed counterpart of :class:`hftl.data.collate.KeyedDataset`: augmentation seeded from the key
-    is then the same in a resumed and an uninterrupted run (which re-reads the skipped rows in order).
-    Positions count rows per DataLoader worker, so keys are reproducible for a fixed ``num_workers``.
-
-    Args:
-        stream: the train stream (``datasets.IterableDataset`` with ``set_epoch``).
-    """
-
-    def __init__(self, stream: datasets.IterableDataset):
-        self.stream, self.epoch = stream, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.stream.set_epoch(epoch)
-
-    def __iter__(self):
-        from hftl.data.collate import EXAMPLE_KEY
-
-        epoch = self.epoch
-        for position, row in enumerate(self.stream):
-            yield {**row, EXAMPLE_KEY: (position, epoch)}

@@ -22,7 +22,7 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader
 
-from hftl.data.collate import text_lengths
+from hftl.data.lengths import text_lengths
 from hftl.encoders.base import Encoder, hidden_size_of
 
 logger = logging.getLogger(__name__)

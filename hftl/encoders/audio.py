@@ -23,6 +23,7 @@ from typing import Any, Literal
 import torch
 
 from hftl.data.augment import AudioAugment, AudioAugmentConfig
+from hftl.encoders.audio_collator import AudioCollator
 from hftl.encoders.base import Encoder, EncoderOutput
 from hftl.errors import ConfigError
 
@@ -170,8 +171,6 @@ class AudioEncoder(Encoder):
         return EncoderOutput(pooled=self.pool(hidden, mask), hidden=hidden, mask=mask)
 
     def collator(self, *, train: bool) -> Any:
-        from hftl.data import AudioCollator
-
         fixed = self.base_model.config.model_type == "whisper"  # the encoder takes exactly chunk_length
         return AudioCollator(
             self.processor, max_duration=self.max_duration, train=train, seed=self.seed, augment=self.augment,

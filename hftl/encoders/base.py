@@ -58,6 +58,18 @@ class EncoderOutput:
     mask: torch.Tensor | None
 
 
+def with_labels(batch: Any, examples: list[dict]) -> dict[str, torch.Tensor]:
+    """A processor's batch as a plain dict, plus ``labels`` (LongTensor ``(B,)``) when the examples have ``label``.
+
+    Every collator ends with it: rows of labelled splits carry ``label`` (a class id), rows of unlabelled
+    splits (a domain-adaptation target) do not.
+    """
+    out = dict(batch)
+    if examples and "label" in examples[0]:
+        out["labels"] = torch.tensor([ex["label"] for ex in examples], dtype=torch.long)
+    return out
+
+
 def hidden_size_of(config: Any) -> int:
     """Width of the last hidden states for transformers configs (BERT/ViT, Whisper, ResNet/ConvNeXt)."""
     for name in ("hidden_size", "d_model"):

@@ -1,10 +1,12 @@
-"""Vision encoders: ``AutoModel`` + ``AutoImageProcessor`` (ViT, ConvNeXt, ResNet, ...)."""
+"""Vision encoders: ``AutoModel`` + ``AutoImageProcessor`` (ViT, ConvNeXt, ResNet, ...), and their collator."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from hftl.encoders.base import Encoder
+import torch
+
+from hftl.encoders.base import Encoder, with_labels
 from hftl.encoders.pooling import PoolingName
 
 
@@ -29,6 +31,33 @@ class VisionEncoder(Encoder):
         )
 
     def collator(self, *, train: bool) -> Any:
-        from hftl.data import ImageCollator
-
         return ImageCollator(self.processor)
+
+
+class ImageCollator:
+    """Runs the image processor on ``image``, converting to the channel count it expects.
+
+    The expected count is the processor's ``num_channels`` if it has one, else the length of its
+    ``image_mean`` (3 when unknown): grayscale digits become RGB for an ImageNet ViT.
+
+    Args:
+        image_processor: a transformers image processor.
+
+    Returns (on call):
+        ``pixel_values`` shape ``(B, C, H, W)`` and ``labels`` shape ``(B,)``.
+    """
+
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
+        channels = getattr(image_processor, "num_channels", None)
+        mean = getattr(image_processor, "image_mean", None)
+        if channels is None and isinstance(mean, list | tuple):
+            channels = len(mean)
+        self.mode = "L" if channels == 1 else "RGB"
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        images = [ex["image"] for ex in examples]
+        images = [
+            im.convert(self.mode) if getattr(im, "mode", self.mode) != self.mode else im for im in images
+        ]
+        return with_labels(self.image_processor(images, return_tensors="pt"), examples)

@@ -201,7 +201,7 @@ def _preprocessing(encoder: Any, frontend: nn.Module | None) -> dict[str, Any]:
             "min_samples": min_samples(frontend),
             "padding": "max_length" if fixed else "longest",
         }
-    from hftl.data import ImageCollator
+    from hftl.encoders.vision import ImageCollator
 
     return {"image_processor": type(processor).__name__, "image_mode": ImageCollator(processor).mode}
 

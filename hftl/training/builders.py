@@ -13,9 +13,10 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
 from torch.utils.data import DataLoader
 
-from hftl.data.collate import audio_lengths, text_lengths, with_example_keys
+from hftl.data.keys import KeyedStream, with_example_keys
+from hftl.data.lengths import audio_lengths, text_lengths
 from hftl.data.samplers import EpochSampler
-from hftl.data.streaming import KeyedStream, is_stream, length_or_none
+from hftl.data.streaming import is_stream, length_or_none
 from hftl.errors import ConfigError, HftlError
 from hftl.training.config import LayerwiseConfig, TrainConfig
 
