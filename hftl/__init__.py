@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from hftl.errors import ConfigError, DataError, HftlError, ModelLoadError
+from hftl.version import __version__
 
 __all__ = ["ConfigError", "DataError", "HftlError", "ModelLoadError", "__version__", "load"]
 
@@ -38,11 +37,13 @@ def load(
         >>> clf.source  # doctest: +SKIP
         'hf://you/minilm-sst2@3f1c...'
     """
-    from hftl.predict import Predictor
+    from hftl.predict import Predictor  # here, not at the top: `import hftl` stays light (no torch)
 
-    source = {"from_hub": from_hub, "revision": revision, "trust_remote_code": trust_remote_code}
-    if task is not None:
-        from hftl.models.multitask import load_task
-
-        return load_task(path, task, device=device, **source)
-    return Predictor.from_pretrained(path, device=device, **source)
+    return Predictor.from_pretrained(
+        path,
+        task=task,
+        device=device,
+        from_hub=from_hub,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )

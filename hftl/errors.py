@@ -41,3 +41,7 @@ class ModelLoadError(HftlError):
 
 class TrainingError(HftlError):
     """Training cannot go on (the loss diverged to NaN/inf); nothing from the bad steps is saved."""
+
+
+class OutputError(HftlError):
+    """Writing a run's outputs failed (disk full, folder removed or replaced); nothing half-written is kept."""

@@ -10,6 +10,7 @@ import torch
 
 from hftl.errors import DataError, HftlError
 from hftl.models.io import load_model
+from hftl.models.multitask import load_task
 
 
 class Predictor:
@@ -32,15 +33,16 @@ class Predictor:
         cls,
         path: str | Path,
         *,
+        task: str | None = None,
         device: str | None = None,
         from_hub: bool = False,
         revision: str | None = None,
         trust_remote_code: bool = False,
     ) -> Predictor:
-        """Loads a model directory (see :func:`hftl.models.io.load_model` for the arguments)."""
-        model, meta = load_model(
-            path, from_hub=from_hub, revision=revision, trust_remote_code=trust_remote_code
-        )
+        """Loads a model directory (see :func:`hftl.models.io.load_model` for the arguments); ``task``
+        picks one task of a multi-task model (:func:`hftl.models.multitask.load_task`)."""
+        source = {"from_hub": from_hub, "revision": revision, "trust_remote_code": trust_remote_code}
+        model, meta = load_model(path, **source) if task is None else load_task(path, task, **source)
         return cls(model, meta, device=device)
 
     @property

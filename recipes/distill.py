@@ -16,7 +16,6 @@ and times both on the same batch; ``save()`` writes the student as an ordinary h
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,54 +38,7 @@ from hftl.models.source import is_hub_source
 from hftl.recipe import recipe_main
 from hftl.training import Engine, TrainConfig, steps_for
 from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
-
-
-@dataclass
-class TeacherConfig:
-    """Where the teacher comes from (``teacher:``)."""
-
-    path: str = field(
-        metadata={"help": "A saved hftl model (run output dir or its model/), e.g. a LoRA MiniLM."}
-    )
-    finetune_config: str | None = field(
-        default=None,
-        metadata={"help": "When `path` holds no model yet: train it first with this `finetune` config."},
-    )
-    finetune_overrides: list[str] = field(
-        default_factory=list, metadata={"help": "Overrides for that teacher run, e.g. [train.max_steps=500]."}
-    )
-
-
-@dataclass
-class DistillConfig:
-    """How the student is built and fed (``distill:``)."""
-
-    student_layers: list[int] | None = field(
-        default=None,
-        metadata={
-            "help": "Keep only these transformer layers of the student encoder (0-based), e.g. [0, 5]."
-        },
-    )
-    init_from_teacher: bool = field(
-        default=True,
-        metadata={"help": "Start the student from the teacher's (LoRA-merged) encoder and head weights; "
-                  "needs the same architecture before `student_layers` cuts it."},
-    )  # fmt: skip
-    cache_teacher_logits: bool = field(
-        default=True,
-        metadata={"help": "Run the teacher once over the training data and keep its logits in memory "
-                  "(off: the teacher runs on every batch; hints always need that)."},
-    )  # fmt: skip
-    speed_batch_size: int = field(default=64, metadata={"help": "Test examples in the timed batch."})
-    speed_repeats: int = field(default=20, metadata={"help": "Timed forward passes per model (median kept)."})
-
-    def __post_init__(self) -> None:
-        if self.student_layers is not None and (not self.student_layers or min(self.student_layers) < 0):
-            raise ConfigError(
-                f"`distill.student_layers` is {self.student_layers}; give non-empty 0-based layer indices or null"
-            )
-        if self.speed_batch_size < 1 or self.speed_repeats < 1:
-            raise ConfigError("`distill.speed_batch_size` and `distill.speed_repeats` must be >= 1")
+from hftl.training.sections import DistillConfig, TeacherConfig
 
 
 class DistillModel(nn.Module):
@@ -203,7 +155,7 @@ class DistillRecipe:
         if "unlabeled" not in self.cfg:
             return train
         extra = self._build(self.cfg.unlabeled, unlabeled_splits=["train"]).load()["train"]
-        col = self.data.modality
+        col = self.splits.modality
         if col not in extra.column_names:
             raise ConfigError(
                 f"`unlabeled` holds columns {extra.column_names} but `data` is {col}; give {col} inputs"
@@ -222,7 +174,7 @@ class DistillRecipe:
             raise ConfigError(
                 f"`data` has no train split (found {sorted(self.splits)}); map one with `data.splits`"
             )
-        self.label_names = self.data.label_names
+        self.label_names = self.splits.label_names
         if teacher.label_names != self.label_names:
             raise ConfigError(
                 f"the teacher predicts {teacher.label_names} but `data` has labels {self.label_names}; set "

@@ -22,7 +22,6 @@ read like any other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,54 +48,7 @@ from hftl.training.builders import (
     build_unfreezer,
     print_summary,
 )
-
-
-@dataclass
-class FewShotConfig:
-    """The ``fewshot:`` section: which examples, how many pairs, and the stage-2 head."""
-
-    shots_per_class: int | None = field(
-        default=8,
-        metadata={
-            "help": "Labelled examples drawn per class from the train split (seeded by `seed`, "
-            "stratified). null uses the whole train split (e.g. a file that already holds the shots)."
-        },
-    )
-    num_iterations: int = field(
-        default=20,
-        metadata={
-            "help": "SetFit's rounds of pair generation: each example gets one positive and one negative "
-            "pair per round (pairs), anchors one triplet (triplets) or is seen once (labeled). 0 skips "
-            "stage 1: the head is fit on the untouched encoder (a frozen probe)."
-        },
-    )
-    head_c: float = field(
-        default=1.0,
-        metadata={"help": "Inverse L2 strength `C` of the logistic regression (scikit-learn default 1.0)."},
-    )
-    head_max_iter: int = field(
-        default=1000, metadata={"help": "Iterations of the logistic regression's L-BFGS solver."}
-    )
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.shots_per_class is not None and self.shots_per_class < 1:
-            problems.append(
-                f"`fewshot.shots_per_class` is {self.shots_per_class}; allowed: >= 1, or null for the "
-                "whole train split."
-            )
-        if self.num_iterations < 0:
-            problems.append(
-                f"`fewshot.num_iterations` is {self.num_iterations}; allowed: >= 0 (0 = no stage 1)."
-            )
-        if self.head_c <= 0:
-            problems.append(
-                f"`fewshot.head_c` is {self.head_c}; allowed: > 0 (larger = weaker regularization)."
-            )
-        if self.head_max_iter < 1:
-            problems.append(f"`fewshot.head_max_iter` is {self.head_max_iter}; allowed: >= 1.")
-        if problems:
-            raise ConfigError(problems)
+from hftl.training.sections import FewShotConfig
 
 
 def metric_step(loss: nn.Module):
@@ -188,7 +140,7 @@ class FewShotRecipe:
             raise ConfigError(
                 f"`data` has no train split (found {sorted(splits)}); map one with `data.splits`"
             )
-        self.label_names = self.data.label_names
+        self.label_names = splits.label_names
         shots = self.fewshot.shots_per_class
         if shots is None:
             self.train_indices = np.arange(len(splits["train"]))
@@ -206,9 +158,9 @@ class FewShotRecipe:
         set_seed(self.seed)
         self.load_data()
         encoder = self._build("encoder")
-        if encoder.modality != self.data.modality:
+        if encoder.modality != self.splits.modality:
             raise ConfigError(
-                f"`encoder` is a {encoder.modality} encoder but `data` holds {self.data.modality}; pick a matching encoder"
+                f"`encoder` is a {encoder.modality} encoder but `data` holds {self.splits.modality}; pick a matching encoder"
             )
         self.adapter = self._build("adapter")
         self.adapter.apply(encoder)

@@ -6,8 +6,8 @@ signatures before any weights load and reports every problem at once.
 
 Example:
     >>> cfg = load_config("text/minilm_lora_sst2", ["optimizer.lr=1e-4"])
-    >>> validate_config(cfg, runtime_args={"optimizer": {"params"}})
-    >>> optimizer = instantiate(cfg.optimizer, params=model.parameters())
+    >>> validate_config(cfg, runtime_args={"optimizer": {"params"}, "head": {"in_features", "num_labels"}})
+    >>> optimizer = instantiate(cfg.optimizer, params=model.parameters())  # doctest: +SKIP
 
 A config is untrusted data: it builds only registered components (:mod:`hftl.config.registry`), reads
 only the environment variables the user allows, and is written to disk through :func:`record_config`.

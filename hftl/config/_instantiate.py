@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hftl.config._trust import check_remote_code, redact
+from hftl.config._trust import check_remote_code, interpolation_problem, redact
 from hftl.config.registry import resolve_registered
 from hftl.errors import ConfigError, HftlError
 
@@ -104,17 +103,6 @@ def _build(value: Any, allow_any: bool) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(_build(v, allow_any) for v in value)
     return value
-
-
-def interpolation_problem(e: Exception) -> str:
-    """The readable part of an OmegaConf resolution error (an hftl error raised by a resolver wins)."""
-    cause: BaseException | None = e
-    while cause is not None:
-        if isinstance(cause, HftlError):
-            return redact("; ".join(getattr(cause, "problems", None) or [str(cause)]))
-        cause = cause.__cause__ or cause.__context__
-    first = str(e).splitlines()[0]
-    return redact(re.sub(r"^\w+ raised while resolving interpolation: ", "", first).strip('"'))
 
 
 def instantiate(node: DictConfig | Mapping, *args: Any, allow_any: bool = False, **kwargs: Any) -> Any:

@@ -10,9 +10,9 @@ interpolation and leaves ``${oc.env:NAME}`` (and ``${hftl.data_dir:...}``) as wr
 from the environment never reaches ``model/config.yaml``, a model card or the Hub.
 
 Example:
-    >>> with granted(allow_env=["WANDB_PROJECT"]):
-    ...     cfg = load_config("my.yaml")              # may read ${oc.env:WANDB_PROJECT}
-    >>> OmegaConf.save(record_config(cfg), "config.yaml")   # ${oc.env:...} stays literal text
+    >>> with granted(allow_env=["WANDB_PROJECT"]):  # doctest: +SKIP
+    ...     cfg = load_config("my.yaml")  # may read ${oc.env:WANDB_PROJECT}
+    ...     OmegaConf.save(record_config(cfg), "config.yaml")  # ${oc.env:...} stays literal text
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hftl.errors import ConfigError
+from hftl.errors import ConfigError, HftlError
 
 logger = logging.getLogger(__name__)
 SAFE_ENV_VARS: frozenset[str] = frozenset(
@@ -232,6 +232,17 @@ def _escape(value: Any) -> Any:
     return value
 
 
+def interpolation_problem(e: Exception) -> str:
+    """The readable part of an OmegaConf resolution error (an hftl error raised by a resolver wins)."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, HftlError):
+            return redact("; ".join(getattr(cause, "problems", None) or [str(cause)]))
+        cause = cause.__cause__ or cause.__context__
+    first = str(e).splitlines()[0]
+    return redact(re.sub(r"^\w+ raised while resolving interpolation: ", "", first).strip('"'))
+
+
 def record_container(cfg: DictConfig | dict) -> dict[str, Any]:
     """Plain ``dict`` of ``cfg`` for files and cards: interpolations resolved except environment ones.
 
@@ -241,8 +252,6 @@ def record_container(cfg: DictConfig | dict) -> dict[str, Any]:
     Raises:
         ConfigError: an interpolation cannot be resolved (the message names the key, never a value).
     """
-    from hftl.config._instantiate import interpolation_problem
-
     if not OmegaConf.is_config(cfg):
         cfg = OmegaConf.create(cfg)
     try:

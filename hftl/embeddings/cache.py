@@ -39,7 +39,6 @@ import datasets
 import torch
 from torch import nn
 
-import hftl
 from hftl.data.fingerprints import processor_fingerprint
 from hftl.embeddings.features import (
     Autocast,
@@ -51,6 +50,7 @@ from hftl.embeddings.features import (
     states_to_dataset,
 )
 from hftl.encoders.base import Encoder, hidden_size_of
+from hftl.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ class FeatureCache:
         tmp = self.root / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             dataset.save_to_disk(str(tmp))
-            meta = {"key": key, "hftl_version": hftl.__version__, **description}
+            meta = {"key": key, "hftl_version": __version__, **description}
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
             try:
                 tmp.rename(final)

@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from hftl.errors import DataError, HftlError
-from hftl.training.run_dir import WRITTEN_BY, WRITTEN_BY_KEY, record_output, writing
+from hftl.outputs import WRITTEN_BY, WRITTEN_BY_KEY, record_output, writing
 
 if TYPE_CHECKING:
     import evaluate

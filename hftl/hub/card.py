@@ -215,7 +215,8 @@ def card_context(
         "config_yaml": OmegaConf.to_yaml(cfg, resolve=True).strip(),  # ${oc.env:...} kept as text
         "command": _command(recipe, cfg),
         "versions": _versions(),
-        "load_path": f"hf://{repo_id}" if repo_id else str(run_dir or model_dir),  # Hub ids load only with hf://
+        # Hub ids load only with hf://
+        "load_path": f"hf://{repo_id}" if repo_id else str(run_dir or model_dir),
     }
     run = RunFiles(model_dir=model_dir, run_dir=run_dir, cfg=cfg, meta=meta, metrics=metrics, recipe=recipe)
     ctx.update(builder(run, ctx))
@@ -238,14 +239,15 @@ def _adapter(cfg: Any, meta: dict[str, Any], model_dir: Path) -> tuple[str, dict
     return KIND_ADAPTERS.get(meta["adapter"], meta["adapter"]), {}
 
 
+# Nodes a recipe adds to the saved config.yaml only so that `hftl.load` rebuilds its model like a finetune
+# output (the save steps of recipes/distill.py and recipes/multitask.py); the recipe itself does not read
+# them, so the re-run command deletes them. tests/test_card.py validates that command on a saved config.
+LOADING_NODES = {"distill": ("encoder", "adapter", "head"), "multitask": ("head",)}
+
+
 def _command(recipe: str, cfg: Any) -> str:
-    """The command that re-runs the saved config: keys the recipe merged in for loading are dropped."""
-    import importlib
-
-    from hftl.recipe import top_level_keys
-
-    allowed = top_level_keys(importlib.import_module(f"hftl.recipes.{recipe}").RECIPE)
-    drop = [k for k in cfg if k not in allowed]
+    """The command that re-runs the saved config: the nodes the recipe added for loading are dropped."""
+    drop = [k for k in LOADING_NODES.get(recipe, ()) if k in cfg]
     if recipe == "multitask" and cfg.get("init_from"):
         drop.append("encoder")  # the encoder comes from `init_from`
     return f"hftl run {recipe} --config config.yaml" + "".join(

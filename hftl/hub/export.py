@@ -43,9 +43,9 @@ from typing import Any
 import torch
 from torch import nn
 
-import hftl
 from hftl.errors import HftlError
 from hftl.models.io import META_FILE, MODEL_DIRNAME, load_model
+from hftl.version import __version__
 
 AUDIO_TYPES = ("wav2vec2", "hubert", "wavlm")
 VISION_TYPES = ("vit", "deit")
@@ -190,7 +190,7 @@ def staged_out_dir(
         ) from None
     try:
         yield tmp
-        (tmp / marker).write_text(json.dumps({**record, "hftl_version": hftl.__version__}, indent=2) + "\n")
+        (tmp / marker).write_text(json.dumps({**record, "hftl_version": __version__}, indent=2) + "\n")
         check_out_dir(out, sources=list(sources), force=force, marker=marker)
         old = None
         if out.exists():  # an empty folder, or an earlier export (checked above)

@@ -28,20 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hftl.errors import ConfigError, HftlError, ModelLoadError
+from hftl.errors import ConfigError, HftlError
 from hftl.hub.card_files import CARD_FILE, CARD_MARKER, card_state, install_card
 from hftl.hub.plots import PLOT_FILE, PLOTS_DIRNAME
 from hftl.models.io import META_FILE, find_model_dir
+from hftl.models.source import IGNORE_PATTERNS
 
 logger = logging.getLogger(__name__)
 
-# Never uploaded: training state, caches, editor/OS junk, and the placeholder card peft writes in encoder/.
-IGNORE_PATTERNS = [
-    "checkpoints/**", "checkpoint-*/**", "**/checkpoints/**", "runs/**", "**/__pycache__/**", ".cache/**",
-    "**/.cache/**", "*.tmp", "**/*.tmp", "optimizer.bin", "**/optimizer.bin", "scheduler.bin",
-    "**/scheduler.bin", "random_states_*.pkl", "**/random_states_*.pkl", "**/.ipynb_checkpoints/**",
-    "**/.DS_Store", "encoder/README.md",
-]  # fmt: skip
 # hftl's own bookkeeping in a model directory: kept local, never uploaded (and never an "unknown file").
 LOCAL_FILES = [CARD_MARKER, "*.hftl-tmp", "**/*.hftl-tmp"]
 HUB_REPO = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -337,38 +331,6 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 # Never downloaded for loading: pickles (hftl loads safetensors only) and, unless the caller trusts remote
 # code, Python files (fnmatch's `*` also matches `/`, so these cover every folder).
-PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "*.npy", "*.npz"]
-
-
-def download_model(repo_id: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Path:
-    """Downloads (or reuses the cached copy of) a Hub model repo pushed by hftl; returns its local folder.
-
-    The folder is ``.../snapshots/<commit sha>``: the commit actually downloaded, which callers pin.
-
-    Args:
-        repo_id: ``user/name``.
-        revision: branch, tag or commit (default: the default branch).
-        trust_remote_code: also download ``.py`` files (skipped otherwise: nothing could import them).
-
-    Raises:
-        ModelLoadError: the repo cannot be downloaded.
-    """
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    ignore = [*IGNORE_PATTERNS, *PICKLE_PATTERNS, *([] if trust_remote_code else ["*.py"])]
-    try:
-        path = Path(snapshot_download(repo_id, revision=revision, ignore_patterns=ignore))
-    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
-        reason = (str(err).splitlines() or [type(err).__name__])[0]
-        at = f" at revision {revision!r}" if revision else ""
-        raise ModelLoadError(
-            f"Downloading the Hub model {repo_id!r}{at} failed: {reason}. Check the repo id and revision "
-            "(log in with `hf auth login` for private repos; unset HF_HUB_OFFLINE when it is not cached yet)."
-        ) from None
-    return path
-
-
 PUSH_KEYS = ("repo_id", "private", "revision", "create_pr", "commit_message")
 
 

@@ -8,7 +8,6 @@ model's depth and width.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import re
@@ -20,6 +19,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hftl.adaptation.config import SelectionConfig
+from hftl.data.episodes import EpisodeConfig
+from hftl.embeddings.config import CacheConfig
+from hftl.training.meta import MetaConfig
+from hftl.training.sections import DistillConfig, FewShotConfig, LwFConfig, MultitaskConfig
+
 ADAPTER_NAMES = {
     "hftl.adapters.Lora": "lora",
     "hftl.adapters.IA3": "ia3",
@@ -29,6 +34,12 @@ ADAPTER_NAMES = {
 ADAPTER_TITLES = {"lora": "LoRA adapter", "ia3": "(IA)³ adapter"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SIMPLE = (str, int, float, bool, type(None), list, tuple)
+# The config sections cards show, with the dataclasses that hold their defaults: the same classes the
+# recipes validate them with (tests/test_layering.py checks that), so a card never imports a recipe script.
+SECTIONS: dict[str, type] = {
+    "cache": CacheConfig, "selection": SelectionConfig, "distill": DistillConfig, "lwf": LwFConfig,
+    "multitask": MultitaskConfig, "fewshot": FewShotConfig, "meta": MetaConfig, "episodes": EpisodeConfig,
+}  # fmt: skip
 
 
 class Row(NamedTuple):
@@ -58,8 +69,7 @@ class RunFiles:
         """The recipe's config section ``key`` with its defaults filled in (e.g. ``distill``, ``lwf``)."""
         from hftl.config import to_dataclass
 
-        sections = importlib.import_module(f"hftl.recipes.{self.recipe}").RECIPE.SECTIONS
-        return to_dataclass(sections[key], self.cfg.get(key), key=key)
+        return to_dataclass(SECTIONS[key], self.cfg.get(key), key=key)
 
 
 def read_config(path: Path) -> DictConfig:

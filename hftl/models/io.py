@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +33,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-import hftl
 from hftl.config import record_config
-from hftl.errors import ModelLoadError
+from hftl.encoders.base import resolve_model_path
+from hftl.errors import HftlError, ModelLoadError
 from hftl.models import spec
 from hftl.models.classifier import Classifier
 from hftl.models.records import read_json, recorded_node
 from hftl.models.remote_code import check_folder, check_hub_config
 from hftl.models.source import HUB_MODEL_ID, META_FILE, MODEL_DIRNAME, find_model_dir, resolve_source
+from hftl.outputs import is_hftl_model_dir, record_output, writing
+from hftl.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -61,11 +64,6 @@ def save_model(
         HftlError: ``path`` exists and is not an hftl model directory (it is left untouched).
         OutputError: the model could not be written (disk full, folder gone); no partial directory is left.
     """
-    import uuid
-
-    from hftl.errors import HftlError
-    from hftl.training.run_dir import is_hftl_model_dir, record_output, writing
-
     path = Path(path)
     if (path.exists() or path.is_symlink()) and not is_hftl_model_dir(path):
         raise HftlError(
@@ -111,7 +109,7 @@ def _write_model_dir(
     revision = config.get("encoder", {}).get("revision") if isinstance(config, DictConfig) else None
     meta = {
         "format": FORMAT,
-        "hftl_version": hftl.__version__,
+        "hftl_version": __version__,
         "modality": encoder.modality,
         "adapter": adapter_kind,
         "base_model": encoder.name_or_path,
@@ -267,8 +265,6 @@ def load_weights(module: nn.Module, file: Path, *, optional_prefix: str | None =
 
 def _base_model(meta: dict[str, Any], file: Path, *, trust_remote_code: bool) -> str:
     """The base model adapters and frozen encoders load on: a local directory or a Hub id, checked."""
-    from hftl.encoders.base import resolve_model_path
-
     base = meta["base_model"]
     path = resolve_model_path(base)
     what = f"the base model {base!r}"

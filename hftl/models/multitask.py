@@ -25,6 +25,8 @@ from hftl.encoders.base import Encoder
 from hftl.errors import ModelLoadError
 from hftl.models import spec
 from hftl.models.classifier import Classifier, ClassifierOutput
+from hftl.models.io import load_model, load_weights
+from hftl.models.records import read_json
 
 TASKS_FILE = "tasks.json"
 TASK_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,127}$")  # also the head's file name: no path separators
@@ -123,8 +125,6 @@ def load_multitask(
 
 
 def _load(path: str | Path, **source: Any) -> tuple[MultiTaskClassifier, dict[str, Any]]:
-    from hftl.models.io import load_model, load_weights
-
     classifier, meta = load_model(path, **source)
     model_dir = Path(meta["path"])
     heads, labels = {}, {}
@@ -144,8 +144,6 @@ def _load(path: str | Path, **source: Any) -> tuple[MultiTaskClassifier, dict[st
 
 def _task_entries(model_dir: Path, *, legacy: bool) -> list[tuple[str, list[str], dict[str, Any]]]:
     """``(name, label_names, head spec)`` of every task in ``tasks.json``, each value checked."""
-    from hftl.models.records import read_json
-
     file = model_dir / TASKS_FILE
     if not file.is_file():
         raise ModelLoadError(
@@ -190,20 +188,18 @@ def load_task(
     path: str | Path,
     task: str,
     *,
-    device: str | None = None,
     from_hub: bool = False,
     revision: str | None = None,
     trust_remote_code: bool = False,
-) -> Any:
-    """A :class:`hftl.predict.Predictor` for one ``task`` of a saved multi-task model.
+) -> tuple[Classifier, dict[str, Any]]:
+    """One ``task`` of a saved multi-task model as a plain classifier, with its model record.
+
+    :meth:`hftl.predict.Predictor.from_pretrained` (``hftl.load(path, task=...)``) wraps it for inference.
 
     Raises:
         ModelLoadError: not a multi-task model, or ``task`` is not one of its tasks.
     """
-    from hftl.predict import Predictor
-
     model, meta = _load(path, from_hub=from_hub, revision=revision, trust_remote_code=trust_remote_code)
     if task not in model.tasks:
         raise ModelLoadError(f"Model {str(path)!r} has no task {task!r}; its tasks are {model.tasks}.")
-    meta = {**meta, "label_names": model.label_names[task], "task": task}
-    return Predictor(model.task_classifier(task), meta, device=device)
+    return model.task_classifier(task), {**meta, "label_names": model.label_names[task], "task": task}

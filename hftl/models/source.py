@@ -13,15 +13,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hftl.errors import ModelLoadError
+from hftl.outputs import MODEL_META_FILE
 
 MODEL_DIRNAME = "model"
-META_FILE = "hftl_model.json"
+META_FILE = MODEL_META_FILE
 HUB_PREFIX = "hf://"
 HUB_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # user/name
 HUB_MODEL_ID = re.compile(
     r"^([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$"
 )  # base models: also `bert-base-uncased`
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# Never uploaded (hftl.hub.push) nor downloaded: training state, caches, editor/OS junk, and the placeholder
+# card peft writes in encoder/.
+IGNORE_PATTERNS = [
+    "checkpoints/**", "checkpoint-*/**", "**/checkpoints/**", "runs/**", "**/__pycache__/**", ".cache/**",
+    "**/.cache/**", "*.tmp", "**/*.tmp", "optimizer.bin", "**/optimizer.bin", "scheduler.bin",
+    "**/scheduler.bin", "random_states_*.pkl", "**/random_states_*.pkl", "**/.ipynb_checkpoints/**",
+    "**/.DS_Store", "encoder/README.md",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,6 @@ def resolve_source(
                 "(Python: from_hub=True) or write hf://user/name@revision."
             )
         return ModelSource(find_model_dir(path))
-    from hftl.hub.push import download_model
-
     repo_id, revision = parse_hub_reference(str(path), revision)
     folder = download_model(repo_id, revision=revision, trust_remote_code=trust_remote_code)
     sha = folder.name if _COMMIT.match(folder.name) else revision  # the cache stores snapshots/<commit>/
@@ -127,3 +134,36 @@ def resolve_source(
             "Load it with transformers, or push an hftl run to it with `hftl push`."
         ) from None
     return ModelSource(model_dir, repo_id=repo_id, revision=sha)
+
+
+# Never downloaded either: pickles (hftl reads safetensors only, and a pickle runs code when loaded).
+PICKLE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.pkl", "*.pickle", "*.ckpt", "*.joblib", "*.npy", "*.npz"]
+
+
+def download_model(repo_id: str, *, revision: str | None = None, trust_remote_code: bool = False) -> Path:
+    """Downloads (or reuses the cached copy of) a Hub model repo pushed by hftl; returns its local folder.
+
+    The folder is ``.../snapshots/<commit sha>``: the commit actually downloaded, which callers pin.
+
+    Args:
+        repo_id: ``user/name``.
+        revision: branch, tag or commit (default: the default branch).
+        trust_remote_code: also download ``.py`` files (skipped otherwise: nothing could import them).
+
+    Raises:
+        ModelLoadError: the repo cannot be downloaded.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    ignore = [*IGNORE_PATTERNS, *PICKLE_PATTERNS, *([] if trust_remote_code else ["*.py"])]
+    try:
+        path = Path(snapshot_download(repo_id, revision=revision, ignore_patterns=ignore))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0]
+        at = f" at revision {revision!r}" if revision else ""
+        raise ModelLoadError(
+            f"Downloading the Hub model {repo_id!r}{at} failed: {reason}. Check the repo id and revision "
+            "(log in with `hf auth login` for private repos; unset HF_HUB_OFFLINE when it is not cached yet)."
+        ) from None
+    return path

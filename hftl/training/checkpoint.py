@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hftl.errors import HftlError, TrainingError
+from hftl.outputs import record_output, writing
 from hftl.training.checkpoint_manifest import (
     FORMAT_VERSION,
     OWNER_FILENAME,
@@ -53,7 +54,6 @@ from hftl.training.checkpoint_manifest import (
     read_state,
     write_manifest,
 )
-from hftl.training.run_dir import record_output, writing
 
 if TYPE_CHECKING:
     import accelerate

@@ -7,8 +7,8 @@ hftl deletes or replaces only what it wrote. A run's folder holds an owner marke
      "config_keys": {"optimizer.lr": "<hash>", ...}, "data_keys": {"data.data_files.train": "<hash>"},
      "outputs": ["checkpoints", "model", "metrics.json"]}
 
-``outputs`` lists the top-level entries hftl wrote there (:func:`record_output` adds them as they are
-written); ``--overwrite`` deletes exactly those, never anything else. The fingerprints
+``outputs`` lists the top-level entries hftl wrote there (:func:`hftl.outputs.record_output` adds them
+as they are written); ``--overwrite`` deletes exactly those, never anything else. The fingerprints
 (:mod:`hftl.training.fingerprint`) decide whether a later command is the same run.
 
 :func:`claim_output_dir` runs before weights or data load and refuses, each with a one-line
@@ -29,11 +29,8 @@ Only the main process (``RANK`` 0) writes the marker or deletes anything.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +38,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hftl.errors import ConfigError, HftlError
+from hftl.errors import ConfigError, OutputError
+from hftl.outputs import (
+    MARKER_FILE,
+    MODEL_META_FILE,
+    WRITTEN_BY,
+    WRITTEN_BY_KEY,
+    is_hftl_json,
+    is_hftl_model_dir,
+    is_marker_file,
+    read_marker,
+    record_output,
+    write_marker,
+    writing,
+)
+from hftl.training.checkpoint import CHECKPOINT_DIRNAME, remove_checkpoints
 from hftl.training.fingerprint import (
     RECIPE_KEY,
     Fingerprint,
@@ -49,112 +60,19 @@ from hftl.training.fingerprint import (
     data_fingerprint,
     local_inputs,
 )
+from hftl.version import __version__
 
-MARKER_FILE = ".hftl_run.json"
 MARKER_FORMAT = 1
-WRITTEN_BY_KEY = "written_by"  # also the key that marks a JSON results file (metrics.json) as hftl's
-WRITTEN_BY = "hftl"
-MODEL_META_FILE = "hftl_model.json"
-_RECORD_DEPTH = 4  # record_output looks this many folders up for the run's marker (runs/<name>/checkpoints)
-
-
-class OutputError(HftlError):
-    """Writing a run's outputs failed (disk full, folder removed or replaced); nothing half-written is kept."""
+__all__ = [  # the output bookkeeping of hftl.outputs, re-exported: a run folder is where it is used most
+    "MARKER_FILE", "MODEL_META_FILE", "WRITTEN_BY", "WRITTEN_BY_KEY", "OutputError", "RunClaim",
+    "check_location", "claim_output_dir", "is_hftl_json", "is_hftl_model_dir", "is_main_process",
+    "read_marker", "record_output", "writing",
+]  # fmt: skip
 
 
 def is_main_process() -> bool:
     """Rank 0 of an ``accelerate launch`` / ``torchrun`` job, or a single process (before any Accelerator)."""
     return int(os.environ.get("RANK", "0")) == 0
-
-
-@contextlib.contextmanager
-def writing(what: str, path: str | os.PathLike) -> Iterator[None]:
-    """Turns an ``OSError`` while writing ``what`` to ``path`` into a one-line :class:`OutputError`."""
-    try:
-        yield
-    except OSError as err:
-        where = f" ({err.filename})" if err.filename and str(err.filename) != str(path) else ""
-        raise OutputError(
-            f"cannot write {what} to {path}: {err.strerror or err}{where}. Nothing half-written is used. "
-            "Fix: make sure `output_dir` is a writable folder with free space, then run the same command "
-            "again (training resumes from its last checkpoint)."
-        ) from err
-
-
-# -- JSON files hftl wrote -------------------------------------------------------------------------------
-def is_hftl_json(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a JSON object hftl wrote (it carries ``"written_by": "hftl"``)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get(WRITTEN_BY_KEY) == WRITTEN_BY
-
-
-def is_hftl_model_dir(path: str | os.PathLike) -> bool:
-    path = Path(path)
-    return path.is_dir() and not path.is_symlink() and (path / MODEL_META_FILE).is_file()
-
-
-def read_marker(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The marker of ``run_dir``; ``None`` when there is none; ConfigError when it is damaged."""
-    marker = Path(run_dir) / MARKER_FILE
-    if not marker.exists() and not marker.is_symlink():
-        return None
-    try:
-        if marker.is_symlink():
-            raise ValueError("it is a symlink")
-        data = json.loads(marker.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get(WRITTEN_BY_KEY) != WRITTEN_BY:
-            raise ValueError("it is not an hftl run marker")
-        outputs = data.get("outputs", [])
-        if not isinstance(outputs, list) or not all(_is_entry_name(n) for n in outputs):
-            raise ValueError("its `outputs` list is malformed")
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"`output_dir`: {marker} is damaged ({err}), so hftl cannot tell which files in {run_dir} it wrote; "
-            "choose a new `output_dir`, or move the folder away yourself"
-        ) from err
-    return data
-
-
-def _is_entry_name(name: Any) -> bool:
-    return isinstance(name, str) and name not in ("", ".", "..", MARKER_FILE) and Path(name).name == name
-
-
-def _is_marker_file(name: str) -> bool:
-    """The marker, or a temporary copy a killed process left while replacing it."""
-    return name == MARKER_FILE or (name.startswith(f".{MARKER_FILE}.") and name.endswith(".tmp"))
-
-
-def _write_marker(run_dir: Path, data: dict[str, Any]) -> None:
-    tmp = run_dir / f".{MARKER_FILE}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, run_dir / MARKER_FILE)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def record_output(path: str | os.PathLike) -> None:
-    """Adds the top-level entry of ``path`` to the ``outputs`` of the hftl run folder it lies in, if any.
-
-    Called by every writer of run outputs (checkpoints, model, metrics, plots) on the main process, so
-    ``--overwrite`` later removes exactly what hftl wrote. A path in no marked run folder is ignored.
-    """
-    path = Path(os.path.abspath(path))
-    for parent in list(path.parents)[:_RECORD_DEPTH]:
-        if (parent / MARKER_FILE).is_file():
-            try:
-                data = read_marker(parent)
-            except ConfigError:
-                return  # a damaged marker is reported by the next claim, not by a writer mid-run
-            name = path.relative_to(parent).parts[0]
-            if data is not None and name not in data.get("outputs", []):
-                data["outputs"] = sorted({*data.get("outputs", []), name})
-                with writing("the run marker", parent / MARKER_FILE):
-                    _write_marker(parent, data)
-            return
 
 
 # -- where a run may write -------------------------------------------------------------------------------
@@ -254,8 +172,6 @@ def _remove_output(entry: Path, *, top: bool) -> None:
     ``"written_by": "hftl"``; other files only when the marker lists them (``top``). Other folders
     (``runs/``, ``plain_finetune/``) are walked with the same rules and removed once empty.
     """
-    from hftl.training.checkpoint import CHECKPOINT_DIRNAME, remove_checkpoints
-
     if entry.is_symlink():
         entry.unlink()
     elif entry.is_file():
@@ -303,13 +219,11 @@ class RunClaim:
 
 
 def _new_marker(cfg: DictConfig, recipe: str, config_fp: Fingerprint, data_fp: Fingerprint) -> dict[str, Any]:
-    import hftl
-
     trackers = OmegaConf.select(cfg, "train.report_to", default=None)
     return {
         WRITTEN_BY_KEY: WRITTEN_BY,
         "format": MARKER_FORMAT,
-        "hftl_version": hftl.__version__,
+        "hftl_version": __version__,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "recipe": recipe,
         "config_fingerprint": config_fp.digest,
@@ -348,10 +262,10 @@ def claim_output_dir(
         created = [p for p in [*reversed(path.parents), path] if not p.exists()]
         with writing("the run folder", path):
             path.mkdir(parents=True)
-            _write_marker(path, marker)
+            write_marker(path, marker)
         return RunClaim(path, created=created, new_marker=True)
     old = read_marker(path)
-    entries = [p.name for p in path.iterdir() if not _is_marker_file(p.name)]
+    entries = [p.name for p in path.iterdir() if not is_marker_file(p.name)]
     if old is None and entries:
         _refuse_foreign(path, entries)
     if old is not None:
@@ -363,13 +277,13 @@ def claim_output_dir(
     ]
     if old is None or not results:  # empty, or an earlier run that failed before writing any result
         with writing("the run marker", path / MARKER_FILE):
-            _write_marker(path, marker)
+            write_marker(path, marker)
         return RunClaim(path, new_marker=old is None)
     if overwrite:
         with writing("the run folder", path):
             for name in old.get("outputs", []):
                 _remove_output(path / name, top=True)
-            _write_marker(path, marker)
+            write_marker(path, marker)
         return RunClaim(path)
     _check_same_run(path, old, config_fp, data_fp, resume=resume)
     return RunClaim(path)
