@@ -38,6 +38,7 @@ from hftl.models.source import is_hub_source
 from hftl.recipe import recipe_main
 from hftl.training import Engine, TrainConfig, steps_for
 from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
+from hftl.training.run import eval_loader, init_trackers
 from hftl.training.sections import DistillConfig, TeacherConfig
 
 
@@ -120,7 +121,8 @@ class DistillRecipe:
 
             from hftl.recipe import claim_output_dir
 
-            claim_output_dir(FinetuneRecipe, self._teacher_run)  # the teacher's folder: the same checks as a run
+            # the teacher's folder: the same checks as a run
+            claim_output_dir(FinetuneRecipe, self._teacher_run)
             print(f"Training the teacher first: {tc.finetune_config} -> {tc.path}")
             FinetuneRecipe(self._teacher_run, allow_any_component=self.allow_any).run()
         teacher, _ = load_model(tc.path)  # a model directory is data: rebuilt from hftl's tables only
@@ -199,11 +201,11 @@ class DistillRecipe:
         self.teacher = teacher.to(acc.device).eval()
         train_set = self.training_set()
         collate = enc_s.collator(train=True)
-        eval_bs = tc.eval_batch_size or 2 * tc.batch_size
         if self.cache:  # one teacher pass, kept per example (in memory, with the dataset)
             plain = build_loader(
-                train_set, collate_fn=enc_t.collator(train=False), batch_size=eval_bs, shuffle=False
-            )
+                train_set, collate_fn=enc_t.collator(train=False), batch_size=tc.evaluation_batch_size,
+                shuffle=False,
+            )  # fmt: skip
             with acc.autocast():
                 logits = record_logits(self.teacher, plain, device=acc.device)
             train_set = train_set.add_column("teacher_logits", logits.tolist())
@@ -213,9 +215,7 @@ class DistillRecipe:
             num_workers=tc.num_workers,
         )  # fmt: skip
         self.eval_loaders = {
-            (who, split): acc.prepare(build_loader(
-                self.splits[split], collate_fn=enc.collator(train=False), batch_size=eval_bs, shuffle=False
-            ))
+            (who, split): eval_loader(acc, self.splits[split], collate_fn=enc.collator(train=False), config=tc)
             for split in ("validation", "test") if split in self.splits
             for who, enc in (("student", enc_s), ("teacher", enc_t))
         }  # fmt: skip
@@ -246,6 +246,7 @@ class DistillRecipe:
             "Optimizer steps": total,
             "Device / precision": f"{acc.device} / {tc.mixed_precision}",
         })  # fmt: skip
+        init_trackers(acc, tc)
 
     def teacher_forward(self, batch: dict[str, torch.Tensor], *, states: bool) -> tuple[torch.Tensor, Any]:
         """Teacher logits (and every hidden state when ``states``) on the student's own batch."""

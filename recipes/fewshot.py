@@ -48,6 +48,7 @@ from hftl.training.builders import (
     build_unfreezer,
     print_summary,
 )
+from hftl.training.run import eval_loader, gather_outputs, init_trackers
 from hftl.training.sections import FewShotConfig
 
 
@@ -70,21 +71,15 @@ def metric_step(loss: nn.Module):
     return step
 
 
-@torch.no_grad()
 def embed(accelerator: Any, encoder: nn.Module, loader: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled features and labels of every example of ``loader`` (encoder in eval mode, gathered)."""
-    was_training = encoder.training
-    encoder.eval()
-    feats, labels = [], []
-    for batch in loader:
-        y = batch.pop("labels")
-        with accelerator.autocast():
-            f = encoder(**batch).pooled.float()
-        f, y = accelerator.gather_for_metrics((f, y))
-        feats.append(f.cpu())
-        labels.append(y.cpu())
-    encoder.train(was_training)
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+    """Pooled features and labels of every example of ``loader`` (run and gathered by ``gather_outputs``)."""
+
+    def pooled(model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        labels = batch.pop("labels")
+        return {"features": model(**batch).pooled.float(), "labels": labels}
+
+    out = gather_outputs(accelerator, encoder, loader, pooled, desc="embed")
+    return out["features"].numpy(), out["labels"].numpy()
 
 
 def logistic_head(
@@ -186,6 +181,7 @@ class FewShotRecipe:
             self.encoder = self.encoder.to(self.accelerator.device)
         self._setup_eval_loaders()
         self._print_summary()
+        init_trackers(self.accelerator, tc)
 
     def _setup_stage1(self) -> None:
         tc, fs = self.train_cfg, self.fewshot
@@ -221,16 +217,12 @@ class FewShotRecipe:
         )  # fmt: skip
 
     def _setup_eval_loaders(self) -> None:
-        tc = self.train_cfg
-        eval_bs = tc.eval_batch_size or 2 * tc.batch_size
         collate = self.base_encoder.collator(train=False)
         sets = {"fewshot": self.train_set} | {
             s: self.splits[s] for s in ("validation", "test") if s in self.splits
         }
         self.loaders = {
-            name: self.accelerator.prepare(
-                build_loader(ds, collate_fn=collate, batch_size=eval_bs, shuffle=False)
-            )
+            name: eval_loader(self.accelerator, ds, collate_fn=collate, config=self.train_cfg)
             for name, ds in sets.items()
         }
 
@@ -269,8 +261,7 @@ class FewShotRecipe:
         return {"head_train_accuracy": train_acc}
 
     def score(self, split: str) -> dict[str, Any]:
-        with self.accelerator.autocast():
-            out = collect_predictions(self.accelerator, self.model, self.loaders[split], desc=split)
+        out = collect_predictions(self.accelerator, self.model, self.loaders[split], desc=split)
         report = classification_report(out["predictions"], out["references"], self.label_names)
         return {**report, "loss": float(out["loss"])}
 

@@ -18,7 +18,6 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig
 
 from hftl.config import instantiate, to_dataclass
-from hftl.data.tokenized import pretokenize_splits
 from hftl.errors import ConfigError
 from hftl.evaluation import classification_report, format_report, write_metrics
 from hftl.evaluation.predictions import collect_predictions
@@ -38,6 +37,7 @@ from hftl.training.builders import (
     print_summary,
     train_lengths,
 )
+from hftl.training.run import eval_loader, init_trackers, pretokenized
 
 
 class FinetuneRecipe:
@@ -76,10 +76,7 @@ class FinetuneRecipe:
             raise ConfigError(
                 f"`encoder` is a {encoder.modality} encoder but `data` holds {self.data.modality}; pick a matching encoder"
             )
-        if getattr(encoder, "pretokenize", False):  # text: tokenize once, cached across runs
-            with self.accelerator.main_process_first():  # one process writes the cache, the others read it
-                splits = pretokenize_splits(splits, encoder.processor, max_length=encoder.max_length)
-            self.splits = splits
+        self.splits = splits = pretokenized(self.accelerator, encoder, splits)  # text: once, cached
         self.adapter = self._build("adapter")
         self.adapter.apply(encoder)
         head = self._build("head", in_features=encoder.out_features, num_labels=len(self.label_names))
@@ -94,17 +91,14 @@ class FinetuneRecipe:
             shuffle=True, seed=self.seed, lengths=train_lengths(splits["train"], encoder, tc),
             num_workers=tc.num_workers,
         )  # fmt: skip
-        eval_bs = tc.eval_batch_size or 2 * tc.batch_size
+        self.model, optimizer, train_loader = self.accelerator.prepare(self.model, optimizer, train_loader)
         self.eval_loaders = {
-            name: build_loader(
-                splits[name], collate_fn=encoder.collator(train=False), batch_size=eval_bs, shuffle=False
+            name: eval_loader(
+                self.accelerator, splits[name], collate_fn=encoder.collator(train=False), config=tc
             )
             for name in ("validation", "test")
             if name in splits
         }
-        self.model, optimizer, train_loader = self.accelerator.prepare(self.model, optimizer, train_loader)
-        for name, loader in self.eval_loaders.items():
-            self.eval_loaders[name] = self.accelerator.prepare(loader)
         per_epoch = batches_per_epoch(train_loader)  # None: streamed data
         self.total_steps = steps_for(tc, per_epoch)
         scheduler = build_scheduler(
@@ -130,9 +124,7 @@ class FinetuneRecipe:
             **describe_layerwise(optimizer, unfreezer),
             "Output": str(self.output_dir),
         })  # fmt: skip
-        self.accelerator.init_trackers(
-            "hftl", config={k: v for k, v in vars(tc).items() if isinstance(v, int | float | str | bool)}
-        )
+        init_trackers(self.accelerator, tc)
 
     def score(self, split: str) -> dict[str, Any]:
         out = collect_predictions(self.accelerator, self.model, self.eval_loaders[split], desc=split)

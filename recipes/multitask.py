@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,36 +40,8 @@ from hftl.models.spec import component_node
 from hftl.recipe import recipe_main
 from hftl.training import Engine, TrainConfig, steps_for
 from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
-
-
-@dataclass
-class MultitaskConfig:
-    """Task sampling (``multitask:``)."""
-
-    sampling: Literal["proportional", "round_robin"] = field(
-        default="proportional",
-        metadata={"help": "`proportional`: every batch of every task once per epoch, tasks shuffled in "
-                  "proportion to their size; `round_robin`: tasks in turn, smaller ones cycling."},
-    )  # fmt: skip
-
-
-@dataclass
-class LwFConfig:
-    """Learning without forgetting (``lwf:``; needs ``init_from``)."""
-
-    task: str = field(default="old", metadata={"help": "Name given to the init model's task (its head)."})
-    weight: float = field(default=1.0, metadata={"help": "λ of the old-output term; 0 = plain fine-tuning."})
-    temperature: float = field(default=2.0, metadata={"help": "KD temperature (Li & Hoiem use 2)."})
-    baseline: bool = field(
-        default=False,
-        metadata={"help": "Also train plain fine-tuning (λ = 0) and report how much it forgets."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.weight < 0 or self.temperature <= 0:
-            raise ConfigError(
-                f"`lwf.weight` must be >= 0 and `lwf.temperature` > 0; got {self.weight}, {self.temperature}"
-            )
+from hftl.training.run import eval_loader, init_trackers
+from hftl.training.sections import LwFConfig, MultitaskConfig
 
 
 class TaskPattern(dict):
@@ -209,14 +180,13 @@ class MultitaskRecipe:
                 raise ConfigError(f"`tasks.{name}.data` has no train split (found {sorted(splits)})")
         self.model = model = self.build_model()
         self.lwf_weight, old = lwf_weight, self.lwf.task if self.lwf else None
-        eval_bs = tc.eval_batch_size or 2 * tc.batch_size
-        collate = model.encoder.collator(train=True)
+        collate, plain_collate = model.encoder.collator(train=True), model.encoder.collator(train=False)
         loaders = {}
         for name, splits in self.splits.items():
             train, task_collate = splits["train"], collate
             if old is not None:  # LwF: the old head's outputs on this task's inputs, recorded before training
                 plain = build_loader(
-                    train, collate_fn=model.encoder.collator(train=False), batch_size=eval_bs, shuffle=False
+                    train, collate_fn=plain_collate, batch_size=tc.evaluation_batch_size, shuffle=False
                 )
                 view = model.to(acc.device).eval().task_classifier(old)
                 train = train.add_column(
@@ -228,16 +198,12 @@ class MultitaskRecipe:
                 num_workers=tc.num_workers,
             ))  # fmt: skip
         self.eval_loaders = {
-            (name, split): acc.prepare(build_loader(
-                splits[split], collate_fn=model.encoder.collator(train=False), batch_size=eval_bs, shuffle=False
-            ))
+            (name, split): eval_loader(acc, splits[split], collate_fn=plain_collate, config=tc)
             for name, splits in self.splits.items() for split in ("validation", "test") if split in splits
         }  # fmt: skip
         if old is not None and "old_task_data" in self.cfg:
             test = self._build(self.cfg.old_task_data).load()["test"]
-            self.eval_loaders[(old, "test")] = acc.prepare(build_loader(
-                test, collate_fn=model.encoder.collator(train=False), batch_size=eval_bs, shuffle=False
-            ))  # fmt: skip
+            self.eval_loaders[(old, "test")] = eval_loader(acc, test, collate_fn=plain_collate, config=tc)
             self.old_before = self.predict(old, "test")
         optimizer = self._build(self.cfg.optimizer, params=[p for p in model.parameters() if p.requires_grad])
         self.model, optimizer = acc.prepare(model, optimizer)
@@ -261,6 +227,7 @@ class MultitaskRecipe:
             "Optimizer steps": total,
             "Output": str(output_dir),
         })  # fmt: skip
+        init_trackers(acc, tc, lwf_weight=lwf_weight)
 
     def step(self, model: nn.Module, batch: tuple[str, dict]) -> tuple[torch.Tensor, dict[str, float]]:
         task, inputs = batch
@@ -276,10 +243,9 @@ class MultitaskRecipe:
 
     def predict(self, task: str, split: str) -> dict[str, Any]:
         view = self.accelerator.unwrap_model(self.model).task_classifier(task)
-        with self.accelerator.autocast():
-            return collect_predictions(
-                self.accelerator, view, self.eval_loaders[(task, split)], desc=f"{task} {split}"
-            )
+        return collect_predictions(
+            self.accelerator, view, self.eval_loaders[(task, split)], desc=f"{task} {split}"
+        )
 
     def report(self, task: str, split: str) -> dict[str, Any]:
         out = self.predict(task, split)

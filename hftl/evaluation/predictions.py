@@ -1,46 +1,38 @@
-"""Running a classifier over a loader, gathering across processes without duplicates."""
+"""A classifier's predictions over a loader, gathered across processes without duplicates."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import nn
-from tqdm.auto import tqdm
+
+from hftl.training.run import gather_outputs
 
 
-@torch.no_grad()
+def _logits(model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    labels = batch.pop("labels", None)
+    out = {"logits": model(**batch).logits.float()}
+    return out if labels is None else {**out, "labels": labels}
+
+
 def collect_predictions(
-    accelerator: Accelerator, model: nn.Module, loader, *, desc: str = "eval"
+    accelerator: Accelerator, model: nn.Module, loader: Any, *, desc: str = "eval"
 ) -> dict[str, np.ndarray | float]:
     """Returns ``predictions``, ``probabilities``, ``references`` (when labelled) and mean ``loss``.
 
-    ``gather_for_metrics`` drops the samples that distributed sampling duplicates to even out the
-    last batch, so every example counts exactly once.
+    The model runs as :func:`hftl.training.run.gather_outputs` runs it (eval mode, the run's autocast,
+    every example exactly once across processes).
     """
-    was_training = model.training
-    model.eval()
-    preds, probs, refs = [], [], []
-    loss_sum, n = torch.zeros((), device=accelerator.device), 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
-        labels = batch.pop("labels", None)
-        logits = model(**batch).logits.float()
-        if labels is not None:
-            # after the gather: the loss then counts the samples DDP duplicates to even out shards once
-            logits, labels = accelerator.gather_for_metrics((logits, labels))
-            loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
-            n += labels.numel()
-            refs.append(labels.cpu())
-        else:
-            logits = accelerator.gather_for_metrics(logits)
-        probs.append(logits.softmax(-1).cpu())
-        preds.append(logits.argmax(-1).cpu())
-    model.train(was_training)
-    out: dict[str, np.ndarray | float] = {
-        "predictions": torch.cat(preds).numpy(),
-        "probabilities": torch.cat(probs).numpy(),
+    out = gather_outputs(accelerator, model, loader, _logits, desc=desc)
+    logits = out["logits"]
+    result: dict[str, np.ndarray | float] = {
+        "predictions": logits.argmax(-1).numpy(),
+        "probabilities": logits.softmax(-1).numpy(),
     }
-    if refs:
-        out["references"] = torch.cat(refs).numpy()
-        out["loss"] = loss_sum.item() / max(n, 1)  # every process holds the gathered (global) sums
-    return out
+    if "labels" in out:
+        result["references"] = out["labels"].numpy()
+        result["loss"] = nn.functional.cross_entropy(logits, out["labels"]).item()
+    return result

@@ -144,6 +144,16 @@ class TrainConfig:
         },
     )
 
+    @property
+    def evaluation_batch_size(self) -> int:
+        """Examples per evaluation batch: ``eval_batch_size``, else twice ``batch_size`` (no gradients kept).
+
+        Example:
+            >>> TrainConfig(batch_size=16).evaluation_batch_size, TrainConfig(eval_batch_size=8).evaluation_batch_size
+            (32, 8)
+        """
+        return self.eval_batch_size or 2 * self.batch_size
+
     def __post_init__(self) -> None:
         from hftl.errors import ConfigError
 

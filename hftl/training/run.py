@@ -1,0 +1,131 @@
+"""Run plumbing every recipe shares: trackers, pre-tokenizing, evaluation loaders, running a model over one.
+
+Plain functions, not a base class: a recipe stays one file read top to bottom and calls these where its
+``setup()`` / ``evaluate()`` needs them, as the accelerate examples do inline.
+
+- :func:`init_trackers` starts the trackers of ``train.report_to`` (TensorBoard, W&B, ...) with the run's
+  settings; without it accelerate builds the trackers but never starts them, so nothing is logged.
+- :func:`pretokenized` tokenizes text once (cached across runs) when the encoder asks for it.
+- :func:`eval_loader` is the prepared, unshuffled loader of an evaluation split at
+  :attr:`~hftl.training.TrainConfig.evaluation_batch_size`.
+- :func:`gather_outputs` runs a model over a loader in eval mode, under the run's autocast, and gathers
+  what it returns from every process, each example exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from torch import nn
+from tqdm.auto import tqdm
+
+from hftl.data.tokenized import pretokenize, pretokenize_splits
+from hftl.training.builders import build_loader
+from hftl.training.config import TrainConfig
+
+__all__ = ["eval_loader", "gather_outputs", "init_trackers", "pretokenized", "tracker_config"]
+
+# (model, batch) -> per-example tensors of the batch, e.g. {"logits": (B, C), "labels": (B,)}
+ForwardFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
+
+
+def tracker_config(config: TrainConfig, **extra: Any) -> dict[str, int | float | str | bool]:
+    """The hyperparameters trackers record: the scalar fields of ``train:`` plus ``extra``.
+
+    Example:
+        >>> tracker_config(TrainConfig(batch_size=8), method="dann")["batch_size"]
+        8
+    """
+    scalars = {k: v for k, v in vars(config).items() if isinstance(v, int | float | str | bool)}
+    return {**scalars, **{k: v for k, v in extra.items() if isinstance(v, int | float | str | bool)}}
+
+
+def init_trackers(
+    accelerator: Accelerator, config: TrainConfig, *, project: str = "hftl", **extra: Any
+) -> None:
+    """Starts the trackers ``train.report_to`` names, recording the run's settings (:func:`tracker_config`).
+
+    Call it once per run, after :func:`~hftl.training.builders.build_accelerator` and before the Engine
+    logs; ``accelerator.end_training()`` closes them. Without trackers it does nothing.
+
+    Args:
+        accelerator: the run's Accelerator (its ``log_with`` comes from ``train.report_to``).
+        config: the ``train:`` section.
+        project: the tracker's project (TensorBoard: the folder under ``output_dir/logs``).
+        extra: more scalar settings to record, e.g. ``method="dann"``.
+    """
+    accelerator.init_trackers(project, config=tracker_config(config, **extra))
+
+
+def pretokenized(accelerator: Accelerator, encoder: Any, data: Any) -> Any:
+    """``data`` tokenized once by ``encoder``'s tokenizer when the encoder asks for it, else unchanged.
+
+    Text encoders with ``pretokenize=True`` (the default of :class:`~hftl.encoders.TextEncoder`) get token
+    ids cached next to the data (:mod:`hftl.data.tokenized`), so no epoch and no later run tokenizes again.
+    The main process writes the cache first; the other processes then read it.
+
+    Args:
+        accelerator: the run's Accelerator.
+        encoder: the run's encoder (``pretokenize``, ``processor`` and ``max_length`` are read).
+        data: one split, or a mapping of split name → split (``ClassificationData.load()``).
+    """
+    if not getattr(encoder, "pretokenize", False):
+        return data
+    tokenize = pretokenize_splits if isinstance(data, Mapping) else pretokenize
+    with accelerator.main_process_first():
+        return tokenize(data, encoder.processor, max_length=encoder.max_length)
+
+
+def eval_loader(accelerator: Accelerator, dataset: Any, *, collate_fn: Callable, config: TrainConfig) -> Any:
+    """The prepared loader of an evaluation split: in order, ``config.evaluation_batch_size`` examples."""
+    return accelerator.prepare(
+        build_loader(dataset, collate_fn=collate_fn, batch_size=config.evaluation_batch_size, shuffle=False)
+    )
+
+
+@torch.no_grad()
+def gather_outputs(
+    accelerator: Accelerator, model: nn.Module, loader: Any, forward: ForwardFn, *, desc: str = "eval"
+) -> dict[str, torch.Tensor]:
+    """Runs ``forward(model, batch)`` over ``loader`` and returns each output for every example, on the CPU.
+
+    The one evaluation loop of hftl: the model runs in eval mode (its previous mode is restored, also after
+    an error), without gradients and under the run's mixed precision (``accelerator.autocast()``, which a
+    model view that ``accelerator.prepare`` did not wrap would otherwise miss). Every output is gathered from
+    all processes with ``gather_for_metrics``, which drops the examples distributed sampling repeats to even
+    out the last batch, so each example counts exactly once and the rows follow the loader's order.
+
+    Args:
+        accelerator: the run's Accelerator.
+        model: called by ``forward``; any ``nn.Module`` (prepared or not).
+        loader: a prepared loader (its batches are on the accelerator's device).
+        forward: ``(model, batch) -> {name: (B, ...) tensor}``; the same names for every batch.
+        desc: label of the progress bar (shown on the local main process only).
+
+    Returns:
+        ``{name: (N, ...) tensor}`` for the ``N`` examples of the loader's dataset.
+
+    Example:
+        >>> acc = Accelerator(cpu=True)
+        >>> model = nn.Linear(3, 2)
+        >>> loader = acc.prepare(torch.utils.data.DataLoader(torch.ones(5, 3), batch_size=2))
+        >>> out = gather_outputs(acc, model, loader, lambda m, x: {"logits": m(x)})
+        >>> out["logits"].shape, model.training
+        (torch.Size([5, 2]), True)
+    """
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = defaultdict(list)
+    try:
+        for batch in tqdm(loader, desc=desc, leave=False, disable=not accelerator.is_local_main_process):
+            with accelerator.autocast():
+                out = dict(forward(model, batch))
+            for name, value in accelerator.gather_for_metrics(out).items():
+                parts[name].append(value.cpu())
+    finally:
+        model.train(was_training)
+    return {name: torch.cat(values) for name, values in parts.items()}
