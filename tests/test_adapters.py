@@ -100,3 +100,85 @@ def test_peft_on_random_init_encoder_is_config_error():
 def test_lora_rank_must_be_positive():
     with pytest.raises(ConfigError, match="adapter.r"):
         Lora(r=0)
+
+
+# -- peft's own config fields pass through ---------------------------------------------------------------
+def test_lora_passes_peft_fields_through(tiny_models):
+    """`use_dora`, `layers_to_transform`, `modules_to_save` reach peft: DoRA magnitudes on layer 1 only, the
+    pooler trained and saved in full."""
+    adapter = Lora(r=2, use_dora=True, layers_to_transform=[1], modules_to_save=["pooler.dense"])
+    encoder = adapter.apply(TextEncoder(tiny_models["bert"]))
+    names = [n for n, _ in encoder.backbone.named_parameters()]
+    dora = [n for n in names if "lora_magnitude_vector" in n]
+    assert dora and all(".layer.1." in n for n in dora)  # DoRA, and only on the chosen layer
+    assert not any(".layer.0." in n and "lora_" in n for n in names)
+    saved = [n for n, p in encoder.backbone.named_parameters() if "modules_to_save" in n]
+    assert saved and all(p.requires_grad for n, p in encoder.backbone.named_parameters() if n in saved)
+
+
+def test_ia3_passes_peft_fields_through(tiny_models):
+    encoder = IA3(modules_to_save=["pooler.dense"]).apply(TextEncoder(tiny_models["bert"]))
+    assert any("modules_to_save" in n for n, _ in encoder.backbone.named_parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragments"),
+    [
+        (
+            {"use_doraa": True},
+            ["`adapter.use_doraa`", "Did you mean `use_dora`", "modules_to_save", "lora_alpha (as `alpha`)"],
+        ),
+        ({"lora_alpha": 32}, ["`adapter.lora_alpha`", "give only `alpha`"]),
+        ({"task_type": "SEQ_CLS"}, ["`adapter.task_type`", "set by hftl"]),
+        ({"megatron_core": "os"}, ["`adapter.megatron_core`", "may not import code"]),
+        ({"init_lora_weights": "loftq"}, ["peft.LoraConfig rejects", "loftq_config"]),
+    ],
+)
+def test_lora_refuses_unknown_managed_and_invalid_fields(kwargs, fragments):
+    with pytest.raises(ConfigError) as err:
+        Lora(**kwargs)
+    assert all(f in str(err.value) for f in fragments), str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_ia3_rejects_feedforward_modules_outside_targets():
+    with pytest.raises(ConfigError, match="feedforward_modules"):
+        IA3(target_modules=["key"], feedforward_modules=["value"])  # before any model is built
+
+
+def test_validate_knows_peft_fields_before_any_weights_load():
+    """`hftl validate` checks adapter keys against LoraConfig's fields (the class signature carries them)."""
+    from omegaconf import OmegaConf
+
+    from hftl.config import validate_config
+
+    node = {"_component_": "hftl.adapters.Lora", "r": 4, "use_dora": True, "layers_to_transform": [0]}
+    validate_config(OmegaConf.create({"adapter": node}))
+    with pytest.raises(ConfigError) as err:
+        validate_config(OmegaConf.create({"adapter": {**node, "use_doraa": True}}))
+    assert "`adapter.use_doraa`: unknown argument of hftl.adapters.Lora; did you mean `use_dora`?" in str(
+        err.value
+    )
+
+
+def test_dora_with_modules_to_save_round_trips_through_a_model_directory(tiny_models, tmp_path):
+    from omegaconf import OmegaConf
+
+    from hftl.models.io import load_model, save_model
+
+    cfg = OmegaConf.create({
+        "encoder": {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"]},
+        "head": {"_component_": "hftl.models.LinearHead"},
+    })  # fmt: skip
+    torch.manual_seed(0)
+    model = _classifier(Lora(r=2, use_dora=True, modules_to_save=["pooler.dense"]).apply(
+        TextEncoder(tiny_models["bert"])
+    ))  # fmt: skip
+    with torch.no_grad():  # move every trained weight off its initial value, as training would
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    batch = model.encoder.collator(train=False)([{"text": "a good film"}, {"text": "bad"}])
+    loaded, _ = load_model(save_model(model.eval(), tmp_path / "model", adapter_kind="peft", config=cfg))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)

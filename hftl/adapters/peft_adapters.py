@@ -1,8 +1,12 @@
-"""LoRA and IA3 through peft, with default target modules per architecture."""
+"""LoRA and IA3 through peft (every field of peft's config passes through), with default target modules per
+architecture."""
 
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+import difflib
+import inspect
+from typing import Any, ClassVar, Literal
 
 from hftl.adapters.simple import Adapter
 from hftl.encoders.base import Encoder
@@ -55,11 +59,99 @@ def default_target_modules(model_type: str, method: Literal["lora", "ia3"] = "lo
     return list(table[model_type])
 
 
-class _PeftAdapter(Adapter):
-    kind = "peft"
+# Fields of peft's configs that hftl sets itself: a plain PeftModel (task_type None: its forward passes any
+# inputs), built for training, recorded by peft when the adapter is saved.
+_MANAGED = ("task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+            "inference_mode")  # fmt: skip
+# Refused from a config: `megatron_core` names a module that peft imports (code, not data).
+_REFUSED = {
+    "megatron_config": "it makes peft import the module `megatron_core` names; a config may not import code",
+    "megatron_core": "peft imports the module it names; a config may not import code",
+}
+PEFT_DOCS = "https://huggingface.co/docs/peft/package_reference"
 
-    def _config(self, model_type: str):  # pragma: no cover - overridden
+
+class _PeftSignature(type):
+    """Gives a peft adapter class the signature of its peft config, so ``hftl validate`` (which checks a
+    node's keys against its component's signature) knows every field before any weights load.
+
+    Computed on first use: importing :mod:`hftl.adapters` does not import peft.
+    """
+
+    @property
+    def __signature__(cls) -> inspect.Signature:
+        own = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        own = [p for p in own if p.kind is not p.VAR_KEYWORD]
+        names = {p.name for p in own}
+        passed = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+            for name, default in cls.peft_fields().items()
+            if name not in names and name not in cls.aliases.values()  # `lora_alpha`: hftl's `alpha`
+        ]
+        return inspect.Signature(own + passed)
+
+
+class _PeftAdapter(Adapter, metaclass=_PeftSignature):
+    """An adapter that is one peft config: hftl's arguments, and every other field of that config as is.
+
+    Subclasses name their config (``config_class``) and hftl's spellings of its fields (``aliases``).
+    """
+
+    kind = "peft"
+    config_class: ClassVar[str]  # the peft config, e.g. "LoraConfig"
+    aliases: ClassVar[dict[str, str]] = {}  # hftl's argument -> peft's field, e.g. alpha -> lora_alpha
+
+    @classmethod
+    def peft_fields(cls) -> dict[str, Any]:
+        """The fields of the peft config a config may set, with peft's defaults (``hftl validate`` uses them)."""
+        import peft
+
+        config = getattr(peft, cls.config_class)
+        return {
+            f.name: f.default if f.default is not dataclasses.MISSING else None
+            for f in dataclasses.fields(config)
+            if f.name not in _MANAGED and f.name not in _REFUSED and f.init
+        }
+
+    def _peft_arguments(self, given: dict[str, Any]) -> dict[str, Any]:
+        """``given`` (the keyword arguments beyond hftl's own), checked against the peft config's fields."""
+        fields = self.peft_fields()
+        for name in given:
+            if name in _REFUSED:
+                raise ConfigError(f"`adapter.{name}` is not accepted: {_REFUSED[name]}. Remove it.")
+            if name in _MANAGED:
+                raise ConfigError(
+                    f"`adapter.{name}` is set by hftl (a trainable adapter on any encoder); remove it."
+                )
+            if name not in fields:
+                close = difflib.get_close_matches(name, list(fields), n=1)
+                hint = f" Did you mean `{close[0]}`?" if close else ""
+                hftl_names = {peft_name: own for own, peft_name in self.aliases.items()}
+                shown = [f"{f} (as `{hftl_names[f]}`)" if f in hftl_names else f for f in fields]
+                raise ConfigError(
+                    f"`adapter.{name}` is not an argument of hftl.adapters.{type(self).__name__} nor a field of "
+                    f"peft.{self.config_class}.{hint} Its fields: {', '.join(shown)} ({PEFT_DOCS})."
+                )
+        for own, field_name in self.aliases.items():
+            if field_name in given:
+                raise ConfigError(
+                    f"`adapter.{field_name}` and `adapter.{own}` are the same setting; give only `{own}`."
+                )
+        return dict(given)
+
+    def peft_config(self, model_type: str):
+        """The peft config for an encoder of ``model_type`` (default target modules filled in)."""
         raise NotImplementedError
+
+    def _check_config(self) -> None:
+        """Builds the peft config once now, so a value peft rejects is a ConfigError before any weights load."""
+        try:
+            self.peft_config("bert" if self.target_modules is None else "")
+        except (TypeError, ValueError) as err:
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            raise ConfigError(
+                f"`adapter`: peft.{self.config_class} rejects these settings: {reason}"
+            ) from None
 
     def apply(self, encoder: Encoder) -> Encoder:
         from peft import get_peft_model
@@ -70,22 +162,37 @@ class _PeftAdapter(Adapter):
                 "(random init). Use hftl.adapters.FullFinetune to train it from scratch."
             )
         # task_type None gives a plain PeftModel whose forward passes any inputs (input_values, pixel_values).
-        encoder.backbone = get_peft_model(encoder.backbone, self._config(encoder.backbone.config.model_type))
+        encoder.backbone = get_peft_model(
+            encoder.backbone, self.peft_config(encoder.backbone.config.model_type)
+        )
         return encoder
 
 
 class Lora(_PeftAdapter):
     """Low-rank adaptation (Hu et al. 2021, arXiv:2106.09685) through ``peft.LoraConfig``.
 
+    Every field of ``peft.LoraConfig`` is accepted as is (``use_dora``, ``modules_to_save``,
+    ``layers_to_transform``, ``init_lora_weights``, ...: peft's documentation applies); the arguments below
+    are hftl's (``alpha`` and ``dropout`` are peft's ``lora_alpha`` and ``lora_dropout``, with hftl's defaults). An unknown name is a :class:`~hftl.errors.ConfigError` listing
+    the fields.
+
     Args:
         r: rank of the update ``ΔW = B A`` (``A: r×in``, ``B: out×r``).
-        alpha: scale; the update is multiplied by ``alpha / r``.
-        dropout: dropout on the LoRA input.
-        target_modules: module names to wrap; ``None`` = hftl's default for the architecture
-            (:data:`LORA_TARGETS`).
+        alpha: scale (peft's ``lora_alpha``); the update is multiplied by ``alpha / r``.
+        dropout: dropout on the LoRA input (peft's ``lora_dropout``).
+        target_modules: module names to wrap (or a regex, or ``all-linear``); ``None`` = hftl's default for
+            the architecture (:data:`LORA_TARGETS`).
         bias: which biases train: ``none``, ``all`` or ``lora_only``.
         use_rslora: scale by ``alpha / sqrt(r)`` (rank-stabilized LoRA).
+        **peft_kwargs: any other ``peft.LoraConfig`` field, e.g. ``use_dora=True``.
+
+    Example:
+        >>> Lora(r=4, use_dora=True, modules_to_save=["classifier"]).peft_config("bert").use_dora
+        True
     """
+
+    config_class = "LoraConfig"
+    aliases = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
 
     def __init__(
         self,
@@ -93,16 +200,19 @@ class Lora(_PeftAdapter):
         r: int = 8,
         alpha: int = 16,
         dropout: float = 0.1,
-        target_modules: list[str] | None = None,
+        target_modules: list[str] | str | None = None,
         bias: Literal["none", "all", "lora_only"] = "none",
         use_rslora: bool = False,
+        **peft_kwargs: Any,
     ):
         if r < 1:
             raise ConfigError(f"`adapter.r` must be >= 1; got {r}")
-        self.r, self.alpha, self.dropout, self.bias, self.use_rslora = r, alpha, dropout, bias, use_rslora
-        self.target_modules = target_modules
+        self.r, self.alpha, self.dropout, self.target_modules = r, alpha, dropout, target_modules
+        self.bias, self.use_rslora = bias, use_rslora
+        self.peft_kwargs = self._peft_arguments(peft_kwargs)
+        self._check_config()
 
-    def _config(self, model_type: str):
+    def peft_config(self, model_type: str):
         from peft import LoraConfig
 
         return LoraConfig(
@@ -112,24 +222,36 @@ class Lora(_PeftAdapter):
             target_modules=self.target_modules or default_target_modules(model_type, "lora"),
             bias=self.bias,
             use_rslora=self.use_rslora,
+            **self.peft_kwargs,
         )
 
 
 class IA3(_PeftAdapter):
-    """(IA)^3: learned rescaling of keys, values and feed-forward activations (Liu et al. 2022).
+    """(IA)^3: learned rescaling of keys, values and feed-forward activations (Liu et al. 2022), through
+    ``peft.IA3Config``; every other field of it (``modules_to_save``, ``init_ia3_weights``, ...) is accepted
+    as is.
 
     Args:
         target_modules: modules to rescale; ``None`` = hftl's default for the architecture.
         feedforward_modules: the subset of ``target_modules`` that are feed-forward layers
             (scaled on their input rather than output).
+        **peft_kwargs: any other ``peft.IA3Config`` field.
     """
 
+    config_class = "IA3Config"
+
     def __init__(
-        self, *, target_modules: list[str] | None = None, feedforward_modules: list[str] | None = None
+        self,
+        *,
+        target_modules: list[str] | None = None,
+        feedforward_modules: list[str] | None = None,
+        **peft_kwargs: Any,
     ):
         self.target_modules, self.feedforward_modules = target_modules, feedforward_modules
+        self.peft_kwargs = self._peft_arguments(peft_kwargs)
+        self._check_config()
 
-    def _config(self, model_type: str):
+    def peft_config(self, model_type: str):
         from peft import IA3Config
 
         if self.target_modules is None:
@@ -138,4 +260,4 @@ class IA3(_PeftAdapter):
             targets, feedforward = IA3_TARGETS[model_type]
         else:
             targets, feedforward = self.target_modules, self.feedforward_modules or []
-        return IA3Config(target_modules=targets, feedforward_modules=feedforward)
+        return IA3Config(target_modules=targets, feedforward_modules=feedforward, **self.peft_kwargs)
