@@ -292,9 +292,9 @@ def load_domains(cfg: DictConfig, ac: AssessConfig, *, allow_any: bool) -> dict[
         s = data.load()
         if "train" not in s or "validation" not in s:
             raise ConfigError(f"`sources.{name}` needs train and validation splits; found {sorted(s)}.")
-        if ac.target_labeled and data.label_names != target_data.label_names:
+        if ac.target_labeled and s.label_names != splits.label_names:
             raise ConfigError(
-                f"`sources.{name}` labels {data.label_names} differ from the target's {target_data.label_names}; "
+                f"`sources.{name}` labels {s.label_names} differ from the target's {splits.label_names}; "
                 "set `label_names` on both to the same list."
             )
         sources[str(name)] = (

@@ -136,7 +136,7 @@ class AdaptRecipe:
         self.source_data = self._build(self.cfg.source)
         self.source = self.source_data.load()
         self.target_data, self.target = self._target(labelled=False)  # label column dropped at load time
-        self.label_names = self.source_data.label_names
+        self.label_names = self.source.label_names
         self.intermediate = None  # transitive transfer: unlabelled like the target
         if self.cfg.get("intermediate") is not None:
             data, self.intermediate = self._target(labelled=False, key="intermediate")
@@ -145,15 +145,15 @@ class AdaptRecipe:
                     "Transitive transfer (`intermediate:`) pseudo-labels whole train splits, which streamed "
                     "data does not allow; set `streaming: false` in `source`, `intermediate` and `target`."
                 )
-            if data.label_names and data.label_names != self.label_names:
+            if self.intermediate.label_names and self.intermediate.label_names != self.label_names:
                 raise ConfigError(
-                    f"`intermediate` labels {data.label_names} differ from `source` labels {self.label_names}; "
+                    f"`intermediate` labels {self.intermediate.label_names} differ from `source` labels {self.label_names}; "
                     "set `label_names` on both to the same list"
                 )
-        if self.target_data.label_names != self.label_names:
+        if self.target.label_names != self.label_names:
             raise ConfigError(
-                f"`source` labels {self.source_data.label_names} differ from `target` labels "
-                f"{self.target_data.label_names}; set `label_names` on both to the same list"
+                f"`source` labels {self.label_names} differ from `target` labels "
+                f"{self.target.label_names}; set `label_names` on both to the same list"
             )
         checks = [
             ("source", self.source, ("train", "validation")),

@@ -92,21 +92,21 @@ class EmbedRecipe:
             raise ConfigError(
                 f"`data` has no train split (found {sorted(self.splits)}); map one with `data.splits`"
             )
-        self.label_names = self.data.label_names
+        self.label_names = self.splits.label_names
         self.target = None
         if "target" in self.cfg:
             target = self._build(self.cfg.target, unlabeled_splits=["train"])
             self.target = target.load()
-            if target.label_names != self.label_names:
+            if self.target.label_names != self.label_names:
                 raise ConfigError(
-                    f"`data` labels {self.label_names} differ from `target` labels {target.label_names}; "
+                    f"`data` labels {self.label_names} differ from `target` labels {self.target.label_names}; "
                     "set `label_names` on both to the same list"
                 )
         self.encoder = self._build(self.cfg.encoder)
         Frozen().apply(self.encoder)
-        if self.encoder.modality != self.data.modality:
+        if self.encoder.modality != self.splits.modality:
             raise ConfigError(
-                f"`encoder` is a {self.encoder.modality} encoder but `data` holds {self.data.modality}; pick a matching encoder"
+                f"`encoder` is a {self.encoder.modality} encoder but `data` holds {self.splits.modality}; pick a matching encoder"
             )
         self.level = "states" if hasattr(self.encoder, "encode_states") else "pooled"
         if self.level == "pooled" and self.encoder.pool.method == "attention":

@@ -69,12 +69,12 @@ class FinetuneRecipe:
             raise ConfigError(
                 f"`data` has no train split (found {sorted(splits)}); map one with `data.splits`"
             )
-        self.splits, self.label_names = splits, self.data.label_names
+        self.splits, self.label_names = splits, splits.label_names
 
         encoder = self._build("encoder")
-        if encoder.modality != self.data.modality:
+        if encoder.modality != splits.modality:
             raise ConfigError(
-                f"`encoder` is a {encoder.modality} encoder but `data` holds {self.data.modality}; pick a matching encoder"
+                f"`encoder` is a {encoder.modality} encoder but `data` holds {splits.modality}; pick a matching encoder"
             )
         self.splits = splits = pretokenized(self.accelerator, encoder, splits)  # text: once, cached
         self.adapter = self._build("adapter")

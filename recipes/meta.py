@@ -80,14 +80,14 @@ class MetaRecipe:
             )
         data = self._build("data")
         splits = data.load()
-        self.label_names = data.label_names
+        self.label_names = splits.label_names
         test_splits = splits
         if self.cfg.get("test_data") is not None:
             test_data = self._build("test_data")
             test_splits = test_data.load()
-            if test_data.label_names != self.label_names:
+            if test_splits.label_names != self.label_names:
                 raise ConfigError(
-                    f"`data` classes {self.label_names} differ from `test_data` classes {test_data.label_names}; "
+                    f"`data` classes {self.label_names} differ from `test_data` classes {test_splits.label_names}; "
                     "set `label_names` on both to the same list."
                 )
         all_ids = list(range(len(self.label_names)))

@@ -159,12 +159,12 @@ class MultitaskRecipe:
             adapter = self._build(self.cfg.adapter)
             adapter.apply(encoder)
             self.adapter_kind, self.encoder_node = adapter.kind, self.cfg.encoder
-        for name, data in self.data.items():
+        for name, splits in self.splits.items():
             node = self.cfg.tasks[name].head
             heads[name] = self._build(
-                node, in_features=encoder.out_features, num_labels=len(data.label_names)
+                node, in_features=encoder.out_features, num_labels=len(splits.label_names)
             )
-            labels[name], self.head_nodes[name] = data.label_names, node
+            labels[name], self.head_nodes[name] = splits.label_names, node
         order = [*self.data, *(t for t in heads if t not in self.data)]  # new tasks first: the default task
         return MultiTaskClassifier(encoder, {t: heads[t] for t in order}, {t: labels[t] for t in order})
 
@@ -219,7 +219,7 @@ class MultitaskRecipe:
         trainable, params = count_parameters(model)
         print_summary(acc, "Running multi-task training", {
             "Tasks (weight, train examples, labels)": "; ".join(
-                f"{n} ({self.cfg.tasks[n].get('weight', 1.0)}, {len(s['train']):,}, {len(self.data[n].label_names)})"
+                f"{n} ({self.cfg.tasks[n].get('weight', 1.0)}, {len(s['train']):,}, {len(s.label_names)})"
                 for n, s in self.splits.items()),
             "Kept task (LwF)": f"{old} from {self.cfg.init_from}, λ = {lwf_weight}" if old else "-",
             "Sampling": self.mt_cfg.sampling,

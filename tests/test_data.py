@@ -6,6 +6,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -15,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hftl.data import ClassificationData, crop_or_pad, decode_audio, read_blitzer_domain
+from hftl.data import ClassificationData, LabelSpace, crop_or_pad, decode_audio, read_blitzer_domain
 from hftl.data.builtin import sklearn_digits
-from hftl.errors import ConfigError, DataError, HftlError
+from hftl.errors import ConfigError, DataError
 
 DATA_DIR = Path(
     os.environ.get("HFTL_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -58,7 +59,7 @@ def test_csv_string_labels_and_stratified_seeded_carve(ab_csv: Path):
     data = ClassificationData(path=str(ab_csv), validation_size=10)
     dd = data.load()
     assert list(dd) == ["train", "validation"]
-    assert data.label_names == ["a", "b"] and data.modality == "text"
+    assert dd.label_names == ["a", "b"] and dd.modality == "text"
     assert dd["train"].features["label"] == datasets.ClassLabel(names=["a", "b"])
     train, val = set(dd["train"]["text"]), set(dd["validation"]["text"])
     assert len(train) == 90 and len(val) == 10 and not train & val
@@ -74,7 +75,7 @@ def test_carve_fraction_test_size_and_label_names_order(ab_csv: Path):
     data = ClassificationData(path=str(ab_csv), validation_size=0.1, test_size=0.2, label_names=["b", "a"])
     dd = data.load()
     assert {s: len(d) for s, d in dd.items()} == {"train": 70, "validation": 10, "test": 20}
-    assert data.label_names == ["b", "a"]
+    assert dd.label_names == ["b", "a"] and dd.labels.names == ("b", "a")
     assert Counter(dd["test"]["label"]) == {1: 14, 0: 6}  # 'a' is now class 1
 
 
@@ -84,10 +85,9 @@ def test_tsv_sentence_column_int_labels(tmp_path: Path):
     data = ClassificationData(path=str(path), validation_size=0)
     dd = data.load()
     assert dd["train"]["text"] == ["it 's \"good", "NA", "bad , bad"]  # no quoting, "NA" is a word
-    assert dd["train"]["label"] == [1, 0, 2] and data.label_names == ["0", "1", "2"]
+    assert dd["train"]["label"] == [1, 0, 2] and dd.label_names == ["0", "1", "2"]
     named = ClassificationData(path=str(path), validation_size=0, label_names=["neg", "neu", "pos"])
-    named.load()
-    assert named.label_names == ["neg", "neu", "pos"]
+    assert named.load().label_names == ["neg", "neu", "pos"]
 
 
 def test_jsonl_review_column_and_unlabeled_split(tmp_path: Path):
@@ -99,7 +99,7 @@ def test_jsonl_review_column_and_unlabeled_split(tmp_path: Path):
     )
     dd = data.load()
     assert dd["train"].column_names == ["text"] and len(dd["train"]) == 16
-    assert dd["validation"].column_names == ["text", "label"] and data.label_names == ["neg", "pos"]
+    assert dd["validation"].column_names == ["text", "label"] and dd.label_names == ["neg", "pos"]
 
 
 def test_builder_with_split_mapping_and_max_samples(tmp_path: Path, ab_csv: Path):
@@ -130,9 +130,14 @@ def test_loading_never_writes_into_the_data_folder(ab_csv: Path):
     assert sorted(p.name for p in ab_csv.parent.iterdir()) == before
 
 
-def test_properties_before_load_raise(ab_csv: Path):
-    with pytest.raises(HftlError, match="load"):
-        _ = ClassificationData(path=str(ab_csv)).label_names
+def test_the_spec_is_frozen_and_load_returns_its_result(ab_csv: Path):
+    data = ClassificationData(path=str(ab_csv), validation_size=10)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        data.seed = 7
+    dd = data.load()
+    assert data == ClassificationData(path=str(ab_csv), validation_size=10)  # loading wrote nothing back
+    assert data.label_names is None and data.modality is None  # the configured values, not the loaded ones
+    assert isinstance(dd, datasets.DatasetDict) and dd.labels == LabelSpace(["a", "b"])
 
 
 # --- every bad input names the field/file ----------------------------------------------------------
@@ -262,7 +267,7 @@ def test_imagefolder_inferred(tmp_path: Path):
             Image.new("RGB", (5, 4), (i, 0, 0)).save(tmp_path / label / f"{i}.png")
     data = ClassificationData(path=str(tmp_path), validation_size=0)
     dd = data.load()
-    assert data.modality == "image" and data.label_names == ["cat", "dog"]
+    assert dd.modality == "image" and dd.label_names == ["cat", "dog"]
     assert dd["train"].column_names == ["image", "label"] and dd["train"][0]["image"].size == (5, 4)
 
 
@@ -279,8 +284,9 @@ def test_sst2_tsv_with_max_samples():
     full = ClassificationData(path=str(test_tsv), validation_size=0).load()
     assert len(full["train"]) == 872 and set(full["train"]["label"]) == {0, 1}
     data = ClassificationData(path=str(test_tsv), validation_size=0, max_samples=100)
-    small = data.load()["train"]
-    assert len(small) == 100 and data.label_names == ["0", "1"]
+    loaded = data.load()
+    small = loaded["train"]
+    assert len(small) == 100 and loaded.label_names == ["0", "1"]
     assert set(small["text"]) <= set(full["train"]["text"])
 
 
@@ -288,7 +294,7 @@ def test_sklearn_digits():
     data = ClassificationData(path="hftl:sklearn_digits")
     dd = data.load()
     assert sum(len(d) for d in dd.values()) == 1797 and list(dd) == ["train", "validation", "test"]
-    assert data.modality == "image" and data.label_names == [str(d) for d in range(10)]
+    assert dd.modality == "image" and dd.label_names == [str(d) for d in range(10)]
     image = dd["train"][0]["image"]
     assert image.mode == "L" and image.size == (32, 32)
     pixels = np.asarray(sklearn_digits(seed=0)["train"][0]["image"])
@@ -304,7 +310,7 @@ def test_audiofolder_and_decode(tmp_path: Path):
         write_wav(root / "yes" / f"y{i}.wav", 0.5, channels=2 if i == 0 else 1)
     data = ClassificationData(path=str(root), validation_size=0)
     dd = data.load()
-    assert data.modality == "audio" and data.label_names == ["no", "yes"]
+    assert dd.modality == "audio" and dd.label_names == ["no", "yes"]
     item = dd["train"][0]["audio"]
     assert set(item) == {"path", "bytes"} and Path(item["path"]).is_file()
     lengths = sorted(len(decode_audio(ex["audio"], sampling_rate=16000)) for ex in dd["train"])
@@ -325,7 +331,7 @@ def test_csv_manifest_relative_paths(tmp_path: Path):
     manifest = write_csv(tmp_path / "manifest.csv", "path,label", ["wavs/a.wav,cat", "wavs/b.wav,dog"])
     data = ClassificationData(path=str(manifest), validation_size=0)
     dd = data.load()
-    assert data.modality == "audio" and dd["train"].column_names == ["audio", "label"]
+    assert dd.modality == "audio" and dd["train"].column_names == ["audio", "label"]
     assert dd["train"][1]["audio"]["path"] == str(tmp_path / "wavs" / "b.wav")
     assert decode_audio(dd["train"][1]["audio"], sampling_rate=16000).shape == (8000,)
     write_csv(tmp_path / "bad.csv", "path,label", ["wavs/a.wav,cat", "wavs/zzz.wav,dog"])
@@ -393,7 +399,7 @@ def test_builtin_usps_matches_the_text_file(monkeypatch: pytest.MonkeyPatch):
     small = np.rint((first[1:].reshape(16, 16) + 1) * 127.5).astype(np.uint8)  # [-1, 1] -> 0..255
     data = ClassificationData(path="hftl:usps", validation_size=0)
     dd = data.load()
-    assert data.modality == "image" and data.label_names == [str(d) for d in range(10)]
+    assert dd.modality == "image" and dd.label_names == [str(d) for d in range(10)]
     assert dd["test"][0]["label"] == int(first[0])
     expected = np.asarray(Image.fromarray(small).resize((28, 28), Image.BILINEAR))
     assert (np.asarray(dd["test"][0]["image"]) == expected).all()

@@ -93,7 +93,7 @@ def test_fsdd_speaker_filter_gives_one_speaker_domain(fsdd_dir: Path):
         path="hftl:fsdd", filters={"speaker": ["nicolas"]}, validation_size=0, unlabeled_splits=["train"]
     )
     splits = data.load()
-    assert data.modality == "audio" and data.label_names == [str(d) for d in range(10)]
+    assert splits.modality == "audio" and splits.label_names == [str(d) for d in range(10)]
     assert len(splits["train"]) == 450 and len(splits["test"]) == 50
     assert "label" not in splits["train"].column_names
     assert all("_nicolas_" in Path(a["path"]).name for a in splits["test"]["audio"])
@@ -131,7 +131,7 @@ def test_generator_writes_8khz_mono_non_silent_clips_and_manifest(synth: Path):
 def test_generator_manifest_loads_as_audio_data_with_group_filter(synth: Path):
     data = ClassificationData(path=str(synth), filters={"group": ["source"]}, validation_size=0)
     splits = data.load()
-    assert data.modality == "audio" and len(splits["train"]) == 2
+    assert splits.modality == "audio" and len(splits["train"]) == 2
     assert all(Path(a["path"]).is_file() for a in splits["train"]["audio"])
 
 

@@ -46,11 +46,11 @@ def test_train_is_a_stream_and_the_first_rows_are_validation(files):
     splits = data.load()
     assert isinstance(splits["train"], datasets.IterableDataset)
     assert splits["validation"]["text"] == [f"row {i}" for i in range(4)]  # the stream's first rows
-    assert splits["test"]["label"] == [1, 0] and data.label_names == ["neg", "pos"]
+    assert splits["test"]["label"] == [1, 0] and splits.label_names == ["neg", "pos"]
     train = _texts(splits["train"])
     assert sorted(train) == sorted(f"row {i}" for i in range(4, 20))  # each remaining row once
     assert {row["label"] for row in splits["train"]} == {0, 1}
-    assert data.modality == "text"
+    assert splits.modality == "text"
 
 
 def test_each_epoch_reshuffles_reproducibly(files):
@@ -176,7 +176,7 @@ def test_audio_manifest_paths_resolve_in_carved_and_streamed_rows(tmp_path, wavs
     manifest = write_rows(tmp_path / "manifest.csv", rows, header=("path", "label"))
     data = _data({"train": manifest}, validation_size=2)
     splits = data.load()
-    assert data.modality == "audio"
+    assert splits.modality == "audio"
     carved = [item["path"] if isinstance(item, dict) else item for item in splits["validation"]["audio"]]
     assert carved == [str(tmp_path / "clips" / f"{i}.wav") for i in range(2)]  # against the manifest's folder
     streamed = sorted(row["audio"] for row in splits["train"])

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from hftl.config import to_dataclass
 from hftl.data.audio import AUDIO_EXTENSIONS, resample
 from hftl.errors import ConfigError, DataError
 
@@ -380,6 +381,4 @@ def as_augment_config(value: AudioAugmentConfig | Mapping[str, Any] | None) -> A
         return value
     if isinstance(value, AudioAugment):
         return value.config
-    from hftl.config import to_dataclass
-
     return to_dataclass(AudioAugmentConfig, value, key="augment")

@@ -16,7 +16,8 @@ source's ``ClassLabel`` — and every configured name through :func:`canonical_n
   ``data.filters``, or list an unlabelled split in ``data.unlabeled_splits``.
 
 The label space built from these values must hold at least two classes, and integer ids must be dense
-enough to be class ids (``0, 1, 7_000_000`` are codes, not 7 million classes).
+enough to be class ids (``0, 1, 7_000_000`` are codes, not 7 million classes). The label space itself,
+which encodes a column or a row with these rules, is :class:`hftl.data.label_space.LabelSpace`.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ import math
 import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import datasets
 
 from hftl.errors import DataError
 
@@ -274,26 +273,6 @@ def check_train_classes(labels: Sequence[int], names: Sequence[str], *, split: s
         )  # fmt: skip
 
 
-def to_ids(
-    labels: Sequence[LabelValue], names: Sequence[str], *, split: str, source: str, column: str
-) -> list[int]:
-    """Class ids of canonical labels: an integer is its own id, a string the index of its name.
-
-    Raises:
-        DataError: for an id outside ``0..len(names)-1`` or a name not in ``names``, naming the row.
-    """
-    index = {name: i for i, name in enumerate(names)}
-    out = []
-    for i, v in enumerate(labels):
-        if isinstance(v, int) and 0 <= v < len(names):
-            out.append(v)
-        elif isinstance(v, str) and v in index:
-            out.append(index[v])
-        else:
-            raise DataError(f"Label {v!r} at {where_row(split, source, column)(i)} {outside(v, names)}")
-    return out
-
-
 def outside(value: LabelValue, names: Sequence[str]) -> str:
     """The end of the message for a label that is no class of ``names`` (what is allowed, and the fix)."""
     shown = list(names[:20]) + (["..."] if len(names) > 20 else [])
@@ -305,77 +284,3 @@ def outside(value: LabelValue, names: Sequence[str]) -> str:
         )
         return f"is outside the class ids 0..{len(names) - 1}{hint}; fix the row or `data.label_names`."
     return f"is not one of the classes {shown}; fix the row or `data.label_names`."
-
-
-def encode_labels(
-    dd: datasets.DatasetDict, *, names: Sequence[str] | None, column: str, sources: dict[str, str]
-) -> tuple[datasets.DatasetDict, list[str]]:
-    """Casts the ``label`` column of every labelled split to one shared ClassLabel.
-
-    Args:
-        dd: splits, each with or without a ``label`` column.
-        names: the configured (canonical) ``label_names``; None infers them from every split's labels.
-        column: the label column's name in the source, for messages.
-        sources: what each split was read from, for messages; key ``""``: the whole data.
-
-    Returns:
-        The splits with ``label`` as ``ClassLabel(names)``, and the class names (the configured ones when
-        no split has labels).
-
-    Raises:
-        DataError: for a bad label value (naming the row), a single class, mixed strings and numbers, or
-            (with inferred names) a label an evaluation split has and ``train`` lacks.
-    """
-    source = sources[""]
-    values = {
-        split: _split_labels(ds, split=split, source=sources.get(split, source), column=column, names=names)
-        for split, ds in dd.items()
-        if "label" in ds.column_names
-    }
-    if not values:
-        return dd, list(names or [])
-    if {type(v) for labels in values.values() for v in labels} == {int, str}:
-        raise DataError(
-            f"Column {column!r} of {source} mixes strings and numbers; use one type (class ids 0..k-1 or names)."
-        )
-    if names is None:
-        if "train" in values:
-            _check_seen_in_train(values, source)
-        names = infer_names([v for labels in values.values() for v in labels], source)
-    check_label_space(names, {split: len(labels) for split, labels in values.items()}, source)
-    feature = datasets.ClassLabel(names=list(names))
-    for split, labels in values.items():
-        ids = to_ids(labels, names, split=split, source=sources.get(split, source), column=column)
-        dd[split] = dd[split].remove_columns("label").add_column("label", ids, feature=feature)
-    return dd, list(names)
-
-
-def _split_labels(
-    ds: datasets.Dataset, *, split: str, source: str, column: str, names: Sequence[str] | None
-) -> list[LabelValue]:
-    """The canonical labels of one split (a ClassLabel column through its names, so names can reorder)."""
-    feature, labels = ds.features["label"], ds.with_format("arrow")["label"].to_pylist()
-    if isinstance(feature, datasets.ClassLabel):
-        where = where_row(split, source, column)
-        for i, v in enumerate(labels):
-            if v is None or not 0 <= v < len(feature.names):
-                raise DataError(
-                    f"Label {v!r} at {where(i)} is outside its classes 0..{len(feature.names) - 1}; list the "
-                    "split in `data.unlabeled_splits` if it has no labels."
-                )
-        labels = [feature.names[v] for v in labels]
-    return read_labels(labels, split=split, source=source, column=column, names=names)
-
-
-def _check_seen_in_train(values: dict[str, list[LabelValue]], source: str) -> None:
-    """With inferred classes, a label only an evaluation split has is a typo or a class nothing learns."""
-    seen = set(values["train"])
-    for split, labels in values.items():
-        unseen = [(i, v) for i, v in enumerate(labels) if v not in seen]
-        if unseen:
-            i, v = unseen[0]
-            raise DataError(
-                f"Label {v!r} (row {i} of split {split!r}, {source}; {len(unseen)} rows in all) never occurs "
-                "in the training split, so no model can learn it. Fix: correct the rows, add training "
-                "examples of it, or list every class in `data.label_names`."
-            )

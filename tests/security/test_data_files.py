@@ -43,21 +43,21 @@ def test_one_label_in_nfc_and_nfd_is_one_class(tmp_path):
     assert NFC != NFD
     path = write_csv(tmp_path / "d.csv", [f"a,{NFC}", f"b,{NFD}", "c,tea", "d,tea"])
     data, dd = load(path)
-    assert data.label_names == [NFC, "tea"]
+    assert dd.label_names == [NFC, "tea"]
     assert dd["train"]["label"] == [0, 0, 1, 1]
 
 
 def test_surrounding_spaces_do_not_make_a_class(tmp_path):
     path = write_csv(tmp_path / "d.csv", ['a,"pos "', "b,pos", 'c," neg"', "d,neg"])
     data, dd = load(path)
-    assert data.label_names == ["neg", "pos"]
+    assert dd.label_names == ["neg", "pos"]
     assert dd["train"]["label"] == [1, 1, 0, 0]
 
 
 def test_configured_names_match_labels_in_another_normal_form(tmp_path):
     path = write_csv(tmp_path / "d.csv", [f"a,{NFC}", "b,tea"])
     data, dd = load(path, label_names=[NFD, "tea"])
-    assert data.label_names == [NFC, "tea"]
+    assert dd.label_names == [NFC, "tea"]
     assert dd["train"]["label"] == [0, 1]
 
 
@@ -87,7 +87,7 @@ def test_non_integral_nan_inf_or_empty_labels_name_row_column_and_fix(tmp_path, 
         assert fragment in message, f"{fragment!r} not in: {message}"
     assert "\n" not in message
     data, dd = load(path, filters={"label": [0, 1]})  # the fix the message names works
-    assert data.label_names == ["0", "1"] and dd["train"]["label"] == [0, 1, 1]
+    assert dd.label_names == ["0", "1"] and dd["train"]["label"] == [0, 1, 1]
 
 
 def test_nan_in_parquet_float_column_is_refused(tmp_path):
@@ -113,7 +113,7 @@ def test_filters_drop_the_bad_rows_of_a_float_column(tmp_path):
     labels = [0.0, 1.0, float("nan"), 1.0, 0.0]
     pd.DataFrame({"text": list("abcde"), "label": labels}).to_parquet(path)
     data, dd = load(str(path), filters={"label": [0, 1]})
-    assert data.label_names == ["0", "1"]
+    assert dd.label_names == ["0", "1"]
     assert dd["train"]["label"] == [0, 1, 1, 0]
 
 
@@ -137,7 +137,7 @@ def test_single_class_data_set_is_refused(tmp_path):
     assert "'pos'" in str(info.value) and "single class" in str(info.value)
     # an adaptation target: the train split's labels are dropped, so nothing is checked
     data, dd = load(path, label_names=["neg", "pos"], unlabeled_splits=["train"])
-    assert "label" not in dd["train"].column_names and data.label_names == ["neg", "pos"]
+    assert "label" not in dd["train"].column_names and dd.label_names == ["neg", "pos"]
 
 
 def test_single_class_train_split_is_refused(tmp_path):
