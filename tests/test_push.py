@@ -269,7 +269,7 @@ def test_push_branch_pr_errors_and_load_back(hub, run_dir):
         for path, data in c["files"].items():
             assert TOKEN.encode() not in data, path
     card = commit["files"]["README.md"].decode()
-    assert f'hftl.load("{REPO}")' in card and "library_name: peft" in card
+    assert f'hftl.load("hf://{REPO}")' in card and "library_name: peft" in card
 
     assert public["rc"] == 0, public["err"]
     assert hub.repos["alice/public-one"]["private"] is False

@@ -212,8 +212,8 @@ def test_push_and_card_keep_an_edited_readme(run, uploads, capsys, caplog):
     assert hftl(["card", str(run), "--force"]) == 0
     assert "My own notes" not in readme.read_text()
     assert hftl(["push", str(run), "--repo-id", "alice/renamed"]) == 0  # hftl's own card: re-rendered
-    assert 'hftl.load("alice/renamed")' in uploads.commits[-1]["README.md"].decode()
-    assert 'hftl.load("alice/renamed")' in readme.read_text()  # installed after the upload succeeded
+    assert 'hftl.load("hf://alice/renamed")' in uploads.commits[-1]["README.md"].decode()
+    assert 'hftl.load("hf://alice/renamed")' in readme.read_text()  # installed after the upload succeeded
     readme.write_text("# mine\n")
     assert hftl(["push", str(run), "--repo-id", "alice/x", "--no-card"]) == 0
     assert uploads.commits[-1]["README.md"] == b"# mine\n"
