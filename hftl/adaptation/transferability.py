@@ -2,7 +2,8 @@
 
 Scores of an encoder's features for a labelled task (higher is better):
 
-* :func:`logme` - the log marginal evidence of a Bayesian linear model on the features (You et al. 2021);
+* :func:`logme` - the log marginal evidence of a Bayesian linear model on the features (You et al. 2021;
+  in :mod:`hftl.adaptation.logme`, re-exported here);
 * :func:`h_score` - how much of the feature variance the classes explain (Bao et al. 2019);
 
 scores of a *source* classifier for the target labels (need a few labelled target examples; higher is better):
@@ -27,13 +28,12 @@ Example:
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from hftl.adaptation.diagnostics import _paired, _subsample, proxy_a_distance
+from hftl.adaptation.logme import LogMEFit, gram_spectrum, label_array, logme, logme_evidence
 from hftl.adaptation.selection import as_numpy
 from hftl.errors import DataError
 
@@ -49,152 +49,6 @@ __all__ = [
     "nce",
     "proxy_a_distance",
 ]
-
-
-def _labels(labels: Any, rows: int, name: str = "labels") -> np.ndarray:
-    if hasattr(labels, "detach"):
-        labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels).ravel()
-    if labels.shape != (rows,):
-        raise DataError(f"`{name}` has {labels.shape[0]} values but there are {rows} rows; pass one per row.")
-    return labels
-
-
-# --- LogME --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class LogMEFit:
-    """The maximum-evidence fit of one regression target.
-
-    Attributes:
-        evidence: the log evidence divided by the number of rows, ``log p(y | F, alpha, beta) / n``.
-        alpha: prior precision of the weights at the fixed point.
-        beta: noise precision at the fixed point.
-        iterations: fixed-point iterations run.
-    """
-
-    evidence: float
-    alpha: float
-    beta: float
-    iterations: int
-
-
-def _evidence(alpha: float, beta: float, x2: np.ndarray, rest: float, sigma: np.ndarray, n: int, d: int):
-    """``(log evidence, ||m||^2, ||y - F m||^2)`` for the SVD statistics of one target (see logme_evidence)."""
-    t = alpha / beta
-    m2 = float(np.sum(sigma * x2 / (t + sigma) ** 2))
-    res2 = float(np.sum(x2 * (t / (t + sigma)) ** 2) + rest)
-    log_det = float(np.sum(np.log(alpha + beta * sigma))) + (d - len(sigma)) * math.log(alpha)
-    ev = (
-        0.5 * d * math.log(alpha) + 0.5 * n * math.log(beta) - 0.5 * n * math.log(2.0 * math.pi)
-        - 0.5 * beta * res2 - 0.5 * alpha * m2 - 0.5 * log_det
-    )  # fmt: skip
-    return ev, m2, res2
-
-
-_FLOOR = 1e-5  # the authors' epsilon, as a floor: an exact fit (n < D) gives a large finite beta, not inf
-
-
-def _logme_fit(
-    u: np.ndarray, sigma: np.ndarray, y: np.ndarray, d: int, max_iter: int, tol: float
-) -> LogMEFit:
-    n = len(y)
-    x = u.T @ y  # y in the basis of the left singular vectors
-    x2 = x**2
-    rest = max(float(y @ y) - float(x2.sum()), 0.0)  # the part of y outside the column space of F
-    alpha, beta = 1.0, 1.0
-    for it in range(1, max_iter + 1):  # noqa: B007 (`it` is reported after the loop)
-        t = alpha / beta
-        gamma = float(np.sum(sigma / (sigma + t)))  # effective number of well-determined weights
-        _, m2, res2 = _evidence(alpha, beta, x2, rest, sigma, n, d)
-        alpha = gamma / max(m2, _FLOOR)
-        beta = (n - gamma) / max(res2, _FLOOR)
-        if abs(alpha / beta - t) / t <= tol:
-            break
-    return LogMEFit(_evidence(alpha, beta, x2, rest, sigma, n, d)[0] / n, alpha, beta, it)
-
-
-def _spectrum(features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
-    """``(F, U, sigma)`` with ``F = U S V^T`` restricted to ``sigma = s^2 > 0``, from the smaller Gram matrix.
-
-    ``eigh`` of ``F F^T`` (``n <= D``) or ``F^T F`` (``n > D``, then ``U = F V / s``) costs
-    ``O(n D min(n, D))`` like an SVD but runs several times faster on one thread for wide features.
-    """
-    f = as_numpy(features, name="features", ndim=2)
-    if not np.isfinite(f).all():
-        raise DataError("`features` holds NaN or inf values; check the encoder output (e.g. fp16 overflow).")
-    n, d = f.shape
-    sigma, vecs = np.linalg.eigh(f @ f.T if n <= d else f.T @ f)
-    keep = sigma > sigma.max() * max(n, d) * np.finfo(np.float64).eps  # numerically non-zero
-    sigma, vecs = sigma[keep], vecs[:, keep]
-    u = vecs if n <= d else (f @ vecs) / np.sqrt(sigma)
-    return u, sigma, n, d
-
-
-def logme_evidence(features: Any, target: Any, *, max_iter: int = 100, tol: float = 1e-6) -> LogMEFit:
-    r"""Maximum evidence of Bayesian linear regression ``y = F w + noise`` (LogME, one target).
-
-    You, Liu, Wang & Long, "LogME: Practical Assessment of Pre-trained Models for Transfer Learning",
-    ICML 2021 (arXiv:2102.11005), Algorithm 1 in its fast SVD form (the authors' ``_fit_fixed_point``).
-    With the prior :math:`w \sim N(0, \alpha^{-1} I_D)` and noise :math:`N(0, \beta^{-1})`, the evidence
-    :math:`p(y \mid F, \alpha, \beta) = N(y; 0, \beta^{-1} I_n + \alpha^{-1} F F^\top)` is maximised by the
-    fixed point (MacKay 1992), with :math:`F = U S V^\top`, :math:`\sigma = s^2` and :math:`x = U^\top y`::
-
-        gamma = sum_i beta sigma_i / (alpha + beta sigma_i)
-        m     = beta A^-1 F^T y,  A = alpha I + beta F^T F
-        alpha <- gamma / m^T m,   beta <- (n - gamma) / ||F m - y||^2
-
-    and the log evidence at the fixed point is::
-
-        D/2 log alpha + n/2 log beta - n/2 log 2 pi - beta/2 ||F m - y||^2 - alpha/2 m^T m - 1/2 log |A|
-
-    ``log |A|`` counts the zero eigenvalues of :math:`F^\top F` (``D - n`` of them when ``n < D``; the
-    authors' fast version drops them, the two agree when ``F`` has full column rank).
-
-    Args:
-        features: ``(n, D)`` features.
-        target: ``(n,)`` real-valued target (a one-hot label column for classification).
-        max_iter: at most this many fixed-point updates.
-        tol: stop when ``alpha / beta`` changes by at most this relative amount.
-
-    Returns:
-        The fit: evidence per row, ``alpha``, ``beta``, iterations.
-
-    Raises:
-        DataError: wrong shapes, non-finite features.
-    """
-    u, sigma, n, d = _spectrum(features)
-    y = as_numpy(_labels(target, n, "target"), name="target", ndim=1)
-    return _logme_fit(u, sigma, y, d, max_iter, tol)
-
-
-def logme(features: Any, labels: Any, *, max_iter: int = 100, tol: float = 1e-6) -> float:
-    """LogME of features for a classification task: the mean over classes of :func:`logme_evidence`.
-
-    Each class gives one regression target, its one-hot indicator column (You et al. 2021, Sec. 4.2).
-    Comparable between encoders on the same examples and labels; higher is better. One eigendecomposition
-    is shared by all classes: ``O(n D min(n, D))``.
-
-    Args:
-        features: ``(n, D)`` features.
-        labels: ``(n,)`` class labels (any hashable values; at least two classes).
-        max_iter: see :func:`logme_evidence`.
-        tol: see :func:`logme_evidence`.
-
-    Returns:
-        The mean evidence per row (a log-likelihood per example, usually negative).
-
-    Raises:
-        DataError: wrong shapes, or fewer than two classes.
-    """
-    u, sigma, n, d = _spectrum(features)
-    labels = _labels(labels, n)
-    classes = np.unique(labels)
-    if len(classes) < 2:
-        raise DataError(f"LogME needs labels of at least two classes; found only {classes.tolist()}.")
-    fits = [_logme_fit(u, sigma, (labels == c).astype(np.float64), d, max_iter, tol) for c in classes]
-    return float(np.mean([fit.evidence for fit in fits]))
 
 
 # --- H-score ------------------------------------------------------------------------------------------
@@ -238,14 +92,14 @@ def h_score(features: Any, labels: Any, *, shrinkage: bool = False) -> float:
         DataError: wrong shapes, fewer than two rows or two classes.
     """
     f = as_numpy(features, name="features", ndim=2)
-    labels = _labels(labels, len(f))
+    labels = label_array(labels, len(f))
     classes, index = np.unique(labels, return_inverse=True)
     if len(f) < 2 or len(classes) < 2:
         raise DataError(
             f"H-score needs 2+ rows and 2+ classes; got {len(f)} rows, classes {classes.tolist()}."
         )
     x = f - f.mean(axis=0)
-    u, sigma, n, _ = _spectrum(x)
+    u, sigma, n, _ = gram_spectrum(x)
     counts = np.bincount(index)
     class_means = np.zeros((len(classes), u.shape[1]))
     np.add.at(class_means, index, u)
@@ -291,7 +145,7 @@ def leep(source_probs: Any, labels: Any) -> float:
         raise DataError(
             "`source_probs` rows must be probabilities (non-negative, sum 1): pass softmax(logits)."
         )
-    labels = _labels(labels, len(theta))
+    labels = label_array(labels, len(theta))
     _, y = np.unique(labels, return_inverse=True)
     joint = np.zeros((y.max() + 1, theta.shape[1]))
     np.add.at(joint, y, theta)
@@ -320,7 +174,7 @@ def nce(source_labels: Any, labels: Any) -> float:
         DataError: different lengths.
     """
     z = np.asarray(source_labels).ravel()
-    labels = _labels(labels, len(z))
+    labels = label_array(labels, len(z))
     _, zi = np.unique(z, return_inverse=True)
     _, yi = np.unique(labels, return_inverse=True)
     joint = np.zeros((yi.max() + 1, zi.max() + 1))
@@ -399,7 +253,7 @@ def estimate_target_prior(probs_s_val: Any, labels_s_val: Any, probs_t: Any) -> 
     pv = as_numpy(probs_s_val, name="probs_s_val", ndim=2)
     pt = as_numpy(probs_t, name="probs_t", ndim=2)
     k = pv.shape[1]
-    yv = _labels(labels_s_val, len(pv), "labels_s_val").astype(np.int64)
+    yv = label_array(labels_s_val, len(pv), "labels_s_val").astype(np.int64)
     if pt.shape[1] != k or yv.min() < 0 or yv.max() >= k:
         raise DataError(
             f"`probs_t` must have {k} columns like `probs_s_val` and labels must lie in 0..{k - 1}; got "
