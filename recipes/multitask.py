@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate.data_loader import skip_first_batches
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from hftl.config import instantiate, to_dataclass
+from hftl.data.paired import cycle_batches
 from hftl.errors import ConfigError
 from hftl.evaluation import classification_report, format_report, write_metrics
 from hftl.evaluation.predictions import collect_predictions
@@ -53,6 +53,8 @@ class TaskPattern(dict):
 
 class MultiTaskLoader:
     """Yields ``(task, batch)``; resumable (``set_epoch``, ``skip_first_batches``) like PairedLoader.
+
+    Each task's loader cycles as :func:`hftl.data.paired.cycle_batches` does (PairedLoader's own).
 
     ``proportional``: an epoch holds every batch of every loader once, the task order shuffled with
     seed ``seed + epoch``. ``round_robin``: tasks in turn, ``len = tasks × longest``, shorter ones restart.
@@ -80,21 +82,10 @@ class MultiTaskLoader:
         view.epoch, view._skip = self.epoch, num_batches
         return view
 
-    def _stream(self, name: str, start: int) -> Iterator[Any]:
-        loader = self.loaders[name]
-        cycle, offset = divmod(start, len(loader))
-        while True:
-            target = (
-                loader if hasattr(loader, "set_epoch") else loader.sampler
-            )  # accelerate's loader or torch's
-            target.set_epoch(self.epoch * 1000 + cycle)
-            yield from skip_first_batches(loader, offset) if offset else loader
-            cycle, offset = cycle + 1, 0
-
     def __iter__(self) -> Iterator[tuple[str, Any]]:
         order = self._order()
         done = {n: order[: self._skip].count(n) for n in self.loaders}
-        streams = {n: self._stream(n, done[n]) for n in self.loaders}
+        streams = {n: cycle_batches(self.loaders[n], epoch=self.epoch, start=done[n]) for n in self.loaders}
         for name in order[self._skip :]:
             yield name, next(streams[name])
 

@@ -24,12 +24,47 @@ def _sized(loader: Any) -> bool:
     return length_or_none(loader) is not None  # None: a loader over streamed data
 
 
+def cycle_batches(loader: Any, *, epoch: int, start: int = 0) -> Iterator[Any]:
+    """``loader``'s batches from position ``start`` on, restarting (with a new shuffle) when it runs out.
+
+    Cycle ``k`` of ``epoch`` sets sampler epoch ``epoch * 1000 + k``, so every position is a function of
+    ``(epoch, position)`` and a resumed run continues exactly where a killed one stopped: a sized loader
+    skips the indices of the first ``start`` batches (nothing is collated twice), a stream (no length)
+    reads them and drops them. The loaders of :class:`PairedLoader` and of the multi-task recipe cycle so.
+
+    Args:
+        loader: an accelerate-prepared or plain DataLoader whose sampler (or stream) has ``set_epoch``.
+        epoch: the training epoch of the loader that cycles this one.
+        start: batches to skip, counted over the cycles (e.g. 7 with 5 batches per cycle: cycle 1, batch 2).
+
+    Raises:
+        DataError: a stream yielded no batch in a whole cycle (it would cycle forever).
+    """
+    if _sized(loader):
+        cycle, offset = divmod(start, len(loader))
+        while True:
+            _set_epoch(loader, epoch * 1000 + cycle)
+            yield from skip_first_batches(loader, offset) if offset else loader
+            cycle, offset = cycle + 1, 0
+    cycle, position = 0, 0
+    while True:
+        _set_epoch(loader, epoch * 1000 + cycle)
+        before = position
+        for batch in loader:  # a stream's length is unknown: skipped batches are read and dropped
+            position += 1
+            if position > start:
+                yield batch
+        if position == before:
+            raise DataError("A streamed training split yielded no rows; check its files and filters.")
+        cycle += 1
+
+
 class PairedLoader:
     """Yields ``(source_batch, target_batch)``; an epoch is as long as the longer loader.
 
-    The shorter loader restarts (with a new shuffle) when it runs out. Every position is a
-    function of ``(epoch, index)``: cycle ``k`` of epoch ``e`` shuffles with sampler epoch
-    ``e * 1000 + k``, so :meth:`skip_first_batches` resumes exactly where a killed run stopped.
+    The shorter loader restarts (with a new shuffle) when it runs out (:func:`cycle_batches`): every
+    position is a function of ``(epoch, index)``, so :meth:`skip_first_batches` resumes exactly where a
+    killed run stopped.
 
     With streamed data (:mod:`hftl.data.streaming`, loaders without a length) an epoch is one pass over
     the source (the target cycles), and resuming re-reads the skipped batches of a stream.
@@ -58,30 +93,10 @@ class PairedLoader:
         view.epoch, view._skip = self.epoch, num_batches
         return view
 
-    def _stream(self, loader: Any, start: int) -> Iterator[Any]:
-        """``loader``'s batches from position ``start`` on, cycling forever."""
-        if _sized(loader):
-            cycle, offset = divmod(start, len(loader))
-            while True:
-                _set_epoch(loader, self.epoch * 1000 + cycle)
-                yield from skip_first_batches(loader, offset) if offset else loader
-                cycle, offset = cycle + 1, 0
-        cycle, position = 0, 0
-        while True:
-            _set_epoch(loader, self.epoch * 1000 + cycle)
-            before = position
-            for batch in loader:  # a stream's length is unknown: skipped batches are read and dropped
-                position += 1
-                if position > start:
-                    yield batch
-            if position == before:
-                raise DataError("A streamed training split yielded no rows; check its files and filters.")
-            cycle += 1
-
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        target = self._stream(self.target, self._skip)
+        target = cycle_batches(self.target, epoch=self.epoch, start=self._skip)
         if _sized(self.source):
-            source = self._stream(self.source, self._skip)
+            source = cycle_batches(self.source, epoch=self.epoch, start=self._skip)
             for _ in range(self._skip, len(self)):
                 yield next(source), next(target)
             return
