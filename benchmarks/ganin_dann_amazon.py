@@ -177,7 +177,7 @@ def train_epoch(
             f_t = model.features(data.xt[target_rows[start : start + batch_size]])
             out = dann(f_s, f_t, coeff=1.0)
             loss = loss + 2.0 * lam * out.loss
-            dom_acc += out.metrics["domain_acc"]
+            dom_acc += out.metrics["domain_acc"].item()  # metrics are detached tensors
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

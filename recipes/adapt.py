@@ -12,11 +12,23 @@ transitive (``hftl.adaptation.transitive``): source → intermediate, then from 
 reported beside the direct source → target run. Target *training* data is loaded without its label
 column (dropped at load time); only the final evaluator reads target test labels. The checkpoint is
 chosen by a label-free criterion (``selection.criterion``), never by target labels.
+
+Phases, read top to bottom:
+
+1. ``setup()``: the accelerator and the data, each loaded once: source, unlabelled target, the labelled
+   target only when a planned run trains on it (``target_oracle``), the intermediate domain.
+2. ``build(name, method)``: one run per method: encoder → adapter → head → method → model → optimizer
+   → loaders → Engine.
+3. ``train(run)``: the shared Engine loop; its loss is source cross-entropy + ``trade_off`` × the method's
+   transfer term (:class:`hftl.adaptation.training.AdaptationLoss`), the checkpoint chosen by
+   ``selection.criterion``.
+4. ``evaluate(run, state)``: final scores, proxy A-distance and the feature plot.
+5. ``save(metrics, model)``: the main method's model directory and ``metrics.json`` (card, push).
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +37,24 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from hftl.adaptation.config import ReportConfig, SelectionConfig
 from hftl.adaptation.diagnostics import plot_domains, proxy_a_distance
-from hftl.adaptation.selection import CRITERIA, score
+from hftl.adaptation.methods import AdaptationMethod
+from hftl.adaptation.scoring import collect_outputs, format_report, score_checkpoint
+from hftl.adaptation.selection import CRITERIA
+from hftl.adaptation.training import AdaptationLoss, AdaptModel
 from hftl.adaptation.transitive import TransitiveConfig, label_counts, pseudo_labelled
-from hftl.config import instantiate, to_dataclass
+from hftl.config import get_component, instantiate, to_dataclass
 from hftl.data.paired import PairedLoader
 from hftl.data.streaming import is_stream
-from hftl.data.tokenized import pretokenize
 from hftl.errors import ConfigError
 from hftl.evaluation import write_metrics
 from hftl.models import Classifier, count_parameters
 from hftl.models.io import save_model
+from hftl.outputs import record_output
 from hftl.recipe import recipe_main
-from hftl.training import Engine, LayerwiseConfig, TrainConfig, steps_for
+from hftl.training import Engine, LayerwiseConfig, TrainConfig, TrainState, steps_for
 from hftl.training.builders import (
     batches_per_epoch,
     build_accelerator,
@@ -53,45 +67,23 @@ from hftl.training.builders import (
     print_summary,
     train_lengths,
 )
-from hftl.training.run_dir import record_output
+from hftl.training.run import eval_loader, init_trackers, pretokenized
 
 BASELINES = {"source_only": "hftl.adaptation.SourceOnly", "target_oracle": "hftl.adaptation.TargetOracle"}
 
 
-class AdaptModel(nn.Module):
-    """The classifier plus the method's own modules (discriminator, adversarial head), trained together.
+@dataclass
+class MethodRun:
+    """One method's training run, as :meth:`AdaptRecipe.build` assembles it."""
 
-    Two-stage methods (ADDA) also hold a frozen ``source_encoder``: a copy of the encoder taken when
-    stage 2 starts. It lives in the model so checkpoints (and resume) carry it.
-    """
-
-    def __init__(self, classifier: Classifier, method: nn.Module):
-        super().__init__()
-        self.classifier, self.method = classifier, method
-        self.source_encoder: nn.Module | None = None
-        if getattr(method, "two_stage", False):
-            self.source_encoder = copy.deepcopy(classifier.encoder).requires_grad_(False).eval()
-            self.register_buffer("stage2_started", torch.zeros((), dtype=torch.bool))
-
-    def forward(self, **inputs: torch.Tensor):
-        return self.classifier(**inputs)
-
-    def start_stage2(self) -> None:
-        """ADDA stage 2: freeze the source encoder at its stage-1 weights and the head; the encoder goes on
-        training as the *target* encoder. Idempotent, re-applied after a resume."""
-        if not bool(self.stage2_started):
-            self.source_encoder.load_state_dict(self.classifier.encoder.state_dict())
-            self.stage2_started.fill_(True)
-        self.classifier.head.requires_grad_(False)
-        self.source_encoder.eval()
-
-
-def adda_step(model: AdaptModel, xs: dict, xt: dict, *, progress: float) -> Any:
-    """Stage-2 ADDA loss: discriminator vs target encoder, source features from the frozen copy."""
-    with torch.no_grad():
-        f_s = model.source_encoder(**xs).pooled
-    out_t = model(**xt)
-    return model.method(f_s=f_s, f_t=out_t.features, logits_s=None, logits_t=out_t.logits, progress=progress)
+    name: str
+    method: AdaptationMethod
+    model: AdaptModel  # prepared
+    engine: Engine
+    evals: dict[str, Any]  # loaders of hftl.adaptation.scoring.EVAL_SPLITS
+    source: dict[str, Any]
+    target: dict[str, Any]  # the domain adapted to (the intermediate in stage 1 of a transitive run)
+    before: tuple | None = None  # source and target training features before training (diagnostics)
 
 
 class AdaptRecipe:
@@ -124,8 +116,27 @@ class AdaptRecipe:
     def _build(self, node: Any, **runtime: Any) -> Any:
         return instantiate(node, allow_any=self.allow_any, **runtime)
 
-    # -- data --------------------------------------------------------------------------------------
-    def _target(self, *, labelled: bool, key: str = "target"):
+    def _component(self, node: Any) -> Any:
+        return get_component(node._component_, allow_any=self.allow_any)
+
+    # -- 1. setup ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """The accelerator, the plan of runs (baselines, then the method) and the data they read."""
+        self.accelerator = build_accelerator(self.train_cfg, self.output_dir)
+        self.main_name = self._component(self.cfg.method).name
+        self.plan = [
+            (b, OmegaConf.create({"_component_": BASELINES[b]}))
+            for b in self.report.baselines
+            if b != self.main_name
+        ]
+        self.load_data()
+        if self.intermediate is None or self.transitive.direct:
+            self.plan.append((self.main_name, self.cfg.method))
+        init_trackers(self.accelerator, self.train_cfg, method=self.main_name)
+
+    def _domain(self, key: str, *, labelled: bool) -> tuple[Any, dict[str, Any]]:
+        """A target-like domain (``target``, ``intermediate``): train labels dropped at load time unless
+        ``labelled``; no validation split carved out (nothing may select on it)."""
         node = self.cfg[key]
         defaults = {"validation_size": 0} if key == "target" else {"validation_size": 0, "test_size": 0}
         extra = {k: v for k, v in defaults.items() if k not in node}
@@ -133,28 +144,31 @@ class AdaptRecipe:
         return data, data.load()
 
     def load_data(self) -> None:
-        self.source_data = self._build(self.cfg.source)
-        self.source = self.source_data.load()
-        self.target_data, self.target = self._target(labelled=False)  # label column dropped at load time
-        self.label_names = self.source.label_names
+        source_data = self._build(self.cfg.source)
+        self.source = source_data.load()
+        target_data, self.target = self._domain("target", labelled=False)  # label column dropped at load
+        self.label_names = source_data.label_names
+        if target_data.label_names != self.label_names:
+            raise ConfigError(
+                f"`source` labels {self.label_names} differ from `target` labels {target_data.label_names}; "
+                "set `label_names` on both to the same list"
+            )
+        methods = [self._component(node) for _, node in self.plan] + [self._component(self.cfg.method)]
+        oracle = any(m.uses_target_labels for m in methods)  # loaded once, for every run that needs it
+        self.labelled_target = self._domain("target", labelled=True)[1] if oracle else None
         self.intermediate = None  # transitive transfer: unlabelled like the target
         if self.cfg.get("intermediate") is not None:
-            data, self.intermediate = self._target(labelled=False, key="intermediate")
+            data, self.intermediate = self._domain("intermediate", labelled=False)
             if any(is_stream(d["train"]) for d in (self.source, self.target, self.intermediate)):
                 raise ConfigError(
                     "Transitive transfer (`intermediate:`) pseudo-labels whole train splits, which streamed "
                     "data does not allow; set `streaming: false` in `source`, `intermediate` and `target`."
                 )
-            if self.intermediate.label_names and self.intermediate.label_names != self.label_names:
+            if data.label_names and data.label_names != self.label_names:
                 raise ConfigError(
-                    f"`intermediate` labels {self.intermediate.label_names} differ from `source` labels {self.label_names}; "
+                    f"`intermediate` labels {data.label_names} differ from `source` labels {self.label_names}; "
                     "set `label_names` on both to the same list"
                 )
-        if self.target.label_names != self.label_names:
-            raise ConfigError(
-                f"`source` labels {self.label_names} differ from `target` labels "
-                f"{self.target.label_names}; set `label_names` on both to the same list"
-            )
         checks = [
             ("source", self.source, ("train", "validation")),
             ("target", self.target, ("train", "test")),
@@ -168,31 +182,32 @@ class AdaptRecipe:
                     f"`{name}` data lacks split(s) {missing}; found {sorted(splits)}. Map them with `{name}.splits`."
                 )
 
-    # -- one method --------------------------------------------------------------------------------
-    def _loaders(self, encoder, method, source: dict, target: dict) -> tuple[Any, dict[str, Any]]:
-        """Training batches and the evaluation loaders; ``target`` is the domain adapted to (the
-        intermediate in stage 1 of a transitive run), the test split is always the final target's."""
+    # -- 2. build one run ----------------------------------------------------------------------------
+    def _loader(self, encoder: Any, dataset: Any, *, train: bool, seed: int | None = None) -> Any:
+        """A prepared loader: shuffled training batches (``train``) or evaluation batches in order."""
         tc, acc = self.train_cfg, self.accelerator
+        dataset = pretokenized(acc, encoder, dataset)  # text: tokenized once, cached across runs
+        if not train:
+            return eval_loader(acc, dataset, collate_fn=encoder.collator(train=False), config=tc)
+        return acc.prepare(build_loader(
+            dataset, collate_fn=encoder.collator(train=True), batch_size=tc.batch_size, shuffle=True,
+            seed=self.seed if seed is None else seed, num_workers=tc.num_workers,
+            lengths=train_lengths(dataset, encoder, tc),
+        ))  # fmt: skip
 
-        def loader(ds, *, train: bool, shuffle: bool, seed: int = self.seed):
-            if getattr(encoder, "pretokenize", False):  # text: tokenized once, cached across runs
-                with acc.main_process_first():
-                    ds = pretokenize(ds, encoder.processor, max_length=encoder.max_length)
-            return acc.prepare(build_loader(
-                ds, collate_fn=encoder.collator(train=train), batch_size=tc.batch_size if train else tc.eval_batch_size or 2 * tc.batch_size,
-                shuffle=shuffle, seed=seed, num_workers=tc.num_workers,
-                lengths=train_lengths(ds, encoder, tc) if train and shuffle else None,
-            ))  # fmt: skip
-
+    def _loaders(
+        self, encoder: Any, method: AdaptationMethod, source: dict, target: dict
+    ) -> tuple[Any, dict]:
+        """Training batches and the evaluation loaders; the test split is always the final target's."""
         if method.uses_target_labels:
-            train = loader(self._target(labelled=True)[1]["train"], train=True, shuffle=True)
+            train = self._loader(encoder, self.labelled_target["train"], train=True)
         elif method.uses_target:
             train = PairedLoader(
-                loader(source["train"], train=True, shuffle=True),
-                loader(target["train"], train=True, shuffle=True, seed=self.seed + 1),
+                self._loader(encoder, source["train"], train=True),
+                self._loader(encoder, target["train"], train=True, seed=self.seed + 1),
             )
         else:
-            train = loader(source["train"], train=True, shuffle=True)
+            train = self._loader(encoder, source["train"], train=True)
         rng = np.random.default_rng(self.seed)
 
         def subset(ds, n):  # a stream's first n rows (of its epoch-0 shuffle)
@@ -200,68 +215,20 @@ class AdaptRecipe:
                 return datasets.Dataset.from_list(list(ds.take(n)))
             return ds.select(sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False)))
 
+        sel = self.selection
         evals = {
-            "source_val": loader(source["validation"], train=False, shuffle=False),
-            "source_train": loader(
-                subset(source["train"], self.selection.max_source_samples), train=False, shuffle=False
-            ),
-            "target_train": loader(
-                subset(target["train"], self.selection.max_target_samples), train=False, shuffle=False
-            ),
-            "target_test": loader(self.target["test"], train=False, shuffle=False),
+            "source_val": source["validation"],
+            "source_train": subset(source["train"], sel.max_source_samples),
+            "target_train": subset(target["train"], sel.max_target_samples),
+            "target_test": self.target["test"],
         }
-        return train, evals
+        return train, {name: self._loader(encoder, ds, train=False) for name, ds in evals.items()}
 
-    @torch.no_grad()
-    def _outputs(self, model: nn.Module, loader) -> dict[str, np.ndarray]:
-        """Pooled features, probabilities and (when labelled) labels and per-example losses."""
-        model.eval()
-        feats, probs, labels, losses = [], [], [], []
-        for batch in loader:
-            y = batch.pop("labels", None)
-            out = model(**batch)
-            logits = out.logits.float()
-            f, p = self.accelerator.gather_for_metrics((out.features.float(), logits.softmax(-1)))
-            feats.append(f.cpu()), probs.append(p.cpu())
-            if y is not None:
-                ce = nn.functional.cross_entropy(logits, y, reduction="none")
-                y, ce = self.accelerator.gather_for_metrics((y, ce))
-                labels.append(y.cpu()), losses.append(ce.cpu())
-        model.train()
-        out = {"features": torch.cat(feats).numpy(), "probs": torch.cat(probs).numpy()}
-        if labels:
-            out["labels"], out["losses"] = torch.cat(labels).numpy(), torch.cat(losses).numpy()
-        return out
-
-    def _score(
-        self, model: nn.Module, evals: dict[str, Any], running: dict[str, list[float]]
-    ) -> dict[str, float]:
-        """Every selection criterion (none reads target labels) + target test accuracy for the report only."""
-        o = {name: self._outputs(model, loader) for name, loader in evals.items()}
-        inputs = {
-            "probs_s_val": o["source_val"]["probs"], "labels_s_val": o["source_val"]["labels"],
-            "probs_t": o["target_train"]["probs"], "features_t": o["target_train"]["features"],
-            "features_s_train": o["source_train"]["features"], "features_s_val": o["source_val"]["features"],
-            "losses_s_val": o["source_val"]["losses"],
-        }  # fmt: skip
-        scores = {name: score(inputs, name) for name in CRITERIA}
-        scores["target_test_acc"] = float(
-            (o["target_test"]["probs"].argmax(-1) == o["target_test"]["labels"]).mean()
-        )
-        for k, v in running.items():
-            if v:
-                scores[f"train_{k}"] = float(np.mean(v))
-            v.clear()
-        return scores
-
-    def run_method(
-        self, name: str, node: Any, *, source: dict | None = None, target: dict | None = None,
-        init: dict[str, torch.Tensor] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
-        """Trains one method (defaults: ``self.source`` → ``self.target``, from the pretrained encoder;
-        ``init``: classifier weights to start from)."""
+    def build(
+        self, name: str, node: Any, *, source: dict, target: dict, init: dict[str, torch.Tensor] | None = None
+    ) -> MethodRun:
+        """One method's run, from the pretrained encoder (or the classifier weights ``init``)."""
         tc, acc = self.train_cfg, self.accelerator
-        source, target = source or self.source, target or self.target
         set_seed(self.seed)
         encoder = self._build(self.cfg.encoder)
         self._build(self.cfg.adapter).apply(encoder)
@@ -282,41 +249,13 @@ class AdaptRecipe:
             build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes)
         )
         unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=per_epoch)
-        running: dict[str, list[float]] = {}
-        engine: Engine | None = None
-
-        stage1 = round(total * (1 - method.stage2_fraction)) if getattr(method, "two_stage", False) else None
-
-        def step(m: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-            xs, xt = batch if isinstance(batch, tuple) else (batch, None)
-            ys = xs.pop("labels")
-            xt = {k: v for k, v in xt.items() if k != "labels"} if xt is not None else None
-            inner, progress = acc.unwrap_model(m), engine.state.step / total
-            if stage1 is not None and engine.state.step >= stage1:  # ADDA stage 2: no source labels used
-                inner.start_stage2()
-                r = adda_step(inner, xs, xt, progress=progress)
-                loss = r.loss
-            else:
-                out_s = m(**xs)
-                loss = nn.functional.cross_entropy(out_s.logits, ys)
-                if xt is None or stage1 is not None:  # source-only, oracle, or ADDA stage 1
-                    return loss, {}
-                out_t = m(**xt)
-                r = inner.method(
-                    f_s=out_s.features, f_t=out_t.features, logits_s=out_s.logits, logits_t=out_t.logits,
-                    progress=progress,
-                )  # fmt: skip
-                loss = loss + method.trade_off * r.loss
-            for k, v in r.metrics.items():
-                running.setdefault(k, []).append(v)
-            return loss, r.metrics
-
-        criterion = CRITERIA[self.selection.criterion]
+        loss = AdaptationLoss(method)
         engine = Engine(
             accelerator=acc, model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-            config=tc, output_dir=self.output_dir / "runs" / name, total_steps=total, loss_fn=step,
-            evaluate=lambda: self._score(model, evals, running),
-            metric=self.selection.criterion, higher_is_better=criterion.higher_is_better, on_step=unfreezer,
+            config=tc, output_dir=self.output_dir / "runs" / name, total_steps=total, loss_fn=loss,
+            evaluate=lambda: {**score_checkpoint(acc, model, evals), **loss.pop_means()},
+            metric=self.selection.criterion, higher_is_better=CRITERIA[self.selection.criterion].higher_is_better,
+            on_step=unfreezer, log_prefix=f"{name}/",  # several runs log into the same trackers
         )  # fmt: skip
         trainable, params = count_parameters(model)
         print_summary(acc, f"Adapting with {name}", {
@@ -329,9 +268,28 @@ class AdaptRecipe:
             **describe_layerwise(optimizer, unfreezer),
             "Selection": f"{self.selection.criterion} (no target labels)",
         })  # fmt: skip
-        before = self._outputs(model, evals["source_train"]), self._outputs(model, evals["target_train"])
-        state = engine.fit()
-        final = self._score(model, evals, running)
+        return MethodRun(name, method, model, engine, evals, source, target)
+
+    # -- 3. train --------------------------------------------------------------------------------------
+    def _domain_features(self, run: MethodRun) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Pooled source and target training features (and source labels), for the diagnostics."""
+        s, t = (
+            collect_outputs(self.accelerator, run.model, run.evals[k])
+            for k in ("source_train", "target_train")
+        )
+        return s["features"], t["features"], s.get("labels")
+
+    def train(self, run: MethodRun) -> TrainState:
+        """The Engine's loop (resumed from the run's newest checkpoint when there is one)."""
+        # taken whether or not diagnostics are on: reading a loader draws from the global RNG, and the
+        # trained weights must not depend on `report.diagnostics`
+        run.before = self._domain_features(run)
+        return run.engine.fit()
+
+    # -- 4. evaluate -----------------------------------------------------------------------------------
+    def evaluate(self, run: MethodRun, state: TrainState) -> dict[str, Any]:
+        """The run's result: the selected checkpoint's scores, its history and the diagnostics."""
+        final = score_checkpoint(self.accelerator, run.model, run.evals)
         result = {
             "target_test_acc": final["target_test_acc"],
             "source_val_acc": final["source_val_acc"],
@@ -340,125 +298,86 @@ class AdaptRecipe:
             "selection": {self.selection.criterion: state.best_metric},
             "history": state.history,
         }
-        if self.report.diagnostics and method.uses_target:
-            after = self._outputs(model, evals["source_train"]), self._outputs(model, evals["target_train"])
+        if self.report.diagnostics and run.method.uses_target:
+            f_s, f_t, labels_s = self._domain_features(run)
             result["proxy_a_distance"] = {
-                "before": proxy_a_distance(before[0]["features"], before[1]["features"], seed=self.seed),
-                "after": proxy_a_distance(after[0]["features"], after[1]["features"], seed=self.seed),
+                "before": proxy_a_distance(run.before[0], run.before[1], seed=self.seed),
+                "after": proxy_a_distance(f_s, f_t, seed=self.seed),
             }
-            if acc.is_main_process:
+            if self.accelerator.is_main_process:
+                path = self.output_dir / f"features_{run.name}.png"
                 plot_domains(
-                    after[0]["features"], after[1]["features"], self.output_dir / f"features_{name}.png",
-                    labels_s=after[0].get("labels"), method=self.report.plot,
-                    title=f"{name}: source vs target features after adaptation",
+                    f_s, f_t, path, labels_s=labels_s, method=self.report.plot,
+                    title=f"{run.name}: source vs target features after adaptation",
                 )  # fmt: skip
-                record_output(self.output_dir / f"features_{name}.png")  # --overwrite may remove it
-        self._model = acc.unwrap_model(model).classifier
+                record_output(path)  # --overwrite may remove it
         return result
 
-    def run(self) -> dict[str, Any]:
-        self.accelerator = build_accelerator(self.train_cfg, self.output_dir)
-        self.load_data()
-        main_name = self._method_name()
-        plan = [
-            (b, OmegaConf.create({"_component_": BASELINES[b]}))
-            for b in self.report.baselines
-            if b != main_name
-        ]
-        if self.intermediate is None or self.transitive.direct:
-            plan.append((main_name, self.cfg.method))
-        results: dict[str, Any] = {}
-        for name, node in plan:
-            results[name] = self.run_method(name, node)
-            if name == main_name:
-                main_model = self._model
-        if self.intermediate is not None:
-            main_name = self.run_transitive(main_name, results)
-            main_model = self._model
-        metrics = {"method": main_name, "selection_criterion": self.selection.criterion, "results": results}
-        self.print_report(metrics)
-        if self.accelerator.is_main_process:
-            meta_metrics = {
-                "target_test_acc": results[main_name]["target_test_acc"],
-                **{k: v for k, v in metrics.items() if k != "results"},
-            }
-            path = save_model(
-                main_model,
-                self.output_dir / "model",
-                adapter_kind=self._adapter_kind(),
-                config=self.cfg,
-                metrics=meta_metrics,
-            )
-            write_metrics(self.output_dir / "metrics.json", metrics)
-            self.accelerator.print(
-                f"Model ({main_name}) written to {path}; metrics in {self.output_dir / 'metrics.json'}"
-            )
-            if self.report.card:
-                from hftl.hub import render_card
+    def run_method(
+        self, name: str, node: Any, *, source: dict | None = None, target: dict | None = None,
+        init: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, Any], Classifier]:  # fmt: skip
+        """Builds, trains and evaluates one method (default: ``source`` → ``target``); returns its result
+        and its trained classifier."""
+        run = self.build(name, node, source=source or self.source, target=target or self.target, init=init)
+        state = self.train(run)
+        return self.evaluate(run, state), self.accelerator.unwrap_model(run.model).classifier
 
-                self.accelerator.print(f"Model card written to {render_card(self.output_dir)}")
-            if self.cfg.get("push_to_hub"):
-                from hftl.hub import push_from_config
-
-                self.accelerator.print(f"Pushed to {push_from_config(self.cfg.push_to_hub, self.output_dir)}")
-        self.accelerator.end_training()
-        return metrics
-
-    def run_transitive(self, name: str, results: dict[str, Any]) -> str:
+    def run_transitive(self, results: dict[str, Any]) -> tuple[str, Classifier]:
         """Stage 1 adapts source → intermediate; stage 2 starts from its weights and adapts to the target
-        (from the source plus pseudo-labelled intermediate data). Returns the stage-2 result's name."""
-        stage1, stage2 = f"{name}_stage1", f"{name}_transitive"
-        results[stage1] = self.run_method(stage1, self.cfg.method, target=self.intermediate)
-        model, source = self._model, self.source
+        (from the source plus pseudo-labelled intermediate data). Returns stage 2's name and classifier."""
+        stage1, stage2 = f"{self.main_name}_stage1", f"{self.main_name}_transitive"
+        results[stage1], model = self.run_method(stage1, self.cfg.method, target=self.intermediate)
+        source = self.source
         if self.transitive.pseudo_labels:
-            loader = self.accelerator.prepare(build_loader(
-                self.intermediate["train"], collate_fn=model.encoder.collator(train=False), shuffle=False,
-                batch_size=self.train_cfg.eval_batch_size or 2 * self.train_cfg.batch_size,
-            ))  # fmt: skip
+            loader = self._loader(model.encoder, self.intermediate["train"], train=False)
             pseudo = pseudo_labelled(
-                self.intermediate["train"], self._outputs(model, loader)["probs"], like=self.source["train"],
-                threshold=self.transitive.threshold, balance=self.transitive.balance,
+                self.intermediate["train"], collect_outputs(self.accelerator, model, loader)["probs"],
+                like=self.source["train"], threshold=self.transitive.threshold, balance=self.transitive.balance,
             )  # fmt: skip
             results[stage1]["pseudo_labels"] = label_counts(pseudo, self.label_names)
             source = {**self.source, "train": datasets.concatenate_datasets([self.source["train"], pseudo])}
         init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        results[stage2] = self.run_method(stage2, self.cfg.method, source=source, init=init)
-        return stage2
+        results[stage2], model = self.run_method(stage2, self.cfg.method, source=source, init=init)
+        return stage2, model
 
-    def _method_name(self) -> str:
-        from hftl.config import get_component
-
-        return get_component(self.cfg.method._component_, allow_any=self.allow_any).name
-
-    def _adapter_kind(self) -> str:
-        from hftl.config import get_component
-
-        return get_component(self.cfg.adapter._component_, allow_any=self.allow_any).kind
-
-    def print_report(self, metrics: dict[str, Any]) -> None:
-        rows, main = metrics["results"], metrics["method"]
-        width = max(16, *(len(n) + 2 for n in rows))
-        lines = [
-            f"***** Adaptation report (checkpoint chosen by {metrics['selection_criterion']}, no target labels) *****",
-            f"{'method':<{width}}{'target test acc':>17}{'source val acc':>16}{'PAD before→after':>20}",
-        ]
-        for name, r in rows.items():
-            pad = r.get("proxy_a_distance")
-            pad_s = f"{pad['before']:.2f} → {pad['after']:.2f}" if pad else "-"
-            lines.append(
-                f"{name:<{width}}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}"
+    # -- 5. save ---------------------------------------------------------------------------------------
+    def save(self, metrics: dict[str, Any], model: Classifier) -> None:
+        acc = self.accelerator
+        if acc.is_main_process:
+            main = metrics["method"]
+            meta = {"target_test_acc": metrics["results"][main]["target_test_acc"]}
+            meta.update({k: v for k, v in metrics.items() if k != "results"})
+            adapter_kind = self._component(self.cfg.adapter).kind
+            path = save_model(
+                model, self.output_dir / "model", adapter_kind=adapter_kind, config=self.cfg, metrics=meta
             )
-        so, direct = rows.get("source_only"), rows.get(main.removesuffix("_transitive"))
-        if so and main != "source_only" and rows[main]["target_test_acc"] < so["target_test_acc"]:
-            lines.append(f"WARNING: negative transfer: {main} is below source-only on the target test set.")
-        if main.endswith("_transitive"):
-            lines.append(
-                f"{main.removesuffix('_transitive')}_stage1: adapted source → intermediate (scored on the target)."
-            )
-            if direct is not None:
-                gain = 100 * (rows[main]["target_test_acc"] - direct["target_test_acc"])
-                lines.append(f"Transitive vs direct: {gain:+.2f} points on the target test set.")
-        self.accelerator.print("\n".join(lines))
+            write_metrics(self.output_dir / "metrics.json", metrics)
+            acc.print(f"Model ({main}) written to {path}; metrics in {self.output_dir / 'metrics.json'}")
+            if self.report.card:
+                from hftl.hub import render_card
+
+                acc.print(f"Model card written to {render_card(self.output_dir)}")
+            if self.cfg.get("push_to_hub"):
+                from hftl.hub import push_from_config
+
+                acc.print(f"Pushed to {push_from_config(self.cfg.push_to_hub, self.output_dir)}")
+        acc.end_training()
+
+    def run(self) -> dict[str, Any]:
+        self.setup()
+        results: dict[str, Any] = {}
+        main_name, main_model = self.main_name, None
+        for name, node in self.plan:
+            results[name], model = self.run_method(name, node)
+            if name == main_name:
+                main_model = model
+        if self.intermediate is not None:
+            main_name, main_model = self.run_transitive(results)
+        metrics = {"method": main_name, "selection_criterion": self.selection.criterion, "results": results}
+        self.accelerator.print(format_report(metrics))
+        self.save(metrics, main_model)
+        return metrics
 
 
 RECIPE = AdaptRecipe

@@ -36,7 +36,7 @@ from hftl.models.compress import keep_layers, merged_backbone, same_tokenizer, t
 from hftl.models.io import MODEL_DIRNAME, find_model_dir, load_model, save_model
 from hftl.models.source import is_hub_source
 from hftl.recipe import recipe_main
-from hftl.training import Engine, TrainConfig, steps_for
+from hftl.training import Engine, Progress, TrainConfig, steps_for
 from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
 from hftl.training.run import eval_loader, init_trackers
 from hftl.training.sections import DistillConfig, TeacherConfig
@@ -257,7 +257,9 @@ class DistillRecipe:
             logits = self.teacher.head(enc.pool(hidden, enc.output_mask(batch, hidden)))
         return logits, out.hidden_states
 
-    def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], progress: Progress
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         labels, soft = batch.pop("labels"), batch.pop("teacher_logits", None)
         inner = self.accelerator.unwrap_model(model)
         if inner.hints is None:

@@ -39,7 +39,7 @@ from hftl.evaluation.predictions import collect_predictions
 from hftl.models import Classifier, LinearHead, count_parameters
 from hftl.models.io import MODEL_DIRNAME, save_model
 from hftl.recipe import recipe_main
-from hftl.training import Engine, LayerwiseConfig, TrainConfig, steps_for
+from hftl.training import Engine, LayerwiseConfig, Progress, TrainConfig, steps_for
 from hftl.training.builders import (
     build_accelerator,
     build_loader,
@@ -55,7 +55,7 @@ from hftl.training.sections import FewShotConfig
 def metric_step(loss: nn.Module):
     """The Engine's loss function for ``loss``: one encoder pass over every example of the batch."""
 
-    def step(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(model: nn.Module, batch: dict[str, Any], progress: Progress) -> tuple[torch.Tensor, dict]:
         inputs = dict(batch["inputs"])
         labels = inputs.pop("labels")
         features = model(**inputs).pooled

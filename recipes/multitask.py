@@ -38,7 +38,7 @@ from hftl.models.io import MODEL_DIRNAME, load_model, save_model
 from hftl.models.multitask import MultiTaskClassifier, save_tasks
 from hftl.models.spec import component_node
 from hftl.recipe import recipe_main
-from hftl.training import Engine, TrainConfig, steps_for
+from hftl.training import Engine, Progress, TrainConfig, steps_for
 from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
 from hftl.training.run import eval_loader, init_trackers
 from hftl.training.sections import LwFConfig, MultitaskConfig
@@ -220,16 +220,18 @@ class MultitaskRecipe:
         })  # fmt: skip
         init_trackers(acc, tc, lwf_weight=lwf_weight)
 
-    def step(self, model: nn.Module, batch: tuple[str, dict]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(
+        self, model: nn.Module, batch: tuple[str, dict], progress: Progress
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         task, inputs = batch
         labels, recorded = inputs.pop("labels"), inputs.pop("teacher_logits", None)
         also = (self.lwf.task,) if recorded is not None else ()
         out = model(task=task, also=also, **inputs)
         loss = nn.functional.cross_entropy(out.logits.float(), labels)
-        logs = {f"ce_{task}": loss.item()}
+        logs = {f"ce_{task}": loss.detach()}  # the Engine reads logs to the host at log steps only
         if recorded is not None:  # Li & Hoiem: CE(new) + λ · KD(old head now ‖ recorded at start)
             keep = soft_kl(out.others[self.lwf.task], recorded, self.lwf.temperature)
-            loss, logs = loss + self.lwf_weight * keep, {**logs, "lwf": keep.item()}
+            loss, logs = loss + self.lwf_weight * keep, {**logs, "lwf": keep.detach()}
         return float(self.cfg.tasks[task].get("weight", 1.0)) * loss, logs
 
     def predict(self, task: str, split: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""The training Engine on a toy linear classifier: accumulation, clipping, schedule, early stopping."""
+"""The training Engine on a toy linear classifier: accumulation, clipping, schedule, early stopping, logs."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,8 +15,18 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import default_collate
 
-from hftl.training import Engine, TrainConfig, cross_entropy_step, steps_for
+from hftl.training import (
+    BestRecord,
+    BestTracker,
+    Engine,
+    Progress,
+    TrainConfig,
+    WeightsInMemory,
+    cross_entropy_step,
+    steps_for,
+)
 from hftl.training.builders import build_accelerator, build_loader, build_scheduler
+from hftl.training.engine import RunningMeans
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -241,11 +252,11 @@ def test_best_file_from_another_step_is_not_restored(tmp_path: Path) -> None:
     stale = {k: torch.zeros_like(v) for k, v in before.items()}
     engine.best_path.parent.mkdir(parents=True, exist_ok=True)
     save_file(stale, str(engine.best_path), metadata={"step": "7"})
-    engine.state.best_step, engine.state.best_metric = 1, 0.5
-    engine._restore_best()
+    engine.state.best_step, engine.state.best_metric, engine.state.best_sha256 = 1, 0.5, None
+    engine.best.restore(engine.state, final_step=2, metric="accuracy")
     assert all(torch.equal(weights(engine)[k], v) for k, v in before.items())
     save_file(stale, str(engine.best_path), metadata={"step": "1"})
-    engine._restore_best()
+    engine.best.restore(engine.state, final_step=2, metric="accuracy")
     assert all(torch.equal(weights(engine)[k], v) for k, v in stale.items())
 
 
@@ -261,12 +272,12 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path) -> None:
 
     calls = 0
 
-    def crash_at_step_7(model: nn.Module, batch: dict[str, torch.Tensor]):
+    def crash_at_step_7(model: nn.Module, batch: dict[str, torch.Tensor], progress: Progress):
         nonlocal calls
         calls += 1
         if calls == 7:  # 4 batches per epoch: the checkpoint at step 5 is mid-epoch 1
             raise Interrupted
-        return cross_entropy_step(model, batch)
+        return cross_entropy_step(model, batch, progress)
 
     with pytest.raises(Interrupted):
         make_engine(tmp_path / "resumed", loss_fn=crash_at_step_7, **train).fit()
@@ -278,3 +289,60 @@ def test_mid_epoch_resume_is_exact(tmp_path: Path) -> None:
     assert state.step == 12
     for name, value in weights(reference).items():
         assert torch.equal(weights(resumed)[name], value), name
+
+
+def test_loss_fn_gets_the_progress_and_its_logs_are_averaged_at_log_steps(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Logs stay on the device between log steps; the Engine reads their window means once per log step."""
+    seen: list[Progress] = []
+
+    def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], progress: Progress):
+        seen.append(progress)
+        loss, _ = cross_entropy_step(model, batch, progress)
+        odd = torch.tensor(1.0 if len(seen) % 2 else float("nan"))  # nan: nothing measured in this batch
+        return loss, {"step": torch.tensor(float(progress.step)), "odd": odd, "host": 2.0}
+
+    engine = make_engine(tmp_path, loss_fn=loss_fn, epochs=1, batch_size=4, gradient_accumulation_steps=2,
+                         log_every_steps=2)  # fmt: skip
+    logged, reads = [], []
+    monkeypatch.setattr(engine.acc, "log", lambda values, step: logged.append((step, values)))
+    read = RunningMeans.read
+    monkeypatch.setattr(RunningMeans, "read", lambda self: reads.append(1) or read(self))
+    engine.fit()
+    # 8 micro-batches, 2 per optimizer step: both micro-batches of a step see the same progress
+    assert [(p.step, p.total_steps) for p in seen] == [(s, 4) for s in (0, 0, 1, 1, 2, 2, 3, 3)]
+    assert seen[2].fraction == 0.25
+    assert [step for step, _ in logged] == [2, 4] and len(reads) == 2
+    for (_, values), mean_step in zip(logged, (0.5, 2.5), strict=True):
+        assert values["train/step"] == mean_step  # the window's mean, not the last batch's value
+        assert values["train/odd"] == 1.0 and values["train/host"] == 2.0
+        assert math.isfinite(values["train/loss"])
+
+
+def test_running_means_leave_out_nan_and_never_measured_logs() -> None:
+    running = RunningMeans(torch.device("cpu"))
+    running.add(torch.tensor(1.0), {"a": torch.tensor(float("nan")), "b": torch.tensor(4.0)})
+    running.add(torch.tensor(3.0), {"a": torch.tensor(float("nan"))})
+    assert running.read() == (2.0, {"b": 4.0})  # "a" was never measured: not logged
+    running.reset()
+    assert running.read() == (0.0, {})
+
+
+def test_best_tracker_restores_in_memory_weights_unless_the_last_step_was_best() -> None:
+    model = nn.Linear(2, 1)
+    tracker, record = BestTracker(WeightsInMemory(model), higher_is_better=False, patience=None), BestRecord()
+    tracker.update(record, 0.5, step=1)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    assert not tracker.update(record, 0.7, step=2)  # a loss: lower is better; no patience, no stop
+    tracker.restore(record, final_step=2, metric="loss")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in best.items())
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    tracker.update(record, 0.1, step=3)
+    kept = {k: v.clone() for k, v in model.state_dict().items()}
+    tracker.restore(record, final_step=3, metric="loss")  # the final step is the best: nothing to do
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in kept.items())
+    assert (record.best_step, record.best_metric, record.bad_evals) == (3, 0.1, 0)

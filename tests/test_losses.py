@@ -10,18 +10,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from hftl.losses import (
+    AdversarialClassifier,
+    AdversarialDiscriminativeLoss,
+    BatchHardTripletLoss,
     ConditionalDomainAdversarialLoss,
     ConfidenceThresholdSelfTraining,
+    ContrastiveLoss,
     CorrelationAlignmentLoss,
+    CosineSimilarityLoss,
     DomainAdversarialLoss,
     DomainDiscriminator,
     GaussianKernel,
     GradientReverseLayer,
+    HintLoss,
     JointMultipleKernelMaximumMeanDiscrepancy,
+    KnowledgeDistillationLoss,
     LossOutput,
+    LwFLoss,
     MarginDisparityDiscrepancy,
     MinimumClassConfusionLoss,
     MultipleKernelMaximumMeanDiscrepancy,
+    TripletLoss,
     certainty_weights,
     entropy,
     gaussian_kernels,
@@ -213,6 +222,96 @@ def test_mdd_adversary_minimising_loss_raises_discrepancy():
             p -= 0.1 * p.grad
     after = loss_fn(y_s, adv_head(f_s), y_t, adv_head(f_t))
     assert after.metrics["mdd"] > before.metrics["mdd"]
+
+
+def test_mdd_adversarial_classifier_reverses_only_the_feature_gradient():
+    torch.manual_seed(0)
+    head = AdversarialClassifier(4, 3, hidden_features=5, dropout=0.0).double()
+    f = randn(6, 4).requires_grad_()
+    head(f, coeff=0.3).square().sum().backward()
+    reversed_grads = (f.grad.clone(), [p.grad.clone() for p in head.parameters()])
+    f.grad = None
+    head.zero_grad()
+    nn.Sequential(*head)(f).square().sum().backward()  # the same layers without the reversal
+    torch.testing.assert_close(reversed_grads[0], -0.3 * f.grad)
+    for got, plain in zip(reversed_grads[1], head.parameters(), strict=True):
+        torch.testing.assert_close(got, plain.grad)  # the head itself is trained normally
+
+
+# --- ADDA ----------------------------------------------------------------------------------------------
+
+
+def test_adda_losses_hand_computed():
+    disc = nn.Linear(2, 1, bias=False).to(D64)
+    with torch.no_grad():
+        disc.weight.copy_(torch.tensor([[1.0, 0.0]]))  # D(f) = f[0]: source has f[0] > 0
+    f_s, f_t = torch.tensor([[2.0, 0.0]], dtype=D64), torch.tensor([[-1.0, 5.0], [3.0, 0.0]], dtype=D64)
+    out = AdversarialDiscriminativeLoss(disc)(f_s, f_t)
+    bce = F.binary_cross_entropy_with_logits
+    d_t = torch.tensor([[-1.0], [3.0]], dtype=D64)
+    expected_d = 0.5 * (
+        bce(torch.tensor([[2.0]], dtype=D64), torch.ones(1, 1, dtype=D64)) + bce(d_t, torch.zeros_like(d_t))
+    )
+    torch.testing.assert_close(out.discriminator_loss, expected_d)
+    torch.testing.assert_close(out.loss, bce(d_t, torch.ones_like(d_t)))  # inverted labels
+    assert out.metrics["domain_acc"].item() == 0.75  # source right; target: one of two right
+
+
+def test_adda_terms_reach_disjoint_parameters():
+    disc = DomainDiscriminator(3, hidden_features=4, batch_norm=False).to(D64)
+    f_s, f_t = randn(5, 3).requires_grad_(), randn(4, 3, seed=1).requires_grad_()
+    out = AdversarialDiscriminativeLoss(disc)(f_s, f_t)
+    params = list(disc.parameters())
+    d_grads = torch.autograd.grad(
+        out.discriminator_loss, [f_s, f_t, *params], allow_unused=True, retain_graph=True
+    )
+    assert (
+        d_grads[0] is None
+        and d_grads[1] is None
+        and all(g is not None and g.abs().sum() > 0 for g in d_grads[2:])
+    )
+    m_grads = torch.autograd.grad(out.loss, [f_s, f_t, *params], allow_unused=True)
+    assert m_grads[0] is None and m_grads[1].abs().sum() > 0 and all(g is None for g in m_grads[2:])
+    assert all(p.requires_grad for p in params)  # switched back on after the encoder's term
+
+
+# --- every loss returns its metrics as detached scalar tensors -------------------------------------------
+
+
+def _metric_outputs() -> dict[str, LossOutput]:
+    torch.manual_seed(0)
+    x, y = randn(8, 4).requires_grad_(), randn(8, 4, seed=1).requires_grad_()
+    logits = randn(8, 3, seed=2).requires_grad_()
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    cdan = ConditionalDomainAdversarialLoss(nn.Linear(12, 1).to(D64), num_classes=3, features_dim=4)
+    return {
+        "dann": DomainAdversarialLoss(nn.Linear(4, 1).to(D64))(x, y),
+        "cdan": cdan(logits, x, logits, y),
+        "mdd": MarginDisparityDiscrepancy()(logits, logits * 2, logits, logits * 3),
+        "self_training": ConfidenceThresholdSelfTraining(threshold=0.3)(logits),
+        "adda": AdversarialDiscriminativeLoss(nn.Linear(4, 1).to(D64))(x, y),
+        "kd": KnowledgeDistillationLoss()(logits, logits * 2, labels),
+        "hint": HintLoss(4, 4).to(D64)([x], [y]),
+        "lwf": LwFLoss()(logits, labels, logits * 2, logits),
+        "triplet": TripletLoss()(x, y, x.flip(0)),
+        "batch_hard": BatchHardTripletLoss()(x, labels),
+        "cosine": CosineSimilarityLoss()(x, y, (labels == 0).double()),
+        "contrastive": ContrastiveLoss()(x, y, (labels == 0).long()),
+    }
+
+
+def test_metrics_are_detached_scalar_tensors():
+    """Read to the host by the training loop at log steps only: no ``.item()`` inside a loss."""
+    for name, out in _metric_outputs().items():
+        assert out.metrics, name
+        for key, value in out.metrics.items():
+            assert isinstance(value, torch.Tensor) and value.dim() == 0, (name, key, value)
+            assert not value.requires_grad and value.is_floating_point(), (name, key)
+
+
+def test_pair_metric_without_pairs_of_one_kind_is_nan():
+    out = CosineSimilarityLoss()(torch.ones(2, 2), torch.ones(2, 2), torch.ones(2))
+    assert out.metrics["cos_pos"].item() == pytest.approx(1.0) and out.metrics["cos_neg"].isnan()
 
 
 # --- MCC -----------------------------------------------------------------------------------------------

@@ -93,9 +93,9 @@ def test_stage2_starts_from_stage1_weights_and_reports_beside_direct(
         return fit(engine)
 
     def spy_run_method(recipe, name, node, **kwargs):
-        result = run_method(recipe, name, node, **kwargs)
-        finals[name] = {k: v.clone() for k, v in recipe._model.state_dict().items()}
-        return result
+        result, model = run_method(recipe, name, node, **kwargs)
+        finals[name] = {k: v.clone() for k, v in model.state_dict().items()}
+        return result, model
 
     monkeypatch.setattr(Engine, "fit", spy_fit)
     monkeypatch.setattr(AdaptRecipe, "run_method", spy_run_method)

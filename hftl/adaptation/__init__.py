@@ -1,7 +1,7 @@
 """Domain adaptation: methods (config nodes for the adapt recipe), label-free selection, diagnostics."""
 
+from hftl.adaptation.adda import ADDA
 from hftl.adaptation.methods import (
-    ADDA,
     CDAN,
     CORAL,
     DAN,
@@ -10,10 +10,13 @@ from hftl.adaptation.methods import (
     MCC,
     MDD,
     AdaptationMethod,
+    AdaptBatch,
     SelfTraining,
     SourceOnly,
+    StepLosses,
     TargetOracle,
 )
+from hftl.adaptation.training import AdaptationLoss, AdaptModel
 
 __all__ = [
     "ADDA",
@@ -24,8 +27,12 @@ __all__ = [
     "JAN",
     "MCC",
     "MDD",
+    "AdaptBatch",
+    "AdaptModel",
+    "AdaptationLoss",
     "AdaptationMethod",
     "SelfTraining",
     "SourceOnly",
+    "StepLosses",
     "TargetOracle",
 ]

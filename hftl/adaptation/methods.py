@@ -2,26 +2,33 @@
 
 Each method wraps one loss of :mod:`hftl.losses` behind the same call, so the adapt recipe switches
 DANN → CORAL → MCC with a one-line override. ``in_features`` (pooled feature width) and
-``num_classes`` are passed by the recipe at run time. The recipe minimises::
+``num_classes`` are passed by the recipe at run time.
 
-    cross_entropy(logits_s, labels_s) + trade_off * method(...).loss
+The contract: :meth:`AdaptationMethod.training_step` returns the step's :class:`StepLosses`, a ``base``
+term (the source cross-entropy) and the method's *unscaled* ``transfer`` term, and the training loop
+minimises (:class:`hftl.adaptation.training.AdaptationLoss`, the one place ``trade_off`` is applied)::
+
+    base + trade_off * transfer.loss
+
+Methods with a schedule of their own override ``training_step`` (two-stage ADDA, :mod:`hftl.adaptation.adda`).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from hftl.errors import ConfigError
 from hftl.losses import (
+    AdversarialClassifier,
     ConditionalDomainAdversarialLoss,
     ConfidenceThresholdSelfTraining,
     CorrelationAlignmentLoss,
     DomainAdversarialLoss,
     DomainDiscriminator,
-    GradientReverseLayer,
     JointMultipleKernelMaximumMeanDiscrepancy,
     LossOutput,
     MarginDisparityDiscrepancy,
@@ -30,24 +37,85 @@ from hftl.losses import (
     gaussian_kernels,
     grl_coefficient,
 )
+from hftl.training.engine import Progress
+
+
+@dataclass
+class AdaptBatch:
+    """One training batch of adaptation: labelled source inputs and, for methods that read it, target inputs.
+
+    Attributes:
+        source: model inputs of the source examples (no ``labels`` key).
+        labels: their labels.
+        target: model inputs of the target examples, without labels; ``None`` for methods that train on
+            one domain (``source_only``, ``target_oracle``: then ``source`` holds that domain).
+    """
+
+    source: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    target: dict[str, torch.Tensor] | None = None
+
+    @classmethod
+    def from_loader(cls, batch: dict | tuple[dict, dict]) -> AdaptBatch:
+        """From a :class:`~hftl.data.paired.PairedLoader` pair ``(source, target)`` or a plain batch.
+
+        Target labels, when the data has them, are dropped here: no method can read them.
+        """
+        source, target = batch if isinstance(batch, tuple) else (batch, None)
+        source = dict(source)
+        labels = source.pop("labels")
+        if target is not None:
+            target = {k: v for k, v in target.items() if k != "labels"}
+        return cls(source=source, labels=labels, target=target)
+
+
+class StepLosses(NamedTuple):
+    """The losses of one adaptation step; the loop minimises ``base + trade_off * transfer.loss``."""
+
+    base: torch.Tensor  # at weight 1: the source cross-entropy (ADDA's stage 2: its discriminator's loss)
+    transfer: LossOutput | None  # the method's term, unscaled; None when the step has none
 
 
 class AdaptationMethod(nn.Module):
     """Base class. ``forward`` returns the transfer loss (without ``trade_off``) and side metrics.
 
     Class attributes tell the recipe what a method needs: ``uses_target`` (an unlabelled target batch
-    per step) and ``uses_target_labels`` (only the ``target_oracle`` baseline).
+    per step), ``uses_target_labels`` (only the ``target_oracle`` baseline) and ``two_stage`` (a schedule
+    of its own in :meth:`training_step`, which needs the full model: not available on cached features).
     """
 
     name: ClassVar[str] = "method"
     uses_target: ClassVar[bool] = True
     uses_target_labels: ClassVar[bool] = False
+    two_stage: ClassVar[bool] = False
 
     def __init__(self, *, trade_off: float = 1.0):
         super().__init__()
         if trade_off < 0:
             raise ConfigError(f"`method.trade_off` must be >= 0; got {trade_off}")
         self.trade_off = trade_off
+
+    def attach(self, classifier: nn.Module) -> None:
+        """Called once with the classifier being adapted, before its optimizer is built. Default: nothing."""
+
+    def training_step(self, model: nn.Module, batch: AdaptBatch, progress: Progress) -> StepLosses:
+        """The losses of one batch: cross-entropy on the source, plus this method's term on both domains.
+
+        Args:
+            model: the (prepared) model; ``model(**inputs)`` gives ``.features`` and ``.logits``.
+            batch: the step's batch.
+            progress: where training stands (``progress.fraction`` drives warm-up schedules).
+        """
+        out_s = model(**batch.source)
+        loss = nn.functional.cross_entropy(out_s.logits, batch.labels)
+        if batch.target is None:
+            return StepLosses(loss, None)
+        out_t = model(**batch.target)
+        transfer = self(
+            f_s=out_s.features, f_t=out_t.features, logits_s=out_s.logits, logits_t=out_t.logits,
+            progress=progress.fraction,
+        )  # fmt: skip
+        return StepLosses(loss, transfer)
 
     def forward(
         self,
@@ -158,19 +226,12 @@ class MDD(_Adversarial):
         hidden_features: int = 1024, grl_alpha: float = 10.0, grl_max: float = 0.1,
     ):  # fmt: skip
         super().__init__(trade_off=trade_off, grl_alpha=grl_alpha, grl_max=grl_max)
-        self.grl = GradientReverseLayer()
-        self.adv_head = nn.Sequential(
-            nn.Linear(in_features, hidden_features),
-            nn.ReLU(),
-            nn.Dropout(0.5),
-            nn.Linear(hidden_features, num_classes),
-        )
+        self.adv_head = AdversarialClassifier(in_features, num_classes, hidden_features=hidden_features)
         self.loss = MarginDisparityDiscrepancy(margin=margin)
 
     def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
         coeff = self.coeff(progress)
-        adv_s, adv_t = self.adv_head(self.grl(f_s, coeff)), self.adv_head(self.grl(f_t, coeff))
-        return self.loss(logits_s, adv_s, logits_t, adv_t)
+        return self.loss(logits_s, self.adv_head(f_s, coeff), logits_t, self.adv_head(f_t, coeff))
 
 
 class MCC(AdaptationMethod):
@@ -252,48 +313,3 @@ class SelfTraining(AdaptationMethod):
 
     def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
         return self.loss(logits_t)
-
-
-class ADDA(AdaptationMethod):
-    """Adversarial discriminative domain adaptation (Tzeng et al., CVPR 2017), two stages.
-
-    Stage 1 trains encoder + head on source labels (as ``source_only``). Stage 2 copies the encoder
-    into a *target* encoder and trains it against a discriminator with the inverted-label GAN loss,
-    while the source encoder and the head stay fixed; predictions use target encoder + head.
-
-    ``forward`` is the stage-2 loss: the discriminator learns source (1) vs target (0) on
-    ``f_s`` / detached ``f_t``; the target encoder learns to make ``D(f_t)`` say "source". The
-    discriminator's weights are excluded from the encoder's term, so one backward pass trains both.
-
-    Args:
-        stage2_fraction: share of the run's optimizer steps spent in stage 2.
-    """
-
-    name = "adda"
-    two_stage: ClassVar[bool] = True
-
-    def __init__(
-        self, *, in_features: int, num_classes: int, trade_off: float = 1.0, hidden_features: int = 500,
-        stage2_fraction: float = 0.5,
-    ):  # fmt: skip
-        super().__init__(trade_off=trade_off)
-        if not 0.0 < stage2_fraction < 1.0:
-            raise ConfigError(f"`method.stage2_fraction` must be in (0, 1); got {stage2_fraction}")
-        self.stage2_fraction = stage2_fraction
-        self.discriminator = DomainDiscriminator(
-            in_features, hidden_features=hidden_features, batch_norm=False
-        )
-
-    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
-        bce = nn.functional.binary_cross_entropy_with_logits
-        d_s, d_t = self.discriminator(f_s.detach()), self.discriminator(f_t.detach())
-        loss_d = 0.5 * (bce(d_s, torch.ones_like(d_s)) + bce(d_t, torch.zeros_like(d_t)))
-        params = list(self.discriminator.parameters())
-        for p in params:  # the encoder's term must not train the discriminator
-            p.requires_grad_(False)
-        d_t_enc = self.discriminator(f_t)
-        for p in params:
-            p.requires_grad_(True)
-        loss_g = bce(d_t_enc, torch.ones_like(d_t_enc))  # inverted labels: target should look like source
-        acc = 0.5 * ((d_s > 0).float().mean() + (d_t <= 0).float().mean())
-        return LossOutput(loss=loss_d + self.trade_off * loss_g, metrics={"domain_acc": float(acc)})

@@ -7,7 +7,6 @@ magnitude (``benchmarks/embedding_transfer.py``).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from torch import nn
 
 from hftl.embeddings.config import HeadTrainConfig
 from hftl.embeddings.features import FeatureSource
+from hftl.training.best import BestRecord, BestTracker, WeightsInMemory
 
 
 def split_head(head: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -63,12 +63,10 @@ class EmbeddingModel(nn.Module):
 
 
 @dataclass
-class FitResult:
+class FitResult(BestRecord):
     """What :func:`fit` did: steps, best validation point, per-epoch training time (evaluation excluded)."""
 
     steps: int = 0
-    best_step: int | None = None
-    best_metric: float | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     epoch_examples: list[int] = field(default_factory=list)
@@ -109,26 +107,6 @@ class _Cycle:
         idx = self.perm[self.pos : self.pos + self.bs]
         self.pos += self.bs
         return idx
-
-
-class _Best:
-    """Tracks the best validation point: its step, metric and a copy of the weights (heads are small)."""
-
-    def __init__(self, model: nn.Module, result: FitResult, *, higher_is_better: bool, patience: int | None):
-        self.model, self.result, self.higher, self.patience = model, result, higher_is_better, patience
-        self.state: dict[str, torch.Tensor] | None = None
-        self.bad_evals = 0
-
-    def update(self, metrics: dict[str, float], value: float) -> bool:
-        """Records one evaluation; returns True when early stopping triggers."""
-        r = self.result
-        r.history.append({"step": r.steps, **metrics})
-        if r.best_metric is None or (value > r.best_metric if self.higher else value < r.best_metric):
-            r.best_metric, r.best_step, self.bad_evals = value, r.steps, 0
-            self.state = copy.deepcopy(self.model.state_dict())
-        else:
-            self.bad_evals += 1
-        return self.patience is not None and self.bad_evals >= self.patience
 
 
 def _loss(
@@ -181,13 +159,16 @@ def fit(
     total = config.max_steps or config.epochs * steps_per_epoch
     cycle = _Cycle(len(target), bs, gen, device) if target is not None and model.method is not None else None
     result = FitResult()
-    best = _Best(model, result, higher_is_better=higher_is_better, patience=config.early_stopping_patience)
+    best = BestTracker(
+        WeightsInMemory(model), higher_is_better=higher_is_better, patience=config.early_stopping_patience, log=log
+    )
 
     def validate() -> bool:
         metrics = evaluate()
         model.train()
         log(f"step {result.steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        return best.update(metrics, metrics[metric])
+        result.history.append({"step": result.steps, **metrics})
+        return best.update(result, metrics[metric], step=result.steps)
 
     model.train()
     stop = False
@@ -228,9 +209,6 @@ def fit(
             stop = validate() or stop
     if evaluate is not None and (not result.history or result.history[-1]["step"] != result.steps):
         validate()
-    if config.load_best_at_end and best.state is not None and result.best_step != result.steps:
-        log(
-            f"Restoring the best validation weights (step {result.best_step}, {metric} {result.best_metric:.4f})"
-        )
-        model.load_state_dict(best.state)
+    if config.load_best_at_end:
+        best.restore(result, final_step=result.steps, metric=metric)
     return result

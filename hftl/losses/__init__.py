@@ -1,11 +1,13 @@
 """Domain-adaptation losses, one method per file.
 
 Every loss is an ``nn.Module`` whose ``forward`` returns a :class:`LossOutput` (the scalar to minimise
-and side metrics); adversarial losses own their gradient reversal layer and discriminator.
+and side metrics as detached tensors); adversarial losses own their gradient reversal layer and
+discriminator.
 """
 
 from __future__ import annotations
 
+from hftl.losses.adda import AdversarialDiscriminativeLoss, AdversarialDiscriminativeOutput
 from hftl.losses.base import LossOutput
 from hftl.losses.cdan import ConditionalDomainAdversarialLoss
 from hftl.losses.coral import CorrelationAlignmentLoss
@@ -17,12 +19,15 @@ from hftl.losses.grl import GradientReverseFunction, GradientReverseLayer, grl_c
 from hftl.losses.jan import JointMultipleKernelMaximumMeanDiscrepancy
 from hftl.losses.kernels import GaussianKernel, gaussian_kernels
 from hftl.losses.mcc import MinimumClassConfusionLoss
-from hftl.losses.mdd import MarginDisparityDiscrepancy
+from hftl.losses.mdd import AdversarialClassifier, MarginDisparityDiscrepancy
 from hftl.losses.metric import BatchHardTripletLoss, ContrastiveLoss, CosineSimilarityLoss, TripletLoss
 from hftl.losses.mmd import MultipleKernelMaximumMeanDiscrepancy
 from hftl.losses.self_training import ConfidenceThresholdSelfTraining
 
 __all__ = [
+    "AdversarialClassifier",
+    "AdversarialDiscriminativeLoss",
+    "AdversarialDiscriminativeOutput",
     "BatchHardTripletLoss",
     "ContrastiveLoss",
     "CosineSimilarityLoss",

@@ -13,34 +13,37 @@ class LossOutput:
     """A scalar loss to minimise plus side metrics for logging.
 
     Losses never keep metrics on ``self`` (that breaks under ``torch.compile``, DDP and re-entrant calls);
-    they return them here instead.
+    they return them here instead. Metrics are detached 0-dim float tensors on the loss's device: reading
+    one to the host (``.item()``) waits for the device, so the training loop sums them where they are and
+    reads them once per log step (:class:`hftl.training.engine.RunningMeans`). A metric with nothing to
+    measure in a batch is ``nan`` and left out of the mean.
 
     Attributes:
         loss: the scalar to minimise (it carries the graph).
-        metrics: plain python floats for logging, e.g. ``{"domain_acc": 0.73}``.
+        metrics: detached scalar tensors for logging, e.g. ``{"domain_acc": tensor(0.73)}``.
 
     Example:
-        >>> out = LossOutput(loss=torch.tensor(0.5), metrics={"domain_acc": 0.75})
-        >>> out.metrics["domain_acc"]
+        >>> out = LossOutput(loss=torch.tensor(0.5), metrics={"domain_acc": torch.tensor(0.75)})
+        >>> out.metrics["domain_acc"].item()
         0.75
     """
 
     loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def binary_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
-    """Share of rows where ``logits > 0`` matches ``targets == 1`` (a detached python float).
+def binary_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Share of rows where ``logits > 0`` matches ``targets == 1``, a detached 0-dim float tensor.
 
     Shape:
         - logits, targets: :math:`(N, 1)` or :math:`(N,)`, the same shape.
 
     Example:
         >>> binary_accuracy(torch.tensor([2.0, -1.0, 3.0, 0.5]), torch.tensor([1.0, 0.0, 0.0, 0.0]))
-        0.5
+        tensor(0.5000)
     """
     with torch.no_grad():
-        return ((logits > 0) == (targets > 0.5)).float().mean().item()
+        return ((logits > 0) == (targets > 0.5)).float().mean()
 
 
 def check_pair(

@@ -95,7 +95,7 @@ class KnowledgeDistillationLoss(nn.Module):
             if bool(keep.any()):
                 hard = F.cross_entropy(at_least_float32(student_logits[keep]), labels[keep])
         loss = self.alpha * soft + (1.0 - self.alpha) * hard
-        return LossOutput(loss=loss, metrics={"kd_soft": soft.item(), "kd_hard": hard.item()})
+        return LossOutput(loss=loss, metrics={"kd_soft": soft.detach(), "kd_hard": hard.detach()})
 
 
 class HintLoss(nn.Module):
@@ -175,7 +175,7 @@ class HintLoss(nn.Module):
             else:
                 losses.append(err.mean())
         loss = torch.stack(losses).mean()
-        return LossOutput(loss=loss, metrics={"hint": loss.item()})
+        return LossOutput(loss=loss, metrics={"hint": loss.detach()})
 
 
 class LwFLoss(nn.Module):
@@ -214,7 +214,7 @@ class LwFLoss(nn.Module):
     ) -> LossOutput:
         ce = F.cross_entropy(at_least_float32(new_logits), labels)
         keep = soft_kl(old_logits, recorded_old_logits, self.temperature)
-        return LossOutput(loss=ce + self.weight * keep, metrics={"ce": ce.item(), "lwf": keep.item()})
+        return LossOutput(loss=ce + self.weight * keep, metrics={"ce": ce.detach(), "lwf": keep.detach()})
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hftl.losses.base import LossOutput, check_pair
+from hftl.losses.grl import GradientReverseFunction
 
 
 class MarginDisparityDiscrepancy(nn.Module):
@@ -32,9 +33,8 @@ class MarginDisparityDiscrepancy(nn.Module):
     ``loss`` raises :math:`D_\gamma` for the adversarial head and, through the reversed gradient, lowers it
     for the features. ``metrics["mdd"]`` reports :math:`D_\gamma` itself.
 
-    Building the adversarial head: a copy of the main head's architecture with fresh weights, e.g.
-    ``nn.Sequential(nn.Linear(F, H), nn.ReLU(), nn.Dropout(0.5), nn.Linear(H, C))``, applied to
-    ``grl(features, coeff)`` (the paper ramps ``coeff`` up to 0.1); see ``hftl.adaptation.MDD``.
+    The adversarial head is :class:`AdversarialClassifier` (a fresh classifier behind a gradient reversal
+    layer; the paper ramps its ``coeff`` up to 0.1); ``hftl.adaptation.MDD`` puts the two together.
 
     Args:
         margin: :math:`\gamma`, the weight of the source term (4 in the paper for most benchmarks).
@@ -70,4 +70,45 @@ class MarginDisparityDiscrepancy(nn.Module):
         q_t = y_t_adv.softmax(dim=1).gather(1, pred_t[:, None]).squeeze(1)
         target = -torch.log(torch.clamp(1.0 - q_t + 1e-6, max=1.0)).mean()  # = -E_t log(1 - q_t[pred])
         loss = self.margin * source + target
-        return LossOutput(loss=loss, metrics={"mdd": -loss.detach().item()})
+        return LossOutput(loss=loss, metrics={"mdd": -loss.detach()})
+
+
+class AdversarialClassifier(nn.Sequential):
+    r"""MDD's adversarial head :math:`f'`: an MLP classifier that reads the features through a gradient
+    reversal layer, ``Linear(F, H) → ReLU → Dropout → Linear(H, C)``.
+
+    Zhang, Liu, Long & Jordan, "Bridging Theory and Algorithm for Domain Adaptation", ICML 2019
+    (arXiv:1904.05801), section 4: :math:`f'` has the main head's architecture with its own weights; the
+    reversal layer lets one backward pass of :class:`MarginDisparityDiscrepancy` raise the discrepancy for
+    :math:`f'` and lower it for the features. ``coeff`` scales (and flips) the gradient that reaches the
+    features; the head's own gradient is not scaled.
+
+    Args:
+        in_features: width ``F`` of the features.
+        num_classes: ``C``, the width of the main head's logits.
+        hidden_features: ``H``.
+        dropout: dropout after the ReLU (0.5 in the paper's code).
+
+    Shape:
+        - f: :math:`(N, F)`; output :math:`(N, C)` logits.
+
+    Example:
+        >>> head = AdversarialClassifier(16, 3, hidden_features=32)
+        >>> f = torch.randn(4, 16, requires_grad=True)
+        >>> head(f, coeff=0.1).sum().backward()  # the features get the reversed, scaled gradient
+        >>> head(f).shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(
+        self, in_features: int, num_classes: int, *, hidden_features: int = 1024, dropout: float = 0.5
+    ):
+        super().__init__(
+            nn.Linear(in_features, hidden_features),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_features, num_classes),
+        )
+
+    def forward(self, f: torch.Tensor, coeff: float = 1.0) -> torch.Tensor:
+        return super().forward(GradientReverseFunction.apply(f, coeff))

@@ -152,11 +152,11 @@ class BatchHardTripletLoss(nn.Module):
             valid = positive.any(dim=1) & negative.any(dim=1)
             if not valid.any():  # e.g. every example of a different class: nothing to mine
                 zero = features.sum() * 0.0
-                return LossOutput(loss=zero, metrics={"active": 0.0, "anchors": 0.0})
+                return LossOutput(loss=zero, metrics={"active": zero.detach(), "anchors": zero.detach()})
             d_pos = dist.masked_fill(~positive, float("-inf")).amax(dim=1)[valid]
             d_neg = dist.masked_fill(~negative, float("inf")).amin(dim=1)[valid]
             hinge = (d_pos - d_neg + self.margin).clamp_min(0.0)
-        metrics = _triplet_metrics(hinge, d_pos, d_neg) | {"anchors": float(valid.sum().item())}
+        metrics = _triplet_metrics(hinge, d_pos, d_neg) | {"anchors": valid.sum().float()}
         return LossOutput(loss=hinge.mean(), metrics=metrics)
 
 
@@ -238,18 +238,17 @@ def _check_pairs(u: torch.Tensor, v: torch.Tensor, target: torch.Tensor) -> None
 
 
 @torch.no_grad()
-def _triplet_metrics(hinge: torch.Tensor, d_pos: torch.Tensor, d_neg: torch.Tensor) -> dict[str, float]:
-    return {
-        "active": (hinge > 0).float().mean().item(),
-        "d_pos": d_pos.mean().item(),
-        "d_neg": d_neg.mean().item(),
-    }
+def _triplet_metrics(
+    hinge: torch.Tensor, d_pos: torch.Tensor, d_neg: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    return {"active": (hinge > 0).float().mean(), "d_pos": d_pos.mean(), "d_neg": d_neg.mean()}
 
 
 @torch.no_grad()
-def _pair_metrics(value: torch.Tensor, target: torch.Tensor, name: str) -> dict[str, float]:
+def _pair_metrics(value: torch.Tensor, target: torch.Tensor, name: str) -> dict[str, torch.Tensor]:
+    """Mean ``value`` over same-class (``pos``) and different-class (``neg``) pairs; a side with no pair is
+    ``nan`` (reading ``mask.any()`` to leave it out would wait for the device at every step)."""
     out = {}
     for suffix, mask in (("pos", target > 0.5), ("neg", target <= 0.5)):
-        if mask.any():
-            out[f"{name}_{suffix}"] = value[mask].mean().item()
+        out[f"{name}_{suffix}"] = (value * mask).sum() / mask.sum()
     return out

@@ -40,7 +40,7 @@ class ConfidenceThresholdSelfTraining(nn.Module):
         >>> loss_fn = ConfidenceThresholdSelfTraining(threshold=0.9)
         >>> logits = torch.tensor([[5.0, 0.0], [0.1, 0.0]])  # only the first row is confident
         >>> loss_fn(logits).metrics["pseudo_ratio"]
-        0.5
+        tensor(0.5000)
     """
 
     def __init__(self, *, threshold: float = 0.9):
@@ -56,4 +56,4 @@ class ConfidenceThresholdSelfTraining(nn.Module):
         mask = (confidence >= self.threshold).to(logits_t.dtype)
         per_example = F.cross_entropy(logits_t, pseudo_labels, reduction="none")
         loss = (per_example * mask).sum() / logits_t.shape[0]
-        return LossOutput(loss=loss, metrics={"pseudo_ratio": mask.mean().item()})
+        return LossOutput(loss=loss, metrics={"pseudo_ratio": mask.mean().float()})

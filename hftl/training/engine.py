@@ -6,21 +6,19 @@ stopping, atomic checkpoints with exact mid-epoch resume, trackers, and tqdm on 
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from hftl.errors import ConfigError, TrainingError
+from hftl.training.best import BestRecord, BestTracker, WeightsFile
 from hftl.training.checkpoint import (
     BEST_FILENAME,
     CHECKPOINT_DIRNAME,
@@ -28,14 +26,31 @@ from hftl.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from hftl.training.checkpoint_manifest import sha256_file
 from hftl.training.config import TrainConfig
-from hftl.training.run_dir import record_output, writing
 
-logger = logging.getLogger(__name__)
 
-# (model, batch) -> (loss, scalar logs); the default is cross-entropy on `labels`.
-LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands when the loss of a batch is computed; the Engine passes it to ``loss_fn``.
+
+    Example:
+        >>> Progress(step=25, total_steps=100).fraction
+        0.25
+    """
+
+    step: int  # optimizer steps done before this batch
+    total_steps: int  # optimizer steps of the whole run
+
+    @property
+    def fraction(self) -> float:
+        """``step / total_steps`` in ``[0, 1)``, e.g. for a warm-up schedule of a loss weight."""
+        return self.step / self.total_steps
+
+
+# Scalar logs of one batch: detached tensors (kept on the device until a log step) or python numbers.
+Logs = Mapping[str, torch.Tensor | float]
+# (model, batch, progress) -> (loss, logs); the default is cross-entropy on `labels`.
+LossFn = Callable[[nn.Module, Any, Progress], tuple[torch.Tensor, Logs]]
 # () -> validation metrics such as {"accuracy": 0.9, "loss": 0.3}
 EvalFn = Callable[[], dict[str, float]]
 # (optimizer steps done) -> None, e.g. hftl.training.layerwise.GradualUnfreezer
@@ -43,25 +58,80 @@ StepHook = Callable[[int], None]
 
 
 def cross_entropy_step(
-    model: nn.Module, batch: dict[str, torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, float]]:
+    model: nn.Module, batch: dict[str, torch.Tensor], progress: Progress | None = None
+) -> tuple[torch.Tensor, Logs]:
     labels = batch.pop("labels")
     loss = nn.functional.cross_entropy(model(**batch).logits, labels)
     return loss, {}
 
 
 @dataclass
-class TrainState:
-    """Loop position and selection state; saved in every checkpoint (``hftl_state.json``)."""
+class TrainState(BestRecord):
+    """Loop position and selection state; saved in every checkpoint (``hftl_state.json``).
+
+    The best validation point (``best_metric``, ``best_step``, ``bad_evals``, ``best_sha256``) comes from
+    :class:`~hftl.training.best.BestRecord`.
+    """
 
     step: int = 0  # optimizer steps done
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
-    best_metric: float | None = None
-    best_step: int | None = None
-    bad_evals: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    best_sha256: str | None = None  # of best_trainable.safetensors, checked before it is restored
+
+
+class RunningMeans:
+    """The training loss and the loss function's logs since the last log step, summed on the device.
+
+    Adding never reads a value back to the host; :meth:`read` does, in one transfer, when the Engine logs.
+    A log that is ``nan`` for a batch (nothing to measure there, e.g. no same-class pair) or missing from
+    it (e.g. another task's loss) is left out of that log's mean.
+
+    Example:
+        >>> running = RunningMeans(torch.device("cpu"))
+        >>> running.add(torch.tensor(2.0), {"acc": torch.tensor(0.5), "pos": torch.tensor(float("nan"))})
+        >>> running.add(torch.tensor(4.0), {"acc": torch.tensor(1.0), "pos": torch.tensor(3.0), "ce": 1.0})
+        >>> running.read()
+        (3.0, {'acc': 0.75, 'pos': 3.0, 'ce': 1.0})
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.count = torch.zeros((), device=self.device), 0
+        self.sums: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, torch.Tensor | int] = {}
+
+    def add(self, loss: torch.Tensor, logs: Logs) -> None:
+        self.loss += loss  # stays on the device: no host sync per step
+        self.count += 1
+        for key, value in logs.items():
+            if isinstance(value, torch.Tensor):  # summed where it is
+                value = value.detach().float()
+                seen = ~value.isnan()
+                value = torch.where(seen, value, 0.0)
+            else:  # a python number stays on the host (copying it to the device would wait)
+                value, seen = float(value), not math.isnan(value)
+                value = value if seen else 0.0
+            self.sums[key] = self.sums.get(key, 0.0) + value
+            self.counts[key] = self.counts.get(key, 0) + seen
+
+    def mean_loss(self) -> torch.Tensor:
+        """The mean loss as a device tensor (``.item()`` it to check it)."""
+        return self.loss / max(self.count, 1)
+
+    def read(self) -> tuple[float, dict[str, float]]:
+        """``(mean loss, {log: mean})`` since the last reset, read to the host in one transfer."""
+        means = [self.mean_loss().float()]
+        for key in self.sums:
+            total, count = (
+                torch.as_tensor(x, dtype=torch.float32, device=self.device)
+                for x in (self.sums[key], self.counts[key])
+            )
+            means.append(total / count)  # 0 / 0 = nan: never measured since the last log step
+        loss, *logs = torch.stack(means).tolist()
+        return loss, {k: v for k, v in zip(self.sums, logs, strict=True) if not math.isnan(v)}
 
 
 class Engine:
@@ -77,7 +147,9 @@ class Engine:
         config: the ``train:`` section.
         output_dir: where ``checkpoints/`` and the best weights go.
         evaluate: returns validation metrics; ``None`` disables validation and model selection.
-        loss_fn: computes the loss of one batch (default: cross-entropy on ``labels``).
+        loss_fn: ``loss_fn(model, batch, progress)`` gives the loss of one batch and scalar logs (detached
+            tensors, read to the host only at log steps); ``progress`` is a :class:`Progress`. Default:
+            cross-entropy on ``labels``.
         metric: key of ``evaluate()``'s result that selects the best model (default
             ``config.metric_for_best``).
         higher_is_better: direction of ``metric`` (default: lower is better only for ``loss``).
@@ -85,6 +157,8 @@ class Engine:
         on_step: called with the optimizer-step count before training starts (after a resume) and
             after every optimizer step; state that is a function of the step (gradual unfreezing)
             is thereby the same in a resumed and an uninterrupted run.
+        log_prefix: put before every tracker key (``train/loss`` → ``dann/train/loss``) when one run trains
+            several models into the same trackers.
     """
 
     def __init__(
@@ -103,6 +177,7 @@ class Engine:
         metric: str | None = None,
         higher_is_better: bool | None = None,
         on_step: StepHook | None = None,
+        log_prefix: str = "",
     ):
         self.acc, self.model, self.optimizer, self.scheduler = accelerator, model, optimizer, scheduler
         self.train_loader, self.cfg, self.output_dir = train_loader, config, Path(output_dir)
@@ -110,8 +185,13 @@ class Engine:
         self.metric = metric or config.metric_for_best
         self.higher_is_better = self.metric != "loss" if higher_is_better is None else higher_is_better
         self.on_step = on_step or (lambda step: None)
+        self.log_prefix = log_prefix
         self.state = TrainState()
         self.best_path = self.output_dir / CHECKPOINT_DIRNAME / BEST_FILENAME
+        self.best = BestTracker(
+            WeightsFile(accelerator, model, optimizer, self.best_path),
+            higher_is_better=self.higher_is_better, patience=config.early_stopping_patience, log=accelerator.print,
+        )  # fmt: skip
         self._saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -143,52 +223,6 @@ class Engine:
         )
         self._saved_step = self.state.step
 
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        model = self.acc.unwrap_model(self.model)
-        # what the optimizer may change, including parameters frozen for now (gradual unfreezing)
-        optimized = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        names = {n for n, p in model.named_parameters() if p.requires_grad or id(p) in optimized}
-        return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
-
-    def _save_best(self) -> None:
-        if self.acc.is_main_process:
-            with writing("the best weights", self.best_path):
-                self.best_path.parent.mkdir(parents=True, exist_ok=True)
-                record_output(self.best_path.parent)
-                tmp = self.best_path.with_suffix(".tmp")
-                save_file(self._trainable_state(), str(tmp), metadata={"step": str(self.state.step)})
-                tmp.replace(self.best_path)  # atomic: resume never sees half a file
-        self.acc.wait_for_everyone()
-        # every process hashes the file: all of them must agree on whether it is restored at the end
-        self.state.best_sha256 = sha256_file(self.best_path)
-
-    def _restore_best(self) -> None:
-        state = self.state
-        if not self.best_path.exists():
-            logger.warning(
-                "Cannot restore the best weights: %s is missing; keeping the final weights.", self.best_path
-            )
-            return
-        if state.best_sha256 is not None and sha256_file(self.best_path) != state.best_sha256:
-            logger.warning(
-                "Not restoring %s: its content does not match the sha256 recorded when it was saved (changed "
-                "or corrupt); keeping the final weights.", self.best_path,
-            )  # fmt: skip
-            return
-        with safe_open(str(self.best_path), framework="pt") as f:
-            written_at = (f.metadata() or {}).get("step")
-        if written_at != str(state.best_step):
-            # e.g. a later run wrote it, then this one resumed from an older checkpoint and never beat it
-            logger.warning(
-                "Not restoring %s: it holds step %s, but the best validation step is %s; keeping the final weights.",
-                self.best_path, written_at, state.best_step,
-            )  # fmt: skip
-            return
-        self.acc.print(
-            f"Restoring the best validation weights (step {state.best_step}, {self.metric} {state.best_metric:.4f})"
-        )
-        self.acc.unwrap_model(self.model).load_state_dict(load_file(str(self.best_path)), strict=False)
-
     # -- loop --------------------------------------------------------------------------------------
     def _validate(self, progress: tqdm) -> bool:
         """Evaluates, tracks the best model; returns True when early stopping triggers."""
@@ -196,22 +230,15 @@ class Engine:
             return False
         metrics = self.evaluate()
         self.model.train()
-        value = metrics[self.metric]
-        self.state.history.append({"step": self.state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
-        self.acc.log({f"eval/{k}": v for k, v in metrics.items()}, step=self.state.step)
-        lower_better = not self.higher_is_better
-        best = self.state.best_metric
-        if best is None or (value < best if lower_better else value > best):
-            self.state.best_metric, self.state.best_step, self.state.bad_evals = value, self.state.step, 0
-            self._save_best()
-        else:
-            self.state.bad_evals += 1
+        state = self.state
+        state.history.append({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
+        self.acc.log({f"{self.log_prefix}eval/{k}": v for k, v in metrics.items()}, step=state.step)
+        stop = self.best.update(state, metrics[self.metric], step=state.step)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         progress.write(
-            f"step {self.state.step}: validation {shown} (best {self.state.best_metric:.4f} @ {self.state.best_step})"
+            f"step {state.step}: validation {shown} (best {state.best_metric:.4f} @ {state.best_step})"
         )
-        patience = self.cfg.early_stopping_patience
-        return patience is not None and self.state.bad_evals >= patience
+        return stop
 
     def _check_finite(self, mean_loss: float) -> None:
         """Stops a diverged run before anything of it is saved (checked where the loss reaches the host)."""
@@ -225,9 +252,9 @@ class Engine:
             "(gradient clipping), or use `train.mixed_precision=bf16` instead of fp16."
         )
 
-    def _optimizer_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _optimizer_step(self, batch: Any) -> tuple[torch.Tensor, Logs]:
         with self.acc.accumulate(self.model):
-            loss, logs = self.loss_fn(self.model, batch)
+            loss, logs = self.loss_fn(self.model, batch, Progress(self.state.step, self.total_steps))
             self.acc.backward(loss)
             if self.acc.sync_gradients and self.cfg.max_grad_norm is not None:
                 self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
@@ -257,6 +284,16 @@ class Engine:
             loader = self.acc.skip_first_batches(loader, skip)
         return loader
 
+    def _log(self, running: RunningMeans, progress: tqdm) -> None:
+        """Means since the last log step to the trackers and the progress bar (the one host sync of a step)."""
+        mean_loss, logs = running.read()
+        running.reset()
+        self._check_finite(mean_loss)
+        lr = self.scheduler.get_last_lr()[0]
+        progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=self.state.epoch)
+        train_logs = {"loss": mean_loss, "lr": lr, **logs}
+        self.acc.log({f"{self.log_prefix}train/{k}": v for k, v in train_logs.items()}, step=self.state.step)
+
     def fit(self) -> TrainState:
         """Trains to ``total_steps`` (or early stop), restores the best weights, returns the final state."""
         self.maybe_resume()
@@ -275,52 +312,34 @@ class Engine:
         finally:
             progress.close()  # before any error message, so it starts on its own line
         self.acc.wait_for_everyone()
-        if cfg.load_best_at_end and state.best_step is not None and state.best_step != state.step:
-            self._restore_best()
+        if cfg.load_best_at_end:
+            self.best.restore(state, final_step=state.step, metric=self.metric)
         return state
 
     def _train_loop(self, progress: tqdm) -> None:
         """Optimizer steps with logging, validation and checkpoints until ``total_steps`` or early stop."""
         cfg, state = self.cfg, self.state
-        patience = cfg.early_stopping_patience
-        early_stopped = self.evaluate is not None and patience is not None and state.bad_evals >= patience
-        running, count, stop = (
-            torch.zeros((), device=self.acc.device),
-            0,
-            state.step >= self.total_steps or early_stopped,
-        )
+        early_stopped = self.evaluate is not None and self.best.exhausted(state)
+        running, stop = RunningMeans(self.acc.device), state.step >= self.total_steps or early_stopped
         while not stop:
             for batch in self._epoch_loader(state.epoch, skip=state.batch_in_epoch):
                 loss, logs = self._optimizer_step(batch)
                 state.batch_in_epoch += 1
-                running += loss  # stays on device: no host sync per step
-                count += 1
+                running.add(loss, logs)
                 if not self.acc.sync_gradients:
                     continue
                 state.step += 1
                 self.on_step(state.step)
                 progress.update(1)
                 if state.step % cfg.log_every_steps == 0:
-                    mean_loss = (running / count).item()
-                    self._check_finite(mean_loss)
-                    lr = self.scheduler.get_last_lr()[0]
-                    progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", epoch=state.epoch)
-                    self.acc.log(
-                        {
-                            "train/loss": mean_loss,
-                            "train/lr": lr,
-                            **{f"train/{k}": v for k, v in logs.items()},
-                        },
-                        step=state.step,
-                    )
-                    running, count = torch.zeros((), device=self.acc.device), 0
+                    self._log(running, progress)
                 stop = state.step >= self.total_steps
                 if stop and not cfg.eval_every_steps:
                     break  # final validation and checkpoint happen after the loop
                 evaluated = False
                 due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0
                 if due or (cfg.save_every_steps and state.step % cfg.save_every_steps == 0):
-                    self._check_finite((running / max(count, 1)).item())  # never save diverged weights
+                    self._check_finite(running.mean_loss().item())  # never save diverged weights
                 if due:
                     stop, evaluated = self._validate(progress) or stop, True
                 if (cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or (
@@ -330,7 +349,7 @@ class Engine:
                 if stop:
                     break
             else:  # epoch finished
-                self._check_finite((running / max(count, 1)).item())
+                self._check_finite(running.mean_loss().item())
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 if not cfg.eval_every_steps:
@@ -338,7 +357,7 @@ class Engine:
                     if not cfg.save_every_steps:
                         self.save()
                 stop = stop or state.step >= self.total_steps
-        self._check_finite((running / max(count, 1)).item())
+        self._check_finite(running.mean_loss().item())
         if self.evaluate is not None and (not state.history or state.history[-1]["step"] != state.step):
             self._validate(progress)  # the run ended between validations: score the final weights too
         if self._saved_step != state.step:

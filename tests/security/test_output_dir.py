@@ -429,7 +429,7 @@ def test_corrupt_best_weights_are_not_restored(tmp_path, caplog):
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     scheduler = build_scheduler(config, optimizer, total_steps=3, num_processes=1)
 
-    def step(m, batch):
+    def step(m, batch, progress):
         return torch.nn.functional.cross_entropy(m(batch["x"]), batch["labels"]), {}
 
     scores = iter([0.9, 0.1, 0.1])  # best at step 1; the third validation corrupts the saved best file
@@ -445,7 +445,7 @@ def test_corrupt_best_weights_are_not_restored(tmp_path, caplog):
     engine = Engine(accelerator=accelerator, model=model, optimizer=optimizer, scheduler=scheduler,
                     train_loader=loader, config=config, output_dir=tmp_path, total_steps=3, evaluate=evaluate,
                     loss_fn=step)  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="hftl.training.engine"):
+    with caplog.at_level(logging.WARNING, logger="hftl.training.best"):
         state = engine.fit()
     assert state.best_step == 1 and state.best_sha256 is not None
     assert any("does not match the sha256" in r.getMessage() for r in caplog.records)

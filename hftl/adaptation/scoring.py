@@ -1,0 +1,86 @@
+"""Scoring an adaptation run: model outputs gathered over loaders, every label-free criterion, the report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import nn
+
+from hftl.adaptation.selection import CRITERIA, score
+from hftl.training.run import gather_outputs
+
+# The loaders an evaluation reads: source validation and training subset, target training subset (all for
+# the label-free criteria), and the target test split (for the report only, never for selection).
+EVAL_SPLITS = ("source_val", "source_train", "target_train", "target_test")
+
+
+def _outputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    labels = batch.pop("labels", None)
+    out = model(**batch)
+    logits = out.logits.float()
+    outputs = {"features": out.features.float(), "probs": logits.softmax(-1)}
+    if labels is not None:
+        outputs["labels"] = labels
+        outputs["losses"] = nn.functional.cross_entropy(logits, labels, reduction="none")
+    return outputs
+
+
+def collect_outputs(accelerator: Accelerator, model: nn.Module, loader: Any) -> dict[str, np.ndarray]:
+    """Pooled ``features``, ``probs`` and, for labelled batches, ``labels`` and per-example ``losses``.
+
+    Gathered by :func:`hftl.training.run.gather_outputs` (eval mode, the run's autocast, every example once).
+    """
+    outputs = gather_outputs(accelerator, model, loader, _outputs, desc="score")
+    return {name: values.numpy() for name, values in outputs.items()}
+
+
+def score_checkpoint(accelerator: Accelerator, model: nn.Module, evals: dict[str, Any]) -> dict[str, float]:
+    """Every selection criterion (none reads target labels), plus the target test accuracy for the report.
+
+    Args:
+        accelerator: the run's Accelerator.
+        model: the model being adapted.
+        evals: a loader for each name of :data:`EVAL_SPLITS`.
+    """
+    o = {name: collect_outputs(accelerator, model, evals[name]) for name in EVAL_SPLITS}
+    inputs = {
+        "probs_s_val": o["source_val"]["probs"], "labels_s_val": o["source_val"]["labels"],
+        "probs_t": o["target_train"]["probs"], "features_t": o["target_train"]["features"],
+        "features_s_train": o["source_train"]["features"], "features_s_val": o["source_val"]["features"],
+        "losses_s_val": o["source_val"]["losses"],
+    }  # fmt: skip
+    scores = {name: score(inputs, name) for name in CRITERIA}
+    test = o["target_test"]
+    scores["target_test_acc"] = float((test["probs"].argmax(-1) == test["labels"]).mean())
+    return scores
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """The adaptation report: target test and source validation accuracy per trained method, proxy
+    A-distance before → after, and warnings (negative transfer; transitive vs direct)."""
+    rows, main = metrics["results"], metrics["method"]
+    width = max(16, *(len(n) + 2 for n in rows))
+    lines = [
+        f"***** Adaptation report (checkpoint chosen by {metrics['selection_criterion']}, no target labels) *****",
+        f"{'method':<{width}}{'target test acc':>17}{'source val acc':>16}{'PAD before→after':>20}",
+    ]
+    for name, r in rows.items():
+        pad = r.get("proxy_a_distance")
+        pad_s = f"{pad['before']:.2f} → {pad['after']:.2f}" if pad else "-"
+        lines.append(
+            f"{name:<{width}}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}"
+        )
+    so, direct = rows.get("source_only"), rows.get(main.removesuffix("_transitive"))
+    if so and main != "source_only" and rows[main]["target_test_acc"] < so["target_test_acc"]:
+        lines.append(f"WARNING: negative transfer: {main} is below source-only on the target test set.")
+    if main.endswith("_transitive"):
+        lines.append(
+            f"{main.removesuffix('_transitive')}_stage1: adapted source → intermediate (scored on the target)."
+        )
+        if direct is not None:
+            gain = 100 * (rows[main]["target_test_acc"] - direct["target_test_acc"])
+            lines.append(f"Transitive vs direct: {gain:+.2f} points on the target test set.")
+    return "\n".join(lines)
