@@ -95,7 +95,24 @@ def load_and_validate(
         source=str(resolve_config_path(name_or_path)),
     )
     check_streaming(recipe, cfg)
+    check_schedule(cfg)
     return cfg
+
+
+def check_schedule(cfg: DictConfig) -> None:
+    """Refuses an ``lr_scheduler:`` component together with ``train.lr_scheduler``: both choose the schedule."""
+    from omegaconf import OmegaConf
+
+    from hftl.errors import ConfigError
+
+    if (
+        cfg.get("lr_scheduler") is not None
+        and OmegaConf.select(cfg, "train.lr_scheduler", default=None) is not None
+    ):
+        raise ConfigError(
+            "`lr_scheduler` (a component) and `train.lr_scheduler` (a name) both choose the learning-rate "
+            "schedule. Fix: keep one, e.g. delete `train.lr_scheduler` (override `~train.lr_scheduler`)."
+        )
 
 
 def check_streaming(recipe: type[RecipeClass], cfg: DictConfig) -> None:

@@ -37,8 +37,9 @@ from hftl.models.io import MODEL_DIRNAME, find_model_dir, load_model, save_model
 from hftl.models.source import is_hub_source
 from hftl.recipe import recipe_main
 from hftl.training import Engine, Progress, TrainConfig, steps_for
-from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
+from hftl.training.builders import build_accelerator, build_loader, build_lr_scheduler, print_summary
 from hftl.training.run import eval_loader, init_trackers
+from hftl.training.schedules import SCHEDULER_RUNTIME_ARGS
 from hftl.training.sections import DistillConfig, TeacherConfig
 
 
@@ -77,6 +78,7 @@ class DistillRecipe:
         "optimizer": {"params"},
         "hints": {"student_features", "teacher_features"},
         "unlabeled": {"unlabeled_splits"},
+        "lr_scheduler": SCHEDULER_RUNTIME_ARGS,
     }
     SECTIONS = {"train": TrainConfig, "teacher": TeacherConfig, "distill": DistillConfig}
     REQUIRED = ("output_dir", "teacher", "student.encoder", "student.head", "data", "loss", "optimizer")
@@ -165,11 +167,7 @@ class DistillRecipe:
         extra = extra.select_columns([col]).add_column("label", [IGNORE_LABEL] * len(extra))
         return datasets.concatenate_datasets([train, extra.cast(train.features)])
 
-    def setup(self) -> None:
-        tc, dc = self.train_cfg, self.distill_cfg
-        teacher = self.load_teacher()  # may train it first (its own run and accelerator)
-        self.accelerator = acc = build_accelerator(tc, self.output_dir)
-        set_seed(self.seed)
+    def load_data(self, teacher: Classifier) -> None:
         self.data = self._build(self.cfg.data)
         self.splits = self.data.load()
         if "train" not in self.splits:
@@ -182,6 +180,13 @@ class DistillRecipe:
                 f"the teacher predicts {teacher.label_names} but `data` has labels {self.label_names}; set "
                 "`data.label_names` to the teacher's list (same order)"
             )
+
+    def setup(self) -> None:
+        tc, dc = self.train_cfg, self.distill_cfg
+        teacher = self.load_teacher()  # may train it first (its own run and accelerator)
+        self.accelerator = acc = build_accelerator(tc, self.output_dir)
+        set_seed(self.seed)
+        self.load_data(teacher)
         student = self.build_student(teacher)
         enc_s, enc_t = student.encoder, teacher.encoder
         self.shared_inputs = same_tokenizer(enc_s, enc_t)
@@ -199,21 +204,7 @@ class DistillRecipe:
                 "set `distill.cache_teacher_logits: true` and remove `hints`, or use the teacher's tokenizer"
             )
         self.teacher = teacher.to(acc.device).eval()
-        train_set = self.training_set()
-        collate = enc_s.collator(train=True)
-        if self.cache:  # one teacher pass, kept per example (in memory, with the dataset)
-            plain = build_loader(
-                train_set, collate_fn=enc_t.collator(train=False), batch_size=tc.evaluation_batch_size,
-                shuffle=False,
-            )  # fmt: skip
-            with acc.autocast():
-                logits = record_logits(self.teacher, plain, device=acc.device)
-            train_set = train_set.add_column("teacher_logits", logits.tolist())
-            collate = SoftTargetCollator(collate)
-        train_loader = build_loader(
-            train_set, collate_fn=collate, batch_size=tc.batch_size, shuffle=True, seed=self.seed,
-            num_workers=tc.num_workers,
-        )  # fmt: skip
+        self.train_set, train_loader = self.train_loader(enc_s, enc_t)
         self.eval_loaders = {
             (who, split): eval_loader(acc, self.splits[split], collate_fn=enc.collator(train=False), config=tc)
             for split in ("validation", "test") if split in self.splits
@@ -226,8 +217,8 @@ class DistillRecipe:
         )
         self.model, optimizer, train_loader = acc.prepare(self.model, optimizer, train_loader)
         total = steps_for(tc, len(train_loader))
-        scheduler = acc.prepare(
-            build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes)
+        scheduler = build_lr_scheduler(
+            self.cfg.get("lr_scheduler"), tc, optimizer, acc, total_steps=total, allow_any=self.allow_any
         )
         self.engine = Engine(
             accelerator=acc, model=self.model, optimizer=optimizer, scheduler=scheduler,
@@ -235,6 +226,31 @@ class DistillRecipe:
             loss_fn=self.step, evaluate=(lambda: self.score("student", "validation"))
             if "validation" in self.splits else None,
         )  # fmt: skip
+        self._print_summary(enc_s, enc_t, hints, total)
+        init_trackers(acc, tc)
+
+    def train_loader(self, enc_s: Any, enc_t: Any) -> tuple[datasets.Dataset, Any]:
+        """The training examples (labelled + ``unlabeled``) and their loader; with ``cache_teacher_logits``,
+        each example carries the teacher's logits, computed once here."""
+        tc, acc = self.train_cfg, self.accelerator
+        train_set = self.training_set()
+        collate = enc_s.collator(train=True)
+        if self.cache:  # one teacher pass, kept per example (in memory, with the dataset)
+            plain = build_loader(
+                train_set, collate_fn=enc_t.collator(train=False), batch_size=tc.evaluation_batch_size,
+                shuffle=False,
+            )  # fmt: skip
+            with acc.autocast():
+                logits = record_logits(self.teacher, plain, device=acc.device)
+            train_set = train_set.add_column("teacher_logits", logits.tolist())
+            collate = SoftTargetCollator(collate)
+        return train_set, build_loader(
+            train_set, collate_fn=collate, batch_size=tc.batch_size, shuffle=True, seed=self.seed,
+            num_workers=tc.num_workers,
+        )  # fmt: skip
+
+    def _print_summary(self, enc_s: Any, enc_t: Any, hints: Any, total: int) -> None:
+        tc, dc, acc, train_set = self.train_cfg, self.distill_cfg, self.accelerator, self.train_set
         (s_train, s_all), (_, t_all) = count_parameters(self.model), count_parameters(self.teacher)
         print_summary(acc, "Running distillation", {
             "Teacher": f"{self.teacher_cfg.path} ({enc_t.name_or_path}, {t_all:,} parameters)",
@@ -246,7 +262,6 @@ class DistillRecipe:
             "Optimizer steps": total,
             "Device / precision": f"{acc.device} / {tc.mixed_precision}",
         })  # fmt: skip
-        init_trackers(acc, tc)
 
     def teacher_forward(self, batch: dict[str, torch.Tensor], *, states: bool) -> tuple[torch.Tensor, Any]:
         """Teacher logits (and every hidden state when ``states``) on the student's own batch."""

@@ -43,12 +43,13 @@ from hftl.training import Engine, LayerwiseConfig, Progress, TrainConfig, steps_
 from hftl.training.builders import (
     build_accelerator,
     build_loader,
+    build_lr_scheduler,
     build_optimizer,
-    build_scheduler,
     build_unfreezer,
     print_summary,
 )
 from hftl.training.run import eval_loader, gather_outputs, init_trackers
+from hftl.training.schedules import SCHEDULER_RUNTIME_ARGS
 from hftl.training.sections import FewShotConfig
 
 
@@ -113,7 +114,9 @@ def logistic_head(
 class FewShotRecipe:
     """Stage 1: metric-learning fine-tuning on pairs/triplets of K examples per class; stage 2: a head."""
 
-    RUNTIME_ARGS = {"head": {"in_features", "num_labels"}, "optimizer": {"params"}}
+    RUNTIME_ARGS = {
+        "head": {"in_features", "num_labels"}, "optimizer": {"params"}, "lr_scheduler": SCHEDULER_RUNTIME_ARGS,
+    }  # fmt: skip
     SECTIONS = {"train": TrainConfig, "train.layerwise": LayerwiseConfig, "fewshot": FewShotConfig}
     REQUIRED = ("output_dir", "encoder", "adapter", "head", "data", "loss", "optimizer")
 
@@ -206,12 +209,13 @@ class FewShotRecipe:
         self.encoder, optimizer, loader = self.accelerator.prepare(self.encoder, optimizer, loader)
         unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=len(loader))
         self.total_steps = steps_for(tc, len(loader))
-        scheduler = build_scheduler(
-            tc, optimizer, total_steps=self.total_steps, num_processes=self.accelerator.num_processes
-        )
+        scheduler = build_lr_scheduler(
+            self.cfg.get("lr_scheduler"), tc, optimizer, self.accelerator,
+            total_steps=self.total_steps, allow_any=self.allow_any,
+        )  # fmt: skip
         self.engine = Engine(
             accelerator=self.accelerator, model=self.encoder, optimizer=optimizer,
-            scheduler=self.accelerator.prepare(scheduler), train_loader=loader, config=tc,
+            scheduler=scheduler, train_loader=loader, config=tc,
             output_dir=self.output_dir, total_steps=self.total_steps, loss_fn=metric_step(self.loss),
             on_step=unfreezer,
         )  # fmt: skip

@@ -24,30 +24,34 @@ from hftl.evaluation.predictions import collect_predictions
 from hftl.models import Classifier, count_parameters
 from hftl.models.io import MODEL_DIRNAME, save_model
 from hftl.recipe import recipe_main
-from hftl.training import Engine, LayerwiseConfig, TrainConfig, steps_for
+from hftl.training import Engine, LayerwiseConfig, TrainConfig, cross_entropy_step, steps_for
 from hftl.training.builders import (
     batches_per_epoch,
     build_accelerator,
     build_loader,
+    build_lr_scheduler,
     build_optimizer,
-    build_scheduler,
     build_unfreezer,
     describe_layerwise,
     describe_splits,
     print_summary,
     train_lengths,
 )
-from hftl.training.run import eval_loader, init_trackers, pretokenized
+from hftl.training.run import classification_step, eval_loader, init_trackers, pretokenized
+from hftl.training.schedules import SCHEDULER_RUNTIME_ARGS
 
 
 class FinetuneRecipe:
     """Supervised transfer of one encoder to one labelled data set."""
 
     # Values the recipe passes at run time; a config must not set them.
-    RUNTIME_ARGS = {"head": {"in_features", "num_labels"}, "optimizer": {"params"}}
+    RUNTIME_ARGS = {
+        "head": {"in_features", "num_labels"}, "optimizer": {"params"}, "lr_scheduler": SCHEDULER_RUNTIME_ARGS,
+    }  # fmt: skip
     SECTIONS = {"train": TrainConfig, "train.layerwise": LayerwiseConfig}
     REQUIRED = ("output_dir", "encoder", "adapter", "head", "data", "optimizer")
-    OPTIONAL = ("push_to_hub",)  # top-level keys read when present
+    # read when present; without `loss` cross-entropy, without `lr_scheduler` `train.lr_scheduler`
+    OPTIONAL = ("push_to_hub", "loss", "lr_scheduler")
     STREAMING = True  # `data.streaming: true` (train splits read lazily) is supported
 
     def __init__(self, cfg: DictConfig, *, allow_any_component: bool = False):
@@ -59,10 +63,7 @@ class FinetuneRecipe:
     def _build(self, key: str, **runtime: Any) -> Any:
         return instantiate(self.cfg[key], allow_any=self.allow_any, **runtime)
 
-    def setup(self) -> None:
-        tc = self.train_cfg
-        self.accelerator = build_accelerator(tc, self.output_dir)
-        set_seed(self.seed)
+    def load_data(self) -> Any:
         self.data = self._build("data")
         splits = self.data.load()
         if "train" not in splits:
@@ -70,7 +71,13 @@ class FinetuneRecipe:
                 f"`data` has no train split (found {sorted(splits)}); map one with `data.splits`"
             )
         self.splits, self.label_names = splits, splits.label_names
+        return splits
 
+    def setup(self) -> None:
+        tc = self.train_cfg
+        self.accelerator = build_accelerator(tc, self.output_dir)
+        set_seed(self.seed)
+        splits = self.load_data()
         encoder = self._build("encoder")
         if encoder.modality != splits.modality:
             raise ConfigError(
@@ -101,30 +108,40 @@ class FinetuneRecipe:
         }
         per_epoch = batches_per_epoch(train_loader)  # None: streamed data
         self.total_steps = steps_for(tc, per_epoch)
-        scheduler = build_scheduler(
-            tc, optimizer, total_steps=self.total_steps, num_processes=self.accelerator.num_processes
+        scheduler = build_lr_scheduler(
+            self.cfg.get("lr_scheduler"), tc, optimizer, self.accelerator,
+            total_steps=self.total_steps, allow_any=self.allow_any,
+        )  # fmt: skip
+        criterion = (
+            self._build("loss").to(self.accelerator.device) if self.cfg.get("loss") is not None else None
         )
-        scheduler = self.accelerator.prepare(scheduler)
         unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=per_epoch)
         self.engine = Engine(
             accelerator=self.accelerator, model=self.model, optimizer=optimizer, scheduler=scheduler,
             train_loader=train_loader, config=tc, output_dir=self.output_dir, total_steps=self.total_steps,
+            loss_fn=cross_entropy_step if criterion is None else classification_step(criterion),
             evaluate=(lambda: self.score("validation")) if "validation" in splits else None, on_step=unfreezer,
         )  # fmt: skip
+        self._print_summary(encoder, criterion, per_epoch, describe_layerwise(optimizer, unfreezer))
+        init_trackers(self.accelerator, tc)
+
+    def _print_summary(self, encoder: Any, criterion: Any, per_epoch: int | None, layerwise: dict) -> None:
+        """The "Running training" block: what runs, on how much data, for how many steps, where."""
+        tc, acc = self.train_cfg, self.accelerator
         trainable, total = count_parameters(self.model)
-        print_summary(self.accelerator, "Running training", {
+        print_summary(acc, "Running training", {
             "Encoder": f"{encoder.name_or_path} ({encoder.modality}, pooling {encoder.pool.method})",
             "Adapter": type(self.adapter).__name__,
+            "Loss": "cross-entropy" if criterion is None else type(criterion).__name__,
             "Trainable parameters": f"{trainable:,} of {total:,} ({100 * trainable / total:.2f} %)",
-            "Examples": describe_splits(splits),
+            "Examples": describe_splits(self.splits),
             "Labels": ", ".join(self.label_names),
             "Epochs / optimizer steps": f"{tc.epochs if per_epoch else 'streamed'} / {self.total_steps}",
-            "Batch size per device × accumulation × processes": f"{tc.batch_size} × {tc.gradient_accumulation_steps} × {self.accelerator.num_processes}",
-            "Device / precision": f"{self.accelerator.device} / {tc.mixed_precision}",
-            **describe_layerwise(optimizer, unfreezer),
+            "Batch size per device × accumulation × processes": f"{tc.batch_size} × {tc.gradient_accumulation_steps} × {acc.num_processes}",
+            "Device / precision": f"{acc.device} / {tc.mixed_precision}",
+            **layerwise,
             "Output": str(self.output_dir),
         })  # fmt: skip
-        init_trackers(self.accelerator, tc)
 
     def score(self, split: str) -> dict[str, Any]:
         out = collect_predictions(self.accelerator, self.model, self.eval_loaders[split], desc=split)

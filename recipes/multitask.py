@@ -39,8 +39,9 @@ from hftl.models.multitask import MultiTaskClassifier, save_tasks
 from hftl.models.spec import component_node
 from hftl.recipe import recipe_main
 from hftl.training import Engine, Progress, TrainConfig, steps_for
-from hftl.training.builders import build_accelerator, build_loader, build_scheduler, print_summary
+from hftl.training.builders import build_accelerator, build_loader, build_lr_scheduler, print_summary
 from hftl.training.run import eval_loader, init_trackers
+from hftl.training.schedules import SCHEDULER_RUNTIME_ARGS
 from hftl.training.sections import LwFConfig, MultitaskConfig
 
 
@@ -93,10 +94,13 @@ class MultiTaskLoader:
 class MultitaskRecipe:
     """Several labelled tasks on one encoder; optionally keeps an old model's head by LwF."""
 
-    RUNTIME_ARGS = TaskPattern({"tasks.*.head": {"in_features", "num_labels"}, "optimizer": {"params"}})
+    RUNTIME_ARGS = TaskPattern({
+        "tasks.*.head": {"in_features", "num_labels"}, "optimizer": {"params"}, "lr_scheduler": SCHEDULER_RUNTIME_ARGS,
+    })  # fmt: skip
     SECTIONS = {"train": TrainConfig, "multitask": MultitaskConfig, "lwf": LwFConfig}
     REQUIRED = ("output_dir", "tasks", "optimizer")
-    OPTIONAL = ("encoder", "adapter", "init_from", "old_task_data")  # encoder/adapter: without init_from
+    # encoder/adapter: without init_from; without `loss` cross-entropy, without `lr_scheduler` train.lr_scheduler
+    OPTIONAL = ("encoder", "adapter", "init_from", "old_task_data", "loss", "lr_scheduler")
 
     def __init__(self, cfg: DictConfig, *, allow_any_component: bool = False):
         self.cfg, self.allow_any = cfg, allow_any_component
@@ -160,15 +164,18 @@ class MultitaskRecipe:
         return MultiTaskClassifier(encoder, {t: heads[t] for t in order}, {t: labels[t] for t in order})
 
     # -- one training run ----------------------------------------------------------------------
-    def setup(self, *, lwf_weight: float, output_dir: Path) -> None:
-        tc = self.train_cfg
-        self.accelerator = acc = build_accelerator(tc, output_dir)
-        set_seed(self.seed)
+    def load_data(self) -> None:
         self.data = {name: self._build(node.data) for name, node in self.cfg.tasks.items()}
         self.splits = {name: data.load() for name, data in self.data.items()}
         for name, splits in self.splits.items():
             if "train" not in splits:
                 raise ConfigError(f"`tasks.{name}.data` has no train split (found {sorted(splits)})")
+
+    def setup(self, *, lwf_weight: float, output_dir: Path) -> None:
+        tc = self.train_cfg
+        self.accelerator = acc = build_accelerator(tc, output_dir)
+        set_seed(self.seed)
+        self.load_data()
         self.model = model = self.build_model()
         self.lwf_weight, old = lwf_weight, self.lwf.task if self.lwf else None
         collate, plain_collate = model.encoder.collator(train=True), model.encoder.collator(train=False)
@@ -200,9 +207,11 @@ class MultitaskRecipe:
         self.model, optimizer = acc.prepare(model, optimizer)
         train_loader = MultiTaskLoader(loaders, sampling=self.mt_cfg.sampling, seed=self.seed)
         total = steps_for(tc, len(train_loader))
-        scheduler = acc.prepare(
-            build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes)
+        scheduler = build_lr_scheduler(
+            self.cfg.get("lr_scheduler"), tc, optimizer, acc, total_steps=total, allow_any=self.allow_any
         )
+        loss = self.cfg.get("loss")  # default: cross-entropy
+        self.criterion = nn.CrossEntropyLoss() if loss is None else self._build(loss).to(acc.device)
         self.engine = Engine(
             accelerator=acc, model=self.model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
             config=tc, output_dir=output_dir, total_steps=total, loss_fn=self.step, evaluate=self.validate,
@@ -227,7 +236,7 @@ class MultitaskRecipe:
         labels, recorded = inputs.pop("labels"), inputs.pop("teacher_logits", None)
         also = (self.lwf.task,) if recorded is not None else ()
         out = model(task=task, also=also, **inputs)
-        loss = nn.functional.cross_entropy(out.logits.float(), labels)
+        loss = self.criterion(out.logits.float(), labels)
         logs = {f"ce_{task}": loss.detach()}  # the Engine reads logs to the host at log steps only
         if recorded is not None:  # Li & Hoiem: CE(new) + λ · KD(old head now ‖ recorded at start)
             keep = soft_kl(out.others[self.lwf.task], recorded, self.lwf.temperature)

@@ -20,6 +20,7 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from hftl.cli import main as hftl
+from hftl.errors import ConfigError
 from hftl.training import TrainConfig
 from hftl.training.builders import build_accelerator
 from hftl.training.run import eval_loader, gather_outputs, init_trackers, pretokenized
@@ -149,3 +150,65 @@ def test_every_recipe_reports_to_the_trackers_of_train_report_to(recipe, tmp_pat
     assert spy.run_name == "hftl" and spy.config["max_steps"] == 2
     logged = [(step, key) for step, values in spy.logs for key in values]
     assert (1, "train/loss") in logged and (2, "train/loss") in logged
+
+
+# -- loss and LR schedule as components ---------------------------------------------------------------------
+def _logged(spy, key: str) -> dict[int, float]:
+    return {step: values[key] for step, values in spy.logs if key in values}
+
+
+def test_lr_scheduler_component_steps_once_per_optimizer_step(tmp_path, tiny_models, monkeypatch):
+    spy_trackers = spy_on_trackers(monkeypatch)
+    cfg = _finetune(tmp_path, tiny_models["bert"])
+    cfg["lr_scheduler"] = {"_component_": "torch.optim.lr_scheduler.StepLR", "step_size": 1, "gamma": 0.5}
+    cfg["train"] |= {"report_to": ["tensorboard"], "max_steps": 3, "log_every_steps": 1}
+    cfg["train"]["gradient_accumulation_steps"] = 2  # two micro-batches per optimizer step
+    assert hftl(["run", "finetune", "--config", dump(cfg, tmp_path / "cfg.yaml")]) == 0
+    lrs = _logged(spy_trackers[-1], "train/lr")
+    assert lrs == pytest.approx({1: 3e-3 / 2, 2: 3e-3 / 4, 3: 3e-3 / 8})  # halved at every optimizer step
+
+
+def test_loss_component_replaces_cross_entropy(tmp_path, tiny_models, monkeypatch, capsys):
+    spy_trackers = spy_on_trackers(monkeypatch)
+    cfg = _finetune(tmp_path, tiny_models["bert"])
+    cfg["loss"] = {"_component_": "torch.nn.MultiMarginLoss"}  # (C - 1) / C = 0.5 at near-zero logits
+    cfg["head"]["_component_"] = "hftl.models.LinearHead"
+    cfg["train"] |= {"report_to": ["tensorboard"], "max_steps": 1, "log_every_steps": 1}
+    assert hftl(["run", "finetune", "--config", dump(cfg, tmp_path / "cfg.yaml")]) == 0
+    assert "MultiMarginLoss" in capsys.readouterr().out  # the run summary names it
+    first = _logged(spy_trackers[-1], "train/loss")[1]
+    assert abs(first - 0.5) < 0.05  # cross-entropy would be about log 2 = 0.69
+
+
+def test_schedule_given_twice_and_runtime_arguments_are_refused(tmp_path, tiny_models, capsys):
+    cfg = _finetune(tmp_path, tiny_models["bert"])
+    cfg["lr_scheduler"] = {"_component_": "hftl.training.WarmupSchedule", "name": "cosine"}
+    path = dump(cfg, tmp_path / "cfg.yaml")
+    assert hftl(["validate", "--config", path]) == 0
+    assert hftl(["validate", "--config", path, "train.lr_scheduler=linear"]) == 2
+    assert "both choose the learning-rate schedule" in capsys.readouterr().err
+    assert hftl(["validate", "--config", path, "lr_scheduler.num_training_steps=5"]) == 2
+    assert "`lr_scheduler.num_training_steps`: set by the recipe at run time" in capsys.readouterr().err
+
+
+def test_warmup_schedule_follows_transformers(tmp_path):
+    from transformers import get_cosine_with_hard_restarts_schedule_with_warmup
+
+    from hftl.training import WarmupSchedule
+
+    def lrs(make):
+        opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule, out = make(opt), []
+        for _ in range(20):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step(), schedule.step()
+        return out
+
+    ours = lrs(lambda o: WarmupSchedule(o, num_training_steps=20, name="cosine_with_restarts", warmup_ratio=0.1,
+                                        options={"num_cycles": 2}))  # fmt: skip
+    theirs = lrs(lambda o: get_cosine_with_hard_restarts_schedule_with_warmup(o, 2, 20, num_cycles=2))
+    assert ours == pytest.approx(theirs)
+    with pytest.raises(ConfigError, match="lr_scheduler"):
+        WarmupSchedule(
+            torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), num_training_steps=5, name="x"
+        )

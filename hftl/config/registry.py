@@ -86,6 +86,7 @@ HFTL_COMPONENTS: dict[str, tuple[str, ...]] = {
         "hftl.losses.GaussianKernel",
         "hftl.losses.gaussian_kernels",
     ),
+    "lr scheduler": ("hftl.training.WarmupSchedule",),
     "data": ("hftl.data.ClassificationData",),
     "augmentation": (
         "hftl.data.AudioAugment",

@@ -3,6 +3,7 @@
 from hftl.training.best import BestRecord, BestTracker, WeightsFile, WeightsInMemory
 from hftl.training.config import LayerwiseConfig, TrainConfig
 from hftl.training.engine import Engine, Progress, TrainState, cross_entropy_step, steps_for
+from hftl.training.schedules import WarmupSchedule
 
 __all__ = [
     "BestRecord",
@@ -13,6 +14,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "WeightsFile",
+    "WarmupSchedule",
     "WeightsInMemory",
     "cross_entropy_step",
     "steps_for",

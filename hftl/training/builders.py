@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -11,8 +12,10 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from hftl.config import get_component, instantiate
 from hftl.data.keys import KeyedStream, with_example_keys
 from hftl.data.lengths import audio_lengths, text_lengths
 from hftl.data.samplers import EpochSampler
@@ -190,6 +193,38 @@ def build_scheduler(
         num_warmup_steps=warmup * num_processes,
         num_training_steps=total_steps * num_processes,
     )
+
+
+def build_lr_scheduler(
+    node: DictConfig | None,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Accelerator,
+    *,
+    total_steps: int,
+    allow_any: bool = False,
+) -> Any:
+    """The run's prepared LR scheduler: the ``lr_scheduler:`` component, else ``train.lr_scheduler``.
+
+    Args:
+        node: the config's ``lr_scheduler:`` node, or None.
+        config: the ``train:`` section (``lr_scheduler``, ``warmup_ratio``).
+        optimizer: the prepared optimizer.
+        accelerator: the run's Accelerator (it prepares the scheduler, which checkpoints then save).
+        total_steps: optimizer steps of the run.
+        allow_any: the user's ``--allow-any-component``.
+    """
+    if node is None:  # accelerate steps a prepared scheduler once per process: the counts are scaled
+        made = build_scheduler(
+            config, optimizer, total_steps=total_steps, num_processes=accelerator.num_processes
+        )
+        return accelerator.prepare(made)
+    params = inspect.signature(get_component(str(node.get("_component_")), allow_any=allow_any)).parameters
+    steps = {"num_training_steps": total_steps, "num_warmup_steps": round(config.warmup_ratio * total_steps)}
+    runtime = {k: v for k, v in steps.items() if k in params}
+    scheduler = accelerator.prepare(instantiate(node, allow_any=allow_any, optimizer=optimizer, **runtime))
+    scheduler.split_batches = True  # one scheduler step per optimizer step, whatever the number of processes
+    return scheduler
 
 
 def print_summary(accelerator: Accelerator, title: str, items: dict[str, Any]) -> None:

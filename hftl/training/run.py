@@ -10,6 +10,7 @@ Plain functions, not a base class: a recipe stays one file read top to bottom an
   :attr:`~hftl.training.TrainConfig.evaluation_batch_size`.
 - :func:`gather_outputs` runs a model over a loader in eval mode, under the run's autocast, and gathers
   what it returns from every process, each example exactly once.
+- :func:`classification_step` trains a classifier with a recipe's ``loss:`` component.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from hftl.data.tokenized import pretokenize, pretokenize_splits
 from hftl.training.builders import build_loader
 from hftl.training.config import TrainConfig
 
-__all__ = ["eval_loader", "gather_outputs", "init_trackers", "pretokenized", "tracker_config"]
+__all__ = [
+    "classification_step", "eval_loader", "gather_outputs", "init_trackers", "pretokenized", "tracker_config",
+]  # fmt: skip
 
 # (model, batch) -> per-example tensors of the batch, e.g. {"logits": (B, C), "labels": (B,)}
 ForwardFn = Callable[[nn.Module, Any], Mapping[str, torch.Tensor]]
@@ -129,3 +132,24 @@ def gather_outputs(
     finally:
         model.train(was_training)
     return {name: torch.cat(values) for name, values in parts.items()}
+
+
+def classification_step(criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable:
+    """The Engine's loss function for a classifier trained with ``criterion(logits, labels)``.
+
+    ``criterion`` is a recipe's ``loss:`` component, e.g. ``torch.nn.CrossEntropyLoss`` with
+    ``label_smoothing: 0.1``; without one a recipe keeps :func:`hftl.training.cross_entropy_step`.
+
+    Example:
+        >>> step = classification_step(nn.CrossEntropyLoss(label_smoothing=0.1))
+        >>> model = lambda **batch: type("Out", (), {"logits": batch["x"]})()
+        >>> loss, logs = step(model, {"x": torch.zeros(2, 3), "labels": torch.tensor([0, 2])})
+        >>> round(loss.item(), 4), logs
+        (1.0986, {})
+    """
+
+    def step(model: nn.Module, batch: dict[str, Any], progress: Any = None) -> tuple[torch.Tensor, dict]:
+        labels = batch.pop("labels")
+        return criterion(model(**batch).logits, labels), {}
+
+    return step
