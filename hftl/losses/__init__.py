@@ -10,12 +10,15 @@ from __future__ import annotations
 from hftl.losses.adda import AdversarialDiscriminativeLoss, AdversarialDiscriminativeOutput
 from hftl.losses.base import LossOutput
 from hftl.losses.cdan import ConditionalDomainAdversarialLoss
+from hftl.losses.consistency import ConsistencyLoss, align_distribution
 from hftl.losses.coral import CorrelationAlignmentLoss
 from hftl.losses.dann import DomainAdversarialLoss
 from hftl.losses.discriminator import DomainDiscriminator
 from hftl.losses.distillation import HintLoss, KnowledgeDistillationLoss, LwFLoss
 from hftl.losses.entropy import certainty_weights, entropy
 from hftl.losses.grl import GradientReverseFunction, GradientReverseLayer, grl_coefficient
+from hftl.losses.importance import ImportanceWeighting, ImportanceWeightingOutput
+from hftl.losses.information_maximization import InformationMaximizationLoss, shot_pseudo_labels
 from hftl.losses.jan import JointMultipleKernelMaximumMeanDiscrepancy
 from hftl.losses.kernels import GaussianKernel, gaussian_kernels
 from hftl.losses.mcc import MinimumClassConfusionLoss
@@ -34,6 +37,7 @@ __all__ = [
     "TripletLoss",
     "ConditionalDomainAdversarialLoss",
     "ConfidenceThresholdSelfTraining",
+    "ConsistencyLoss",
     "CorrelationAlignmentLoss",
     "DomainAdversarialLoss",
     "DomainDiscriminator",
@@ -41,6 +45,9 @@ __all__ = [
     "GradientReverseFunction",
     "GradientReverseLayer",
     "HintLoss",
+    "ImportanceWeighting",
+    "ImportanceWeightingOutput",
+    "InformationMaximizationLoss",
     "JointMultipleKernelMaximumMeanDiscrepancy",
     "KnowledgeDistillationLoss",
     "LossOutput",
@@ -48,8 +55,10 @@ __all__ = [
     "MarginDisparityDiscrepancy",
     "MinimumClassConfusionLoss",
     "MultipleKernelMaximumMeanDiscrepancy",
+    "align_distribution",
     "certainty_weights",
     "entropy",
     "gaussian_kernels",
     "grl_coefficient",
+    "shot_pseudo_labels",
 ]
