@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -332,8 +333,14 @@ def test_mcc_hand_computed_two_by_two():
     # rows (3/4, 1/4), (1/4, 3/4): equal entropies -> weights 1; column sums 1; off-diagonal 2 * 2a(1 - a) / 2
     logits = torch.tensor([[math.log(3), 0.0], [0.0, math.log(3)]], dtype=D64)
     torch.testing.assert_close(MinimumClassConfusionLoss(temperature=1.0)(logits).loss.item(), 0.375)
-    random = MinimumClassConfusionLoss()(randn(16, 4) * 3).loss.item()
-    assert 0.0 <= random <= 1.0
+    # random predictions against the formula in NumPy (TLlib's mcc.py): entropy weights, column normalisation
+    logits = randn(16, 4) * 3
+    p = np.exp(logits.numpy() / 2.5 - np.logaddexp.reduce(logits.numpy() / 2.5, axis=1, keepdims=True))
+    w = 1 + np.exp((p * np.log(p)).sum(1))  # 1 + e^{-H}
+    c = (p * (len(p) * w / w.sum())[:, None]).T @ p
+    c = c / c.sum(0, keepdims=True)
+    expected = (c.sum() - np.trace(c)) / 4
+    assert MinimumClassConfusionLoss()(logits).loss.item() == pytest.approx(expected, rel=1e-9)
 
 
 # --- kernels, MMD, JAN ---------------------------------------------------------------------------------
