@@ -128,6 +128,18 @@ def _loss(
     return loss + method.trade_off * out.loss
 
 
+def _optimizer_step(
+    model: nn.Module, loss: torch.Tensor, optimizer: Any, scheduler: Any, *, max_grad_norm: float | None
+) -> None:
+    """Backward, optional gradient clipping, one optimizer and one scheduler step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if max_grad_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+
+
 def fit(
     model: EmbeddingModel,
     train: FeatureSource,
@@ -160,7 +172,10 @@ def fit(
     cycle = _Cycle(len(target), bs, gen, device) if target is not None and model.method is not None else None
     result = FitResult()
     best = BestTracker(
-        WeightsInMemory(model), higher_is_better=higher_is_better, patience=config.early_stopping_patience, log=log
+        WeightsInMemory(model),
+        higher_is_better=higher_is_better,
+        patience=config.early_stopping_patience,
+        log=log,
     )
 
     def validate() -> bool:
@@ -180,12 +195,7 @@ def fit(
         for b in range(steps_per_epoch):
             target_idx = cycle.next() if cycle is not None else None
             loss = _loss(model, train, perm[b * bs : (b + 1) * bs], target, target_idx, result.steps / total)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
+            _optimizer_step(model, loss, optimizer, scheduler, max_grad_norm=config.max_grad_norm)
             running += loss.detach()
             count += 1
             result.steps += 1
