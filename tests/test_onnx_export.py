@@ -23,7 +23,7 @@ import torch
 from omegaconf import OmegaConf
 
 import hftl
-from hftl.adapters import FullFinetune, Lora
+from hftl.adapters import Frozen, FullFinetune, Lora
 from hftl.cli import main as hftl_main
 from hftl.config import instantiate, load_config
 from hftl.errors import DataError, ModelLoadError
@@ -275,6 +275,19 @@ def test_logits_beyond_atol_are_refused_with_the_difference(tmp_path, tiny_model
         OnnxExportError, match=r"torchscript: max \|logit difference\| 1\.0\de-03 > atol 0\.0001"
     ):
         export_onnx(run, tmp_path / "onnx", exporters=("torchscript",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_bilstm_context_head_is_refused_before_exporting(tmp_path, tiny_models):
+    enc = {
+        "_component_": "hftl.embeddings.ContextAudioEncoder", "model": tiny_models["wav2vec2"],
+        "token_head": "bilstm", "hidden_features": 8,
+    }  # fmt: skip
+    run = _save(tmp_path, enc, {"_component_": "hftl.models.LinearHead"}, Frozen())
+    with pytest.raises(
+        OnnxExportError, match=r"nothing written: `encoder.token_head: bilstm`.*token_head transformer"
+    ):
+        export_onnx(run, tmp_path / "onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 

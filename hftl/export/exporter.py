@@ -25,6 +25,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -37,7 +38,7 @@ from torch import nn
 import hftl
 from hftl.errors import HftlError
 from hftl.export.frontends import WAVEFORM_INPUTS, audio_frontend, min_samples
-from hftl.export.graph import ExportGraph, merged_copy
+from hftl.export.graph import ExportGraph, merged_copy, unsupported
 from hftl.export.runtime import _PREPROCESSORS, GRAPH_FILE, SPEC_FILE, SPEC_FORMAT, OnnxPredictor
 from hftl.export.samples import Sample, real_samples, synthetic_samples
 
@@ -83,6 +84,9 @@ def export_onnx(
             f"--out {out} is inside the model directory {model_dir}; choose a folder outside it."
         )
     encoder = reference.encoder
+    reason = unsupported(encoder)
+    if reason:
+        raise OnnxExportError(f"ONNX export refused, nothing written: {reason}.")
     frontend = audio_frontend(encoder.processor) if encoder.modality == "audio" else None
     samples, source = [], "none (not asked)" if not real_data else "none (a Hub model: its data is not here)"
     if real_data and not meta["source"].startswith("hf://"):
@@ -384,4 +388,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [""])[0][:300]
+    """The line that says what went wrong (torch.onnx's errors open with boilerplate and name the cause
+    under "## Exception summary"; onnxruntime's carry a coloured log prefix)."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1 :]
+    return re.sub(r"\x1b\[[0-9;]*m", "", (lines or [type(err).__name__])[0])[:300]

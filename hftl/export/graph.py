@@ -57,3 +57,17 @@ def merged_copy(encoder: Encoder, heads: dict[str, nn.Module]) -> tuple[Encoder,
     if hasattr(encoder.backbone, "merge_and_unload"):
         encoder.backbone = encoder.backbone.merge_and_unload()
     return encoder.eval(), {name: head.eval() for name, head in heads.items()}
+
+
+def unsupported(encoder: Encoder) -> str | None:
+    """Why ``encoder`` cannot be exported, for the parts known to defeat both exporters; else ``None``."""
+    from hftl.embeddings.heads import ContextPooler
+
+    if any(isinstance(m, ContextPooler) and m.token_head == "bilstm" for m in encoder.modules()):
+        return (
+            "`encoder.token_head: bilstm` (a BiLSTM over packed sequences) has no ONNX export: torch.export "
+            "unrolls the LSTM over time (tens of minutes, then fixed to one length) and the TorchScript exporter "
+            "stops at the scalar mix's layer norm. Train with token_head transformer, attention or mean for an "
+            "exportable model, or serve this one with hftl.load"
+        )
+    return None
