@@ -7,8 +7,17 @@ each other, so a test file can be run, moved or deleted on its own. Fixtures eve
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
@@ -174,6 +183,300 @@ def distill_config(tmp_path: Path, model: str) -> dict:
         "optimizer": {"_component_": "torch.optim.AdamW", "lr": 3e-3},
         "train": {"epochs": 2, "batch_size": 8, "log_every_steps": 2},
     }
+
+
+# -- adapt ---------------------------------------------------------------------------------------------------
+SOURCE_WORDS = {"positive": "good great fine", "negative": "bad awful poor"}
+TARGET_WORDS = {"positive": "good nice love", "negative": "bad boring hate"}  # shifted vocabulary
+
+
+def write_domain_csv(
+    path: Path, n: int, words: dict[str, str], seed: int, *, flip_labels: bool = False
+) -> str:
+    """``n`` rows ``it was w1 w2 w3,label`` of one domain's ``words``; ``flip_labels`` swaps every label."""
+    rng = np.random.default_rng(seed)
+    rows = ["text,label"]
+    for i in range(n):
+        label = ["negative", "positive"][i % 2]
+        text = " ".join(rng.choice(words[label].split(), size=3))
+        shown = {"negative": "positive", "positive": "negative"}[label] if flip_labels else label
+        rows.append(f"it was {text},{shown}")
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def adapt_config(
+    tmp_path: Path, tiny: str, method: str, *, target_train: str | None = None, **method_args: Any
+) -> dict:
+    """An adapt config from :data:`SOURCE_WORDS` to :data:`TARGET_WORDS` with ``method`` and no baselines."""
+    return {
+        "recipe": "adapt",
+        "output_dir": str(tmp_path / f"out_{method.rsplit('.', 1)[-1]}"),
+        "seed": 0,
+        "encoder": {"_component_": "hftl.encoders.TextEncoder", "model": tiny, "max_length": 16},
+        "adapter": {"_component_": "hftl.adapters.FullFinetune"},
+        "head": {"_component_": "hftl.models.LinearHead", "dropout": 0.0},
+        "source": {
+            "_component_": "hftl.data.ClassificationData",
+            "path": write_domain_csv(tmp_path / "source.csv", 48, SOURCE_WORDS, 0),
+            "validation_size": 0.25,
+            "label_names": ["negative", "positive"],
+        },
+        "target": {
+            "_component_": "hftl.data.ClassificationData",
+            "path": "csv",
+            "data_files": {
+                "train": target_train or write_domain_csv(tmp_path / "target_train.csv", 32, TARGET_WORDS, 1),
+                "test": write_domain_csv(tmp_path / "target_test.csv", 16, TARGET_WORDS, 2),
+            },
+            "label_names": ["negative", "positive"],
+        },
+        "method": {"_component_": method, **method_args},
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 3e-3},
+        # group_by_length off: batches independent of how lengths are counted (words or tokens)
+        "train": {"epochs": 2, "batch_size": 8, "log_every_steps": 1, "group_by_length": False},
+        "report": {"baselines": [], "diagnostics": False},
+    }
+
+
+# -- embed ---------------------------------------------------------------------------------------------------
+EMBED_WORDS = {"positive": "good great fine very", "negative": "bad not the a"}
+
+
+def write_embed_csv(path: Path, n: int, *, seed: int, prefix: str = "it was") -> str:
+    """``n`` rows ``<prefix> w1 w2 w3,label`` of :data:`EMBED_WORDS`, alternating negative/positive."""
+    rng = np.random.default_rng(seed)
+    rows = ["text,label"]
+    for i in range(n):
+        label = ["negative", "positive"][i % 2]
+        rows.append(f"{prefix} {' '.join(rng.choice(EMBED_WORDS[label].split(), size=3))},{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def embed_config(tmp_path: Path, tiny: str, name: str, encoder: dict) -> dict:
+    """An embed config: frozen ``encoder`` (without ``model``: ``tiny`` is added), MLP head, 3 epochs."""
+    files = {
+        s: write_embed_csv(tmp_path / f"{s}.csv", n, seed=i)
+        for i, (s, n) in enumerate((("train", 48), ("validation", 16), ("test", 16)))
+    }
+    return {
+        "recipe": "embed",
+        "output_dir": str(tmp_path / name),
+        "seed": 0,
+        "encoder": {"model": tiny, "max_length": 16, **encoder},
+        "head": {"_component_": "hftl.models.MLPHead", "hidden_features": 16},
+        "data": {"_component_": "hftl.data.ClassificationData", "path": "csv", "data_files": files, "label_names": ["negative", "positive"]},
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-2},
+        "train": {"epochs": 3, "batch_size": 16},
+        "cache": {"dir": str(tmp_path / "cache"), "states_dtype": "float32"},
+    }  # fmt: skip
+
+
+# -- meta ----------------------------------------------------------------------------------------------------
+META_WORDS = ["apple pear", "red blue", "cat dog", "sun moon", "one two", "car bus"]  # 6 classes
+
+
+def meta_config(tmp_path: Path, tiny: str, **meta: Any) -> dict:
+    """A meta config on 6 word classes (``c4``, ``c5`` held out), 3 outer steps (``meta`` overrides)."""
+    rows = ["text,label"] + [f"{META_WORDS[c]} {i},c{c}" for c in range(6) for i in range(6)]
+    (tmp_path / "pool.csv").write_text("\n".join(rows) + "\n")
+    return {
+        "recipe": "meta",
+        "output_dir": str(tmp_path / "out"),
+        "seed": 0,
+        "encoder": {"_component_": "hftl.encoders.TextEncoder", "model": tiny, "max_length": 8},
+        "adapter": {"_component_": "hftl.adapters.FullFinetune"},
+        "data": {"_component_": "hftl.data.ClassificationData", "path": str(tmp_path / "pool.csv"), "validation_size": 0},
+        "optimizer": {"_component_": "torch.optim.Adam", "lr": 1e-3},
+        "episodes": {"n_way": 2, "k_shot": 1, "q_queries": 2, "test_classes": ["c4", "c5"], "train_splits": ["train"],
+                     "test_splits": ["train"], "test_episodes": 4},
+        "meta": {"outer_steps": 3, "meta_batch_size": 2, "inner_steps": 2, "inner_lr": 0.1, "log_every": 1,
+                 "pretrain_batch_size": 8, **meta},
+    }  # fmt: skip
+
+
+# -- a local stand-in for the Hub API (hftl push, hftl.load("hf://...")) -------------------------------------
+TOKEN = "hf_FAKEtoken0123456789abcdefSECRET"  # must never appear in uploads or output
+
+
+class FakeHub:
+    """In-memory repos: ``repos[repo_id] = {"private": bool, "branches": {name: {path: bytes}}, ...}``."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, dict] = {}
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.commits: list[dict] = []
+
+    def sha(self, repo: str, rev: str) -> str:
+        files = self.repos[repo]["branches"][rev]
+        return hashlib.sha1(json.dumps(sorted((p, len(b)) for p, b in files.items())).encode()).hexdigest()
+
+    def branch(self, repo: str, rev: str) -> dict[str, bytes]:
+        rev = unquote(rev)
+        branches = self.repos[repo]["branches"]
+        for name, files in branches.items():
+            if rev in (name, self.sha(repo, name)):
+                return files
+        raise KeyError(rev)
+
+
+def _handler(hub: FakeHub):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep pytest output clean
+            pass
+
+        def _send(self, status: int, body: dict | bytes = b"", headers: dict[str, str] | None = None) -> None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header(
+                "Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json"
+            )
+            self.send_header("Content-Length", str(len(data)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def _route(self) -> None:
+            url = urlparse(self.path)
+            path, body = url.path, self._body() if self.command == "POST" else b""
+            hub.requests.append((self.command, self.path, dict(self.headers)))
+            if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                return self._send(401, {"error": "Invalid credentials"})
+            if path == "/api/validate-yaml":
+                return self._send(200, {"errors": [], "warnings": []})
+            if path == "/api/repos/create":
+                payload = json.loads(body)
+                repo = f"{payload['organization']}/{payload['name']}"
+                if repo in hub.repos:
+                    url = f"http://{self.headers['Host']}/{repo}"  # the Hub answers 409 with the repo url
+                    return self._send(409, {"error": "You already created this model repo", "url": url})
+                hub.repos[repo] = {
+                    "private": payload.get("visibility") == "private",
+                    "branches": {"main": {}},
+                    "prs": [],
+                }
+                return self._send(200, {"url": f"http://{self.headers['Host']}/{repo}"})
+            m = re.fullmatch(
+                r"/api/models/([^/]+/[^/]+)/(branch|preupload|commit|revision|tree|discussions)(?:/(.*))?",
+                path,
+            )
+            if m:
+                repo, action, rest = m.groups()
+                if repo not in hub.repos:
+                    return self._send(404, {"error": "Repository not found"})
+                return getattr(self, f"_{action}")(repo, unquote(rest or ""), body, url.query)
+            m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
+            if m:
+                return self._resolve(*m.groups())
+            return self._send(404, {"error": f"no route {self.command} {path}"})
+
+        do_GET = do_POST = do_HEAD = _route
+
+        def _branch(self, repo, rev, body, query):
+            branches = hub.repos[repo]["branches"]
+            branches.setdefault(rev, dict(branches["main"]))
+            return self._send(200, {})
+
+        def _preupload(self, repo, rev, body, query):
+            files = json.loads(body)["files"]
+            return self._send(
+                200,
+                {
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                    ]
+                },
+            )
+
+        def _commit(self, repo, rev, body, query):
+            lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+            files = {
+                x["value"]["path"]: base64.b64decode(x["value"]["content"])
+                for x in lines
+                if x["key"] == "file"
+            }
+            extra = {}
+            if "create_pr=1" in query:  # like the Hub: open a PR from the default branch and commit to it
+                prs = hub.repos[repo]["prs"]
+                prs.append({"title": lines[0]["value"]["summary"], "pullRequest": True})
+                rev = f"refs/pr/{len(prs)}"
+                hub.repos[repo]["branches"][rev] = dict(hub.repos[repo]["branches"]["main"])
+                extra["pullRequestUrl"] = f"http://{self.headers['Host']}/{repo}/discussions/{len(prs)}"
+            hub.commits.append({"repo": repo, "revision": rev, "header": lines[0]["value"], "files": files})
+            hub.repos[repo]["branches"].setdefault(rev, {}).update(files)
+            sha = hub.sha(repo, rev)
+            return self._send(
+                200,
+                {
+                    "commitUrl": f"http://{self.headers['Host']}/{repo}/commit/{sha}",
+                    "commitOid": sha,
+                    **extra,
+                },
+            )
+
+        def _discussions(self, repo, rest, body, query):
+            prs = hub.repos[repo]["prs"]
+            if self.command == "POST":
+                prs.append(json.loads(body))
+                hub.repos[repo]["branches"][f"refs/pr/{len(prs)}"] = dict(hub.repos[repo]["branches"]["main"])
+                return self._send(200, {"num": len(prs)})
+            num = int(rest)
+            return self._send(200, {
+                "title": prs[num - 1]["title"], "num": num, "author": {"name": "alice"},
+                "createdAt": "2024-01-01T00:00:00.000Z", "status": "draft", "repo": {"name": repo, "type": "model"},
+                "isPullRequest": True, "events": [], "changes": {"base": "main"}, "filesWithConflicts": [],
+            })  # fmt: skip
+
+        def _revision(self, repo, rev, body, query):
+            files = hub.branch(repo, rev)
+            return self._send(200, {
+                "id": repo, "modelId": repo, "sha": hub.sha(repo, rev), "private": hub.repos[repo]["private"],
+                "siblings": [{"rfilename": p} for p in sorted(files)],
+            })  # fmt: skip
+
+        def _tree(self, repo, rev, body, query):
+            files = hub.branch(repo, rev)
+            return self._send(200, [
+                {"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                for p, b in sorted(files.items())
+            ])  # fmt: skip
+
+        def _resolve(self, repo, rev, path):
+            files = hub.branch(repo, rev)
+            if path not in files:
+                return self._send(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
+            data = files[path]
+            headers = {"X-Repo-Commit": hub.sha(repo, unquote(rev)) if unquote(rev) in hub.repos[repo]["branches"] else rev,
+                       "ETag": f'"{hashlib.sha1(data).hexdigest()}"'}  # fmt: skip
+            return self._send(200, data, headers)
+
+    return Handler
+
+
+def serve_fake_hub(tmp_path: Path) -> Iterator[FakeHub]:
+    """Runs a :class:`FakeHub` server; yields it with ``endpoint`` and the ``env`` a subprocess needs.
+
+    A fixture uses it as ``yield from serve_fake_hub(tmp_path)``.
+    """
+    fake = FakeHub()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fake.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    fake.env = {
+        **os.environ, "HF_ENDPOINT": fake.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }  # fmt: skip
+    try:
+        yield fake
+    finally:
+        server.shutdown()
 
 
 # -- trackers ------------------------------------------------------------------------------------------------

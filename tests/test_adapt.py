@@ -10,11 +10,10 @@ from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import spy_on_trackers
+from helpers import TARGET_WORDS, adapt_config, spy_on_trackers, write_domain_csv
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader
@@ -222,54 +221,6 @@ def test_paired_loader_resumes_exactly_and_cycles_the_shorter_side():
 
 # --- the recipe end to end --------------------------------------------------------------------------------
 
-SOURCE_WORDS = {"positive": "good great fine", "negative": "bad awful poor"}
-TARGET_WORDS = {"positive": "good nice love", "negative": "bad boring hate"}  # shifted vocabulary
-
-
-def write_csv(path: Path, n: int, words: dict[str, str], seed: int, *, flip_labels: bool = False) -> str:
-    rng = np.random.default_rng(seed)
-    rows = ["text,label"]
-    for i in range(n):
-        label = ["negative", "positive"][i % 2]
-        text = " ".join(rng.choice(words[label].split(), size=3))
-        shown = {"negative": "positive", "positive": "negative"}[label] if flip_labels else label
-        rows.append(f"it was {text},{shown}")
-    path.write_text("\n".join(rows) + "\n")
-    return str(path)
-
-
-def adapt_config(
-    tmp_path: Path, tiny: str, method: str, *, target_train: str | None = None, **method_args
-) -> dict:
-    return {
-        "recipe": "adapt",
-        "output_dir": str(tmp_path / f"out_{method.rsplit('.', 1)[-1]}"),
-        "seed": 0,
-        "encoder": {"_component_": "hftl.encoders.TextEncoder", "model": tiny, "max_length": 16},
-        "adapter": {"_component_": "hftl.adapters.FullFinetune"},
-        "head": {"_component_": "hftl.models.LinearHead", "dropout": 0.0},
-        "source": {
-            "_component_": "hftl.data.ClassificationData",
-            "path": write_csv(tmp_path / "source.csv", 48, SOURCE_WORDS, 0),
-            "validation_size": 0.25,
-            "label_names": ["negative", "positive"],
-        },
-        "target": {
-            "_component_": "hftl.data.ClassificationData",
-            "path": "csv",
-            "data_files": {
-                "train": target_train or write_csv(tmp_path / "target_train.csv", 32, TARGET_WORDS, 1),
-                "test": write_csv(tmp_path / "target_test.csv", 16, TARGET_WORDS, 2),
-            },
-            "label_names": ["negative", "positive"],
-        },
-        "method": {"_component_": method, **method_args},
-        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 3e-3},
-        # group_by_length off: batches independent of how lengths are counted (words or tokens)
-        "train": {"epochs": 2, "batch_size": 8, "log_every_steps": 1, "group_by_length": False},
-        "report": {"baselines": [], "diagnostics": False},
-    }
-
 
 def run(cfg: dict, path: Path) -> dict:
     path.write_text(yaml.safe_dump(cfg))
@@ -323,7 +274,7 @@ def test_target_training_labels_cannot_change_the_model(tmp_path, tiny_models):
     for flip in (False, True):
         sub = tmp_path / f"flip{flip}"
         sub.mkdir()
-        train = write_csv(sub / "target_train.csv", 32, TARGET_WORDS, 1, flip_labels=flip)
+        train = write_domain_csv(sub / "target_train.csv", 32, TARGET_WORDS, 1, flip_labels=flip)
         cfg = adapt_config(
             sub, tiny_models["bert"], "hftl.adaptation.DANN", target_train=train, hidden_features=16
         )

@@ -10,24 +10,37 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import (
+    SENTIMENT,
+    STRENGTH,
+    TOPIC,
+    adapt_config,
+    base_config,
+    dump,
+    embed_config,
+    fewshot_config,
+    fewshot_csv,
+    meta_config,
+    serve_fake_hub,
+    task_data,
+    write_embed_csv,
+    write_text_csv,
+)
 from huggingface_hub import ModelCard, ModelCardData, metadata_load
 from huggingface_hub.repocard_data import model_index_to_eval_results
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from test_adapt import adapt_config
-from test_cli import base_config, dump, write_text_csv
-from test_embeddings import text_config as embed_config
-from test_embeddings import write_csv as write_embed_csv
-from test_fewshot import _config as fewshot_config
-from test_fewshot import _text_csv as fewshot_csv
-from test_meta import meta_config
-from test_multitask import SENTIMENT, STRENGTH, TOPIC, task_data
-from test_push import hub  # noqa: F401  (the fixture: a local stand-in for the Hub API)
 
 from hftl.cli import main as hftl
 from hftl.hub.card import _hints
 from hftl.hub.card_contexts import infer_recipe
 from hftl.hub.run_files import data_name as _data_name
+
+
+@pytest.fixture
+def hub(tmp_path):
+    """A local stand-in for the Hub API (see tests/helpers.py)."""
+    yield from serve_fake_hub(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -439,7 +452,7 @@ def test_unknown_recipe_is_a_clear_error(fewshot_run, tmp_path, capsys):
     assert "recipe 'mine' has no model card template" in err and "`meta`" in err and "`recipe:`" in err
 
 
-def test_push_uploads_a_multitask_card_with_every_head(hub, multitask_runs, monkeypatch):  # noqa: F811
+def test_push_uploads_a_multitask_card_with_every_head(hub, multitask_runs, monkeypatch):
     """`hftl push` renders the family's card (with the repo id) and uploads it beside tasks/ and the plots."""
     from huggingface_hub import constants
 

@@ -13,54 +13,18 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from helpers import REPO, base_config, dump, text_encoder, text_files
 
 from hftl.cli import main as hftl
 from hftl.models import LinearHead
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO = Path(__file__).resolve().parents[1]
-WORDS = {"positive": "good great fine nice love", "negative": "bad awful poor hate boring"}
-
-
-def write_text_csv(path: Path, n: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    rows = ["text,label"]
-    for i in range(n):
-        label = ["negative", "positive"][i % 2]
-        words = rng.choice(WORDS[label].split(), size=rng.integers(2, 6))
-        rows.append(f"the movie was {' '.join(words)},{label}")
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def base_config(encoder: dict, data: dict, out: Path, **train) -> dict:
-    return {
-        "recipe": "finetune",
-        "output_dir": str(out),
-        "seed": 0,
-        "encoder": encoder,
-        "adapter": {"_component_": "hftl.adapters.FullFinetune"},
-        "head": {"_component_": "hftl.models.LinearHead", "dropout": 0.0},
-        "data": {"_component_": "hftl.data.ClassificationData", **data},
-        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 3e-3},
-        "train": {"epochs": 2, "batch_size": 8, "log_every_steps": 2, **train},
-    }
-
-
-def dump(cfg: dict, path: Path) -> str:
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 @pytest.fixture
 def text_config(tmp_path, tiny_models):
-    files = {
-        "train": str(write_text_csv(tmp_path / "train.csv", 48, 0)),
-        "validation": str(write_text_csv(tmp_path / "val.csv", 16, 1)),
-        "test": str(write_text_csv(tmp_path / "test.csv", 16, 2)),
-    }
-    enc = {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"], "max_length": 16}
-    return base_config(enc, {"path": "csv", "data_files": files}, tmp_path / "out")
+    enc = text_encoder(tiny_models["bert"])
+    return base_config(enc, {"path": "csv", "data_files": text_files(tmp_path)}, tmp_path / "out")
 
 
 def test_text_finetune_end_to_end_then_eval_and_predict(tmp_path, text_config, capsys):

@@ -6,10 +6,10 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import distill_config, dump
 
 from hftl.cli import main as hftl
 from hftl.losses.distillation import HintLoss, KnowledgeDistillationLoss, LwFLoss, SoftTargetCollator, soft_kl
@@ -118,59 +118,9 @@ def test_keep_layers_cuts_a_bert_to_chosen_layers(tiny_models):
 
 
 # -- recipe, end to end on a tiny BERT ----------------------------------------------------------------
-WORDS = {"positive": "good great fine nice love", "negative": "bad awful poor hate boring"}
-
-
-def write_text_csv(path: Path, n: int, seed: int) -> Path:
-    """Two classes with disjoint words (the same generator as tests/test_cli.py)."""
-    rng = np.random.default_rng(seed)
-    rows = ["text,label"]
-    for i in range(n):
-        label = ["negative", "positive"][i % 2]
-        rows.append(
-            f"the movie was {' '.join(rng.choice(WORDS[label].split(), size=rng.integers(2, 6)))},{label}"
-        )
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def dump(cfg: dict, path: Path) -> str:
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
-
-
 @pytest.fixture
 def distill_setup(tmp_path, tiny_models):
-    files = {
-        "train": str(write_text_csv(tmp_path / "train.csv", 48, 0)),
-        "validation": str(write_text_csv(tmp_path / "val.csv", 16, 1)),
-        "test": str(write_text_csv(tmp_path / "test.csv", 16, 2)),
-    }
-    unlabeled = write_text_csv(tmp_path / "unlabeled.csv", 24, 3)
-    enc = {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"], "max_length": 16}
-    data = {"_component_": "hftl.data.ClassificationData", "path": "csv", "data_files": files}
-    teacher = {
-        "recipe": "finetune", "output_dir": str(tmp_path / "teacher"), "seed": 0, "encoder": enc,
-        "adapter": {"_component_": "hftl.adapters.Lora", "r": 4}, "data": data,
-        "head": {"_component_": "hftl.models.LinearHead", "dropout": 0.0},
-        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 3e-3},
-        "train": {"epochs": 3, "batch_size": 8, "log_every_steps": 2},
-    }  # fmt: skip
-    teacher_cfg = dump(teacher, tmp_path / "teacher.yaml")
-    cfg = {
-        "recipe": "distill",
-        "output_dir": str(tmp_path / "student"),
-        "seed": 0,
-        "teacher": {"path": str(tmp_path / "teacher"), "finetune_config": teacher_cfg},
-        "student": {"encoder": enc, "head": {"_component_": "hftl.models.LinearHead", "dropout": 0.0}},
-        "distill": {"student_layers": [1], "speed_batch_size": 8, "speed_repeats": 2},
-        "data": data,
-        "unlabeled": {"_component_": "hftl.data.ClassificationData", "path": str(unlabeled)},
-        "loss": {"_component_": "hftl.losses.KnowledgeDistillationLoss", "temperature": 2.0, "alpha": 0.7},
-        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 3e-3},
-        "train": {"epochs": 2, "batch_size": 8, "log_every_steps": 2},
-    }
-    return cfg, dump, tmp_path
+    return distill_config(tmp_path, tiny_models["bert"]), dump, tmp_path
 
 
 def test_distill_recipe_trains_teacher_then_student_and_reports_speed(distill_setup):

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from helpers import embed_config, write_embed_csv
 
 import hftl
 from hftl.cli import main as hftl_cli
@@ -29,18 +30,6 @@ from hftl.embeddings import (
 )
 from hftl.encoders import TextEncoder, save_tiny_encoder
 from hftl.errors import ConfigError
-
-WORDS = {"positive": "good great fine very", "negative": "bad not the a"}
-
-
-def write_csv(path: Path, n: int, *, seed: int, prefix: str = "it was") -> str:
-    rng = np.random.default_rng(seed)
-    rows = ["text,label"]
-    for i in range(n):
-        label = ["negative", "positive"][i % 2]
-        rows.append(f"{prefix} {' '.join(rng.choice(WORDS[label].split(), size=3))},{label}")
-    path.write_text("\n".join(rows) + "\n")
-    return str(path)
 
 
 def load_split(path: str) -> datasets.Dataset:
@@ -106,7 +95,7 @@ def test_context_encoder_rejects_layer_and_pooling(tiny_models):
 
 @pytest.fixture()
 def text_split(tmp_path):
-    return load_split(write_csv(tmp_path / "train.csv", 20, seed=0))
+    return load_split(write_embed_csv(tmp_path / "train.csv", 20, seed=0))
 
 
 def test_pooled_cache_reused_and_invalidated(tmp_path, tiny_models, text_split):
@@ -150,11 +139,11 @@ def test_cache_invalidated_when_local_weights_or_data_files_change(tmp_path, tex
     _, hit = cached_pooled(TextEncoder(str(model_dir)), text_split, cache=cache)
     assert not hit
     # The same file rewritten with other rows: datasets gives it a new fingerprint.
-    csv = write_csv(tmp_path / "data.csv", 12, seed=0)
+    csv = write_embed_csv(tmp_path / "data.csv", 12, seed=0)
     encoder = TextEncoder(str(model_dir))
     assert not cached_pooled(encoder, load_split(csv), cache=cache)[1]
     assert cached_pooled(encoder, load_split(csv), cache=cache)[1]
-    write_csv(tmp_path / "data.csv", 12, seed=5)
+    write_embed_csv(tmp_path / "data.csv", 12, seed=5)
     assert not cached_pooled(encoder, load_split(csv), cache=cache)[1]
 
 
@@ -207,24 +196,6 @@ def test_token_states_cache_matches_live_encoding(tmp_path, tiny_models, text_sp
 # --- the recipe end to end -----------------------------------------------------------------------------
 
 
-def text_config(tmp_path: Path, tiny: str, name: str, encoder: dict) -> dict:
-    files = {
-        s: write_csv(tmp_path / f"{s}.csv", n, seed=i)
-        for i, (s, n) in enumerate((("train", 48), ("validation", 16), ("test", 16)))
-    }
-    return {
-        "recipe": "embed",
-        "output_dir": str(tmp_path / name),
-        "seed": 0,
-        "encoder": {"model": tiny, "max_length": 16, **encoder},
-        "head": {"_component_": "hftl.models.MLPHead", "hidden_features": 16},
-        "data": {"_component_": "hftl.data.ClassificationData", "path": "csv", "data_files": files, "label_names": ["negative", "positive"]},
-        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-2},
-        "train": {"epochs": 3, "batch_size": 16},
-        "cache": {"dir": str(tmp_path / "cache"), "states_dtype": "float32"},
-    }  # fmt: skip
-
-
 def run_embed(cfg: dict, path: Path) -> dict:
     path.write_text(yaml.safe_dump(cfg))
     assert hftl_cli(["run", "embed", "--config", str(path)]) == 0
@@ -240,7 +211,7 @@ def run_embed(cfg: dict, path: Path) -> dict:
     ids=["sentence", "context"],
 )  # fmt: skip
 def test_embed_recipe_text_caches_and_saved_model_predicts(tmp_path, tiny_models, encoder):
-    cfg = text_config(tmp_path, tiny_models["bert"], "out", encoder)
+    cfg = embed_config(tmp_path, tiny_models["bert"], "out", encoder)
     first = run_embed(cfg, tmp_path / "cfg.yaml")
     assert {v["mode"] for v in first["features"].values()} == {"encoded"}
     second = run_embed(cfg, tmp_path / "cfg.yaml")
@@ -256,10 +227,10 @@ def test_embed_recipe_text_caches_and_saved_model_predicts(tmp_path, tiny_models
 
 
 def test_embed_recipe_shallow_adaptation(tmp_path, tiny_models):
-    cfg = text_config(tmp_path, tiny_models["bert"], "out", {"_component_": "hftl.encoders.TextEncoder"})
+    cfg = embed_config(tmp_path, tiny_models["bert"], "out", {"_component_": "hftl.encoders.TextEncoder"})
     target = {
-        "train": write_csv(tmp_path / "t_train.csv", 32, seed=7, prefix="this"),
-        "test": write_csv(tmp_path / "t_test.csv", 16, seed=8, prefix="this"),
+        "train": write_embed_csv(tmp_path / "t_train.csv", 32, seed=7, prefix="this"),
+        "test": write_embed_csv(tmp_path / "t_test.csv", 16, seed=8, prefix="this"),
     }
     cfg["target"] = {
         "_component_": "hftl.data.ClassificationData",
@@ -285,7 +256,7 @@ def test_embed_recipe_shallow_adaptation(tmp_path, tiny_models):
 
 
 def test_embed_recipe_rejects_trainable_pooling(tmp_path, tiny_models, capsys):
-    cfg = text_config(
+    cfg = embed_config(
         tmp_path,
         tiny_models["bert"],
         "out",

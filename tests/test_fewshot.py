@@ -11,6 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from helpers import fewshot_config, fewshot_csv
 
 from hftl.cli import main as hftl
 from hftl.data.pairs import (
@@ -194,35 +195,6 @@ def test_logistic_head_reproduces_sklearn_probabilities():
 
 # --- the recipe, end to end through the CLI -----------------------------------------------------------
 
-WORDS = {"positive": "good great fine nice love", "negative": "bad awful poor hate boring"}
-
-
-def _text_csv(path: Path, n: int, seed: int) -> str:
-    rng = np.random.default_rng(seed)
-    rows = ["text,label"]
-    for i in range(n):
-        label = ["negative", "positive"][i % 2]
-        rows.append(f"the movie was {' '.join(rng.choice(WORDS[label].split(), size=3))},{label}")
-    path.write_text("\n".join(rows) + "\n")
-    return str(path)
-
-
-def _config(tmp_path: Path, encoder: dict, data: dict, **over) -> dict:
-    cfg = {
-        "recipe": "fewshot",
-        "output_dir": str(tmp_path / "out"),
-        "seed": 0,
-        "encoder": encoder,
-        "adapter": {"_component_": "hftl.adapters.FullFinetune"},
-        "head": {"_component_": "hftl.models.LinearHead", "dropout": 0.0},
-        "loss": {"_component_": "hftl.losses.CosineSimilarityLoss"},
-        "data": {"_component_": "hftl.data.ClassificationData", "validation_size": 0, **data},
-        "fewshot": {"shots_per_class": 4, "num_iterations": 2},
-        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-3},
-        "train": {"epochs": 1, "batch_size": 4, "log_every_steps": 1},
-    }
-    return cfg | over
-
 
 def _run(tmp_path: Path, cfg: dict, *overrides: str) -> int:
     path = tmp_path / "cfg.yaml"
@@ -233,11 +205,11 @@ def _run(tmp_path: Path, cfg: dict, *overrides: str) -> int:
 @pytest.fixture
 def text_cfg(tmp_path, tiny_models):
     files = {
-        "train": _text_csv(tmp_path / "train.csv", 40, 0),
-        "test": _text_csv(tmp_path / "test.csv", 12, 1),
+        "train": fewshot_csv(tmp_path / "train.csv", 40, 0),
+        "test": fewshot_csv(tmp_path / "test.csv", 12, 1),
     }
     enc = {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"], "max_length": 16}
-    return _config(tmp_path, enc, {"path": "csv", "data_files": files})
+    return fewshot_config(tmp_path, enc, {"path": "csv", "data_files": files})
 
 
 def test_text_recipe_end_to_end_then_load(tmp_path, text_cfg):
@@ -294,7 +266,7 @@ def test_audio_recipe_with_batch_hard_mining(tmp_path, tiny_models):
         rows.append(f"clip{i}.wav,{'low' if i % 2 else 'high'}")
     (tmp_path / "clips.csv").write_text("\n".join(rows) + "\n")
     enc = {"_component_": "hftl.encoders.AudioEncoder", "model": tiny_models["wav2vec2"], "max_duration": 0.3}
-    cfg = _config(tmp_path, enc, {"path": str(tmp_path / "clips.csv"), "test_size": 0.25})
+    cfg = fewshot_config(tmp_path, enc, {"path": str(tmp_path / "clips.csv"), "test_size": 0.25})
     cfg["loss"] = {"_component_": "hftl.losses.BatchHardTripletLoss", "margin": 0.5, "distance": "cosine"}
     cfg["fewshot"] = {"shots_per_class": 3, "num_iterations": 2}
     assert _run(tmp_path, cfg) == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import base_config, dump, write_text_csv
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
@@ -185,8 +186,6 @@ def test_lora_matrices_join_their_layer(tiny_models, kind):
 
 # -- recipe: groups as configured, unfreezing at the configured steps, exact resume ---------------------
 def finetune_cfg(tmp_path: Path, tiny: str, out: str, **train) -> dict:
-    from test_cli import base_config, write_text_csv
-
     files = {s: str(write_text_csv(tmp_path / f"{s}.csv", n, i)) for i, (s, n) in enumerate(
         [("train", 32), ("validation", 8), ("test", 8)])}  # fmt: skip
     enc = {"_component_": "hftl.encoders.TextEncoder", "model": tiny, "max_length": 16}
@@ -247,8 +246,6 @@ def test_recipe_unfreezes_at_the_configured_steps_and_resumes_exactly(tmp_path, 
 
 
 def test_unfreeze_every_epochs_through_the_cli(tmp_path, tiny_models, capsys):
-    from test_cli import dump
-
     cfg = finetune_cfg(tmp_path, tiny_models["bert"], "epochs", max_steps=None, epochs=2)
     cfg["train"]["layerwise"] = {"lr_decay": 0.9, "unfreeze_every_epochs": 1}
     assert hftl(["run", "finetune", "--config", dump(cfg, tmp_path / "c.yaml")]) == 0
@@ -258,8 +255,6 @@ def test_unfreeze_every_epochs_through_the_cli(tmp_path, tiny_models, capsys):
 
 
 def test_validate_reports_layerwise_problems_before_loading(tmp_path, tiny_models, capsys):
-    from test_cli import dump
-
     cfg = finetune_cfg(tmp_path, tiny_models["bert"], "bad")
     cfg["train"]["layerwise"] = {"lr_decay": 1.5, "unfreeze_evry_steps": 2}
     assert hftl(["validate", "--config", dump(cfg, tmp_path / "c.yaml")]) == 2

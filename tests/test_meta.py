@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from helpers import meta_config
 from torch import nn
 
 from hftl.cli import main as hftl
@@ -207,26 +208,6 @@ def test_meta_config_rejects_bad_values():
 
 
 # --- the recipe end to end -----------------------------------------------------------------------
-
-WORDS = ["apple pear", "red blue", "cat dog", "sun moon", "one two", "car bus"]  # 6 classes
-
-
-def meta_config(tmp_path: Path, tiny: str, **meta) -> dict:
-    rows = ["text,label"] + [f"{WORDS[c]} {i},c{c}" for c in range(6) for i in range(6)]
-    (tmp_path / "pool.csv").write_text("\n".join(rows) + "\n")
-    return {
-        "recipe": "meta",
-        "output_dir": str(tmp_path / "out"),
-        "seed": 0,
-        "encoder": {"_component_": "hftl.encoders.TextEncoder", "model": tiny, "max_length": 8},
-        "adapter": {"_component_": "hftl.adapters.FullFinetune"},
-        "data": {"_component_": "hftl.data.ClassificationData", "path": str(tmp_path / "pool.csv"), "validation_size": 0},
-        "optimizer": {"_component_": "torch.optim.Adam", "lr": 1e-3},
-        "episodes": {"n_way": 2, "k_shot": 1, "q_queries": 2, "test_classes": ["c4", "c5"], "train_splits": ["train"],
-                     "test_splits": ["train"], "test_episodes": 4},
-        "meta": {"outer_steps": 3, "meta_batch_size": 2, "inner_steps": 2, "inner_lr": 0.1, "log_every": 1,
-                 "pretrain_batch_size": 8, **meta},
-    }  # fmt: skip
 
 
 def run_meta(cfg: dict, tmp_path: Path) -> dict:

@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from test_cli import REPO, base_config, dump, hftl, write_text_csv
+from helpers import REPO, base_config, dump, write_text_csv
+
+from hftl.cli import main as hftl
 
 
 def test_two_processes_gather_every_example_once(tmp_path, tiny_models):

@@ -5,43 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-import yaml
+from helpers import SENTIMENT, STRENGTH, TOPIC, dump, multitask_config, task_data
 
 from hftl.cli import main as hftl
 from hftl.models import LinearHead, MultiTaskClassifier
 from hftl.training.builders import build_loader
-
-SENTIMENT = {"positive": "good great fine nice love", "negative": "bad awful poor hate boring"}
-# A new task over the old task's vocabulary, orthogonal to sentiment: fine-tuning for it moves the features
-# the sentiment head reads.
-STRENGTH = {"strong": "great love awful hate", "mild": "good fine nice poor boring bad"}
-TOPIC = {"sport": "ball goal team match", "music": "song band guitar drum", "food": "pizza bread soup cake"}
-
-
-def write_csv(path: Path, words: dict[str, str], n: int, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    names, rows = list(words), ["text,label"]
-    for i in range(n):
-        label = names[i % len(names)]
-        rows.append(f"this is {' '.join(rng.choice(words[label].split(), size=rng.integers(2, 5)))},{label}")
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-def task_data(tmp_path: Path, name: str, words: dict[str, str], n: int = 48) -> dict:
-    files = {
-        split: str(write_csv(tmp_path / f"{name}_{split}.csv", words, k, seed))
-        for split, k, seed in (("train", n, 0), ("validation", 12, 1), ("test", 12, 2))
-    }
-    return {"_component_": "hftl.data.ClassificationData", "path": "csv", "data_files": files}
-
-
-def dump(cfg: dict, path: Path) -> str:
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 def test_heads_get_gradients_only_from_their_tasks_examples(tiny_models):
@@ -92,22 +62,7 @@ def test_multitask_loader_schedule_and_exact_resume(sampling):
 
 @pytest.fixture
 def mt_config(tmp_path, tiny_models) -> dict:
-    enc = {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"], "max_length": 16}
-    head = {"_component_": "hftl.models.LinearHead", "dropout": 0.0}
-    return {
-        "recipe": "multitask",
-        "output_dir": str(tmp_path / "mt"),
-        "seed": 0,
-        "encoder": enc,
-        "adapter": {"_component_": "hftl.adapters.FullFinetune"},
-        "tasks": {
-            "sentiment": {"data": task_data(tmp_path, "sentiment", SENTIMENT), "head": head, "weight": 1.0},
-            "topic": {"data": task_data(tmp_path, "topic", TOPIC), "head": head, "weight": 2.0},
-        },
-        "multitask": {"sampling": "round_robin"},
-        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 4e-3},
-        "train": {"epochs": 3, "batch_size": 8, "log_every_steps": 2},
-    }
+    return multitask_config(tmp_path, tiny_models["bert"])
 
 
 def test_multitask_recipe_end_to_end_predicts_every_task(tmp_path, mt_config):

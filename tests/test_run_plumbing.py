@@ -6,6 +6,7 @@ import datasets
 import pytest
 import torch
 from helpers import (
+    adapt_config,
     base_config,
     distill_config,
     dump,
@@ -132,6 +133,9 @@ def _fewshot(tmp_path, model):
 
 
 CONFIGS = {
+    "adapt": lambda tmp_path, model: adapt_config(
+        tmp_path, model, "hftl.adaptation.DANN", hidden_features=16
+    ),
     "finetune": _finetune,
     "fewshot": _fewshot,
     "multitask": multitask_config,

@@ -12,7 +12,7 @@ import datasets
 import pytest
 import torch
 import transformers
-from test_cli import base_config, dump, write_text_csv
+from helpers import base_config, dump, write_text_csv
 
 from hftl.cli import main as hftl
 from hftl.data import ClassificationData, text_lengths

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import adapt_config, write_domain_csv
 from omegaconf import OmegaConf
 
 from hftl.adaptation.transitive import TransitiveConfig, pseudo_labelled, select_pseudo_labels
@@ -59,12 +60,10 @@ def test_threshold_is_validated():
 
 
 def transitive_config(tmp_path: Path, tiny: str) -> dict:
-    from test_adapt import adapt_config, write_csv
-
     cfg = adapt_config(tmp_path, tiny, "hftl.adaptation.DANN", hidden_features=16)
     cfg["intermediate"] = {
         "_component_": "hftl.data.ClassificationData",
-        "path": write_csv(tmp_path / "intermediate.csv", 32, INTERMEDIATE_WORDS, 3),  # labels dropped
+        "path": write_domain_csv(tmp_path / "intermediate.csv", 32, INTERMEDIATE_WORDS, 3),  # labels dropped
         "label_names": ["negative", "positive"],
     }
     cfg["train"]["epochs"] = 1

@@ -28,7 +28,7 @@ import yaml
 from huggingface_hub import HfApi, constants
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from test_cli import base_config, dump, write_text_csv  # noqa: E402
+from helpers import base_config, dump, write_text_csv  # noqa: E402
 
 from hftl.cli import main as hftl  # noqa: E402
 from hftl.hub.card_files import CARD_MARKER  # noqa: E402
