@@ -71,3 +71,18 @@ def test_cards_read_sections_with_the_recipes_own_dataclasses(recipe):
     for key, cls in sections.items():
         if key in SECTIONS:
             assert SECTIONS[key] is cls, f"{recipe}: section `{key}` is {cls}, the card reads {SECTIONS[key]}"
+
+
+def test_test_modules_import_shared_helpers_not_each_other():
+    """Shared test code lives in tests/helpers.py: a test module can be run, moved or deleted on its own."""
+    tests = Path(__file__).parent
+    names = {p.stem for p in tests.rglob("test_*.py")}
+    found = {}
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            if any(m.split(".")[-1] in names for m in modules):
+                found.setdefault(str(path.relative_to(tests)), []).append(node.lineno)
+    assert not found, f"test modules importing other test modules (file: lines): {found}"
