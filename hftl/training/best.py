@@ -21,8 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from hftl.training.checkpoint_manifest import sha256_file
 from hftl.outputs import record_output, writing
+from hftl.training.checkpoint_manifest import sha256_file
 
 logger = logging.getLogger(__name__)
 

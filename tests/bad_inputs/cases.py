@@ -292,7 +292,9 @@ def tampered_model(kind: str) -> Callable[[Env], list[str]]:
         if kind == "component":
             meta["head"]["class"] = "os.system"
         elif kind == "interpolation":  # hftl 0.1's layout, a secret asked for inside a value
-            meta = {k: v for k, v in meta.items() if k not in ("encoder", "head", "base_revision")} | {"format": 1}
+            meta = {k: v for k, v in meta.items() if k not in ("encoder", "head", "base_revision")} | {
+                "format": 1
+            }
             (model / "config.yaml").write_text(yaml.safe_dump({
                 "encoder": {"_component_": "hftl.encoders.TextEncoder", "max_length": "${oc.env:HF_TOKEN}"},
                 "head": {"_component_": "hftl.models.LinearHead"}}))  # fmt: skip
@@ -305,7 +307,10 @@ def tampered_model(kind: str) -> Callable[[Env], list[str]]:
             head = model / "head.safetensors"
             head.write_bytes(head.read_bytes()[:-16])
         elif kind == "head-mismatch":
-            save_file({"head.1.weight": torch.zeros(3, 32), "head.1.bias": torch.zeros(3)}, str(model / "head.safetensors"))
+            save_file(
+                {"head.1.weight": torch.zeros(3, 32), "head.1.bias": torch.zeros(3)},
+                str(model / "head.safetensors"),
+            )
         (model / "hftl_model.json").write_text(_json.dumps(meta))
         return ["predict", str(model), "the movie was good"]
 
@@ -474,7 +479,10 @@ def png_bomb(path: Path) -> None:
 
     ihdr = struct.pack(">IIBBBBB", 50_000, 50_000, 1, 0, 0, 0, 0)
     path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(6251))) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(bytes(6251)))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -539,11 +547,17 @@ def saved_model(env: Env) -> Path:
     from hftl.models import Classifier
     from hftl.models.io import save_model
 
-    cfg = OmegaConf.create({
-        "recipe": "finetune",
-        "encoder": {"_component_": "hftl.encoders.TextEncoder", "model": env.models["bert"], "pooling": "cls"},
-        "head": {"_component_": "hftl.models.MLPHead", "activation": "tanh", "hidden_features": 32},
-    })
+    cfg = OmegaConf.create(
+        {
+            "recipe": "finetune",
+            "encoder": {
+                "_component_": "hftl.encoders.TextEncoder",
+                "model": env.models["bert"],
+                "pooling": "cls",
+            },
+            "head": {"_component_": "hftl.models.MLPHead", "activation": "tanh", "hidden_features": 32},
+        }
+    )
     torch.manual_seed(0)
     enc = FullFinetune().apply(instantiate(cfg.encoder))
     model = Classifier(enc, instantiate(cfg.head, in_features=enc.out_features, num_labels=2), ["pos", "neg"])
@@ -612,7 +626,8 @@ def with_node(key: str, node: dict) -> Callable[[Env], list[str]]:
 _CHECKPOINT_GET_COMPONENT = {  # checkpoint(fn, **kw) calls fn(**kw); get_component hands it os.system
     "_component_": "torch.utils.checkpoint.checkpoint",
     "function": {"_component_": "hftl.config.get_component", "path": "os.system", "allow_any": True},
-    "use_reentrant": False, "command": "echo pwned",
+    "use_reentrant": False,
+    "command": "echo pwned",
 }
 _ALIAS_BOMB = "".join(
     [f"a: &a [{', '.join(['x'] * 9)}]\n"]

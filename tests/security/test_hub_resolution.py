@@ -51,7 +51,9 @@ def hub(monkeypatch, tmp_path, saved):
         if repo_id != "alice/model":
             from huggingface_hub.errors import LocalEntryNotFoundError
 
-            raise LocalEntryNotFoundError(f"Cannot find {repo_id} in the cache and outgoing traffic is disabled")
+            raise LocalEntryNotFoundError(
+                f"Cannot find {repo_id} in the cache and outgoing traffic is disabled"
+            )
         folder = tmp_path / "hf_cache" / "models--alice--model" / "snapshots" / SHA
         if not folder.exists():
             shutil.copytree(saved, folder)
