@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -356,6 +357,16 @@ def test_runtime_input_and_file_errors(text_lora, scratch, tmp_path):
     (damaged / "hftl_onnx.json").write_text(json.dumps({"format": 99}))
     with pytest.raises(ModelLoadError, match="format 99; this hftl reads format 1"):
         OnnxPredictor(damaged)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(text_lora[1], tampered)
+    spec = json.loads((tampered / "hftl_onnx.json").read_text())
+    spec["preprocessing"]["tokenizer"] = "../../../etc/passwd"  # the spec names no file hftl opens
+    spec["outputs"][0]["label_names"] = [{"_component_": "x"}]
+    (tampered / "hftl_onnx.json").write_text(json.dumps(spec))
+    with pytest.raises(
+        ModelLoadError, match=r"`outputs` is not valid .*`preprocessing.tokenizer` is not valid"
+    ):
+        OnnxPredictor(tampered)
 
 
 def test_model_card_shows_the_onnx_snippet_of_its_modality(text_lora):

@@ -39,7 +39,15 @@ import hftl
 from hftl.errors import HftlError
 from hftl.export.frontends import WAVEFORM_INPUTS, audio_frontend, min_samples
 from hftl.export.graph import ExportGraph, merged_copy, unsupported
-from hftl.export.runtime import _PREPROCESSORS, GRAPH_FILE, SPEC_FILE, SPEC_FORMAT, OnnxPredictor
+from hftl.export.runtime import (
+    _PREPROCESSORS,
+    GRAPH_FILE,
+    SPEC_FILE,
+    SPEC_FORMAT,
+    TEXT_FIELDS,
+    TOKENIZER_FILE,
+    OnnxPredictor,
+)
 from hftl.export.samples import Sample, real_samples, synthetic_samples
 
 ATOL = 1e-4  # largest |logit difference| allowed between onnxruntime and PyTorch (float32)
@@ -182,8 +190,13 @@ def _preprocessing(encoder: Any, frontend: nn.Module | None) -> dict[str, Any]:
     processor = encoder.processor
     if encoder.modality == "text":
         names = ["input_ids", *(k for k in processor.model_input_names if k != "input_ids")]  # TextCollator's
+        if not set(names) <= set(TEXT_FIELDS):
+            raise OnnxExportError(
+                f"The tokenizer of {encoder.name_or_path!r} gives {names}; the export reproduces "
+                f"{', '.join(TEXT_FIELDS)} only (what `tokenizers` encodings hold)."
+            )
         return {
-            "tokenizer": "tokenizer.json",
+            "tokenizer": TOKENIZER_FILE,
             "inputs": names,
             "max_length": int(encoder.max_length),
             "truncation_side": processor.truncation_side,

@@ -32,6 +32,12 @@ from hftl.errors import DataError, ModelLoadError
 SPEC_FILE = "hftl_onnx.json"
 GRAPH_FILE = "model.onnx"
 SPEC_FORMAT = 1
+TOKENIZER_FILE = "tokenizer.json"
+TEXT_FIELDS = {
+    "input_ids": "ids",
+    "attention_mask": "attention_mask",
+    "token_type_ids": "type_ids",
+}  # -> Encoding
 RMS_TARGET = 0.1  # hftl.data.collate.normalize_level's rms level (-20 dBFS)
 
 
@@ -59,9 +65,64 @@ def read_spec(path: str | Path) -> dict[str, Any]:
             f"{path / SPEC_FILE} has format {found!r}; this hftl reads format {SPEC_FORMAT}. "
             "Export the model again with this hftl version."
         )
+    problems = spec_problems(spec)
+    if problems:
+        raise ModelLoadError(
+            f"{path / SPEC_FILE}: {'; '.join(problems)}. The file is damaged or was not written by hftl; export "
+            "the model again with `hftl export --onnx`."
+        )
     if not (path / GRAPH_FILE).is_file():
         raise ModelLoadError(f"{path} has no {GRAPH_FILE}; the export is incomplete. Export the model again.")
     return spec
+
+
+def spec_problems(spec: dict[str, Any]) -> list[str]:
+    """What in ``spec`` is not what ``hftl export --onnx`` writes (the file is data: every field is checked
+    before it is used, and no file name is taken from it)."""
+    pre, outputs, modality = spec.get("preprocessing"), spec.get("outputs"), spec.get("modality")
+    checks = [
+        ("modality", modality in _PREPROCESSORS, "text, audio or image"),
+        ("outputs", isinstance(outputs, list) and bool(outputs) and all(map(_is_output, outputs)),
+         "a non-empty list of {name, task, label_names}"),
+        ("preprocessing", isinstance(pre, dict), "a mapping"),
+    ]  # fmt: skip
+    if modality in _PREPROCESSORS and isinstance(pre, dict):
+        checks += _PREPROCESSING_CHECKS[modality](pre)
+    return [f"`{field}` is not valid (allowed: {allowed})" for field, ok, allowed in checks if not ok]
+
+
+def _is_output(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("name"), str)
+        and (entry.get("task") is None or isinstance(entry.get("task"), str))
+        and isinstance(entry.get("label_names"), list)
+        and bool(entry["label_names"])
+        and all(isinstance(n, str) for n in entry["label_names"])
+    )
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+_PREPROCESSING_CHECKS = {
+    "text": lambda pre: [
+        ("preprocessing.tokenizer", pre.get("tokenizer") == TOKENIZER_FILE, f'"{TOKENIZER_FILE}"'),
+        ("preprocessing.inputs", isinstance(pre.get("inputs"), list) and bool(pre["inputs"])
+         and set(pre["inputs"]) <= set(TEXT_FIELDS), f"a list of {', '.join(TEXT_FIELDS)}"),
+    ],
+    "audio": lambda pre: [
+        ("preprocessing.sampling_rate", _count(pre.get("sampling_rate")), "a positive integer"),
+        ("preprocessing.max_samples", pre.get("max_samples") is None or _count(pre.get("max_samples")),
+         "null or a positive integer"),
+        ("preprocessing.level", pre.get("level") in ("none", "peak", "rms"), "none, peak or rms"),
+        ("preprocessing.features", pre.get("features") in ("graph", "extractor"), "graph or extractor"),
+        ("preprocessing.min_samples", _count(pre.get("min_samples", 1)), "a positive integer"),
+        ("preprocessing.padding", pre.get("padding", "longest") in ("longest", "max_length"), "longest or max_length"),
+    ],
+    "image": lambda pre: [("preprocessing.image_mode", pre.get("image_mode") in ("RGB", "L"), "RGB or L")],
+}  # fmt: skip
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -145,7 +206,7 @@ class TextInputs:
     def __init__(self, path: Path, pre: dict[str, Any]):
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_file(str(path / pre["tokenizer"]))
+        self.tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
         self.names = pre["inputs"]  # what the tokenizer gives the model: input_ids, attention_mask, ...
 
     def __call__(self, texts: list[Any]) -> dict[str, np.ndarray]:
@@ -153,9 +214,8 @@ class TextInputs:
             if not isinstance(text, str) or not text.strip():
                 raise DataError(f"Text input must be a non-empty string; got {text!r}")
         encodings = self.tokenizer.encode_batch(texts)
-        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
         return {
-            name: np.array([getattr(e, fields[name]) for e in encodings], dtype=np.int64)
+            name: np.array([getattr(e, TEXT_FIELDS[name]) for e in encodings], dtype=np.int64)
             for name in self.names
         }
 
