@@ -147,10 +147,10 @@ class AdaptRecipe:
         source_data = self._build(self.cfg.source)
         self.source = source_data.load()
         target_data, self.target = self._domain("target", labelled=False)  # label column dropped at load
-        self.label_names = source_data.label_names
-        if target_data.label_names != self.label_names:
+        self.label_names = self.source.label_names
+        if self.target.label_names != self.label_names:
             raise ConfigError(
-                f"`source` labels {self.label_names} differ from `target` labels {target_data.label_names}; "
+                f"`source` labels {self.label_names} differ from `target` labels {self.target.label_names}; "
                 "set `label_names` on both to the same list"
             )
         methods = [self._component(node) for _, node in self.plan] + [self._component(self.cfg.method)]
@@ -164,9 +164,9 @@ class AdaptRecipe:
                     "Transitive transfer (`intermediate:`) pseudo-labels whole train splits, which streamed "
                     "data does not allow; set `streaming: false` in `source`, `intermediate` and `target`."
                 )
-            if data.label_names and data.label_names != self.label_names:
+            if self.intermediate.label_names and self.intermediate.label_names != self.label_names:
                 raise ConfigError(
-                    f"`intermediate` labels {data.label_names} differ from `source` labels {self.label_names}; "
+                    f"`intermediate` labels {self.intermediate.label_names} differ from `source` labels {self.label_names}; "
                     "set `label_names` on both to the same list"
                 )
         checks = [
