@@ -2,7 +2,7 @@
 
 Run (from the repo root; data in $HFTL_DATA_DIR or ../shared/data):
     python benchmarks/selection.py --quick          # CPU: digits (LeNet, M->U and U->M, DANN/MCC/source-only,
-                                                    #   2 seeds, 200 steps) and FSDD (2 held-out speakers,
+                                                    #   2 seeds, 200 steps) and FSDD (held-out nicolas,
                                                     #   MCC/source-only, 1 seed, 150 steps)
     python benchmarks/selection.py                  # every digits/FSDD/Blitzer pair, 3 seeds (Blitzer wants a GPU)
     python benchmarks/selection.py --suites blitzer --jobs 6 --extra encoder.model=/tmp/minilm train.mixed_precision=bf16
@@ -54,7 +54,7 @@ FAMILIES = {
     "blitzer": "text (Blitzer reviews, MiniLM + LoRA)",
 }
 COMMON = ["report.diagnostics=false"]  # no PAD / feature plots: only the per-evaluation scores are read
-QUICK = {  # ~14 trainings, ~35 CPU-minutes (2-5 min each; wall time grows with the machine's load)
+QUICK = {  # 10 trainings: ~30 CPU-minutes, ~2 h wall on the loaded 2-core machine (FSDD trainings are the slow ones)
     "digits": {
         "pairs": ["M-U", "U-M"], "methods": ["DANN", "MCC"], "seeds": [0, 1],
         "extra": [
@@ -64,7 +64,7 @@ QUICK = {  # ~14 trainings, ~35 CPU-minutes (2-5 min each; wall time grows with 
         ],
     },
     "fsdd": {
-        "pairs": ["->nicolas", "->lucas"], "methods": ["MCC"], "seeds": [0],
+        "pairs": ["->nicolas"], "methods": ["MCC"], "seeds": [0],
         "extra": [
             "train.max_steps=150", "train.eval_every_steps=30", "selection.max_source_samples=200",
             "selection.max_target_samples=200",
@@ -180,6 +180,23 @@ def analyse(rows: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
     return out
 
 
+def _plan_note(argv: list[str]) -> list[str]:
+    """The launch plan the table came from (none for `--runs`: those runs have their own commands)."""
+    if "--runs" in argv:
+        return []
+    plans = QUICK if "--quick" in argv else FULL
+    notes = [
+        f"{suite}: {', '.join(p.get('pairs', ['every pair']))} × {', '.join(p.get('methods', ['the suite methods']))} "
+        f"(+ source_only) × seeds {' '.join(map(str, p['seeds']))}; {' '.join(p['extra']) or 'shipped schedule'}"
+        for suite, p in plans.items()
+    ]
+    return ["", "Plan (every run also gets `" + " ".join(COMMON) + "`):", "", *[f"* {n}" for n in notes]]
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _mean(values: list[float]) -> float:
     finite = [x for x in values if np.isfinite(x)]
     return float(np.mean(finite)) if finite else float("inf")
@@ -213,11 +230,12 @@ def table(rows: list[dict], argv: list[str], machine: str, failures: list[str]) 
         "measured on each pair's labelled target *test* split; validators read only source data and unlabelled",
         "target *train* rows. Checkpoints: "
         + "; ".join(
-            f"{f} {counts[f][2]} from {counts[f][1]} runs over {counts[f][0]} pairs"
+            f"{f} {counts[f][2]} from {_n(counts[f][1], 'run')} over {_n(counts[f][0], 'pair')}"
             for f in families
             if counts[f][2]
         )
         + ". A family without runs needs a GPU (or the runs: `--runs DIR`).",
+        *_plan_note(argv),
         "",
         "**Weighted Spearman** (Musgrave et al. 2022) between validator score and target accuracy over every",
         "checkpoint of a pair (all methods, seeds, steps); mean over pairs (range). Higher is better; 1 = same order.",

@@ -98,8 +98,9 @@ def bnm(probs_s_val: Any, probs_t: Any) -> float:
     Higher is better. Each term is :func:`batch_nuclear_norm` of that set's softmax predictions, as in
     Musgrave's ``BNMSummedSrcVal`` (the "Source Val + Target" BNM of the paper's tables, which ranked
     among the best validators of its 1M-checkpoint benchmark): the two sets are scored separately and
-    summed, not concatenated. The source term keeps a checkpoint that has forgotten the source task from
-    winning on confident, diverse, but wrong target predictions alone.
+    summed, not concatenated. The source term penalises a checkpoint whose source predictions have
+    become unsure or collapsed onto few classes. Like IM, BNM reads no labels: it cannot tell right from
+    wrong confident predictions (permuting the rows leaves it unchanged).
 
     Args:
         probs_s_val: softmax probabilities on source validation data, shape ``(N_s, C)``.
