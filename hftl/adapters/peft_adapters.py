@@ -6,11 +6,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import json
+import logging
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from hftl.adapters.simple import Adapter
 from hftl.encoders.base import Encoder
-from hftl.errors import ConfigError
+from hftl.errors import ConfigError, ModelLoadError
+
+logger = logging.getLogger(__name__)
 
 # peft ships defaults for BERT but none for ViT/wav2vec2/HuBERT/WavLM/AST/Whisper. transformers 5 names their
 # attention projections q_proj/k_proj/v_proj (ViT and AST too, no longer query/value; checked on tiny configs by
@@ -69,6 +74,61 @@ _REFUSED = {
     "megatron_core": "peft imports the module it names; a config may not import code",
 }
 PEFT_DOCS = "https://huggingface.co/docs/peft/package_reference"
+# The peft configs hftl writes, by the `peft_type` recorded in adapter_config.json.
+_SAVED_TYPES = {"LORA": "LoraConfig", "IA3": "IA3Config"}
+_MAX_ADAPTER_CONFIG_BYTES = 1 << 20
+
+
+def saved_peft_config(directory: str | Path):
+    """The peft config saved in ``directory/adapter_config.json``, read as data.
+
+    ``PeftModel.from_pretrained`` would build whatever the file names, and a LoRA config whose
+    ``megatron_config`` is set makes peft import the module ``megatron_core`` names. A model directory is
+    untrusted, so only the adapter types hftl writes (LoRA, IA3) are accepted, with no field that imports
+    code; fields this peft does not know are dropped with a warning (a newer peft wrote them).
+
+    Raises:
+        ModelLoadError: the file is missing, not JSON, names another adapter type, or asks peft to import code.
+    """
+    import peft
+
+    path = Path(directory) / "adapter_config.json"
+    try:
+        if path.stat().st_size > _MAX_ADAPTER_CONFIG_BYTES:
+            raise ValueError(f"larger than {_MAX_ADAPTER_CONFIG_BYTES} bytes")
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(
+            f"{path}: not a readable adapter config ({(str(err).splitlines() or [''])[0]}). The directory is "
+            "damaged; re-download it or re-run training."
+        ) from None
+    if not isinstance(raw, dict) or raw.get("peft_type") not in _SAVED_TYPES:
+        found = raw.get("peft_type") if isinstance(raw, dict) else type(raw).__name__
+        raise ModelLoadError(
+            f"{path}: `peft_type` is {found!r}; hftl loads the adapters it writes ({', '.join(_SAVED_TYPES)}). "
+            "Use a model directory written by hftl."
+        )
+    config_class = getattr(peft, _SAVED_TYPES[raw["peft_type"]])
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class) if f.init}
+    for name, why in _REFUSED.items():
+        if name in raw and raw[name] != defaults.get(name):
+            raise ModelLoadError(
+                f"{path}: `{name}` is {raw[name]!r}, but {why}. hftl refuses it in a model directory; "
+                "use an adapter without it."
+            )
+    unknown = sorted(set(raw) - set(defaults) - {"peft_type"})
+    if unknown:
+        logger.warning(
+            "%s: ignoring fields this peft %s does not know: %s", path, peft.__version__, ", ".join(unknown)
+        )
+    fields = {k: v for k, v in raw.items() if k in defaults and k not in _REFUSED}
+    try:
+        return config_class(**fields)
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(
+            f"{path}: peft.{config_class.__name__} rejects it ({(str(err).splitlines() or [''])[0]}). The "
+            "directory is damaged; re-download it or re-run training."
+        ) from None
 
 
 class _PeftSignature(type):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import pickle
@@ -215,9 +216,30 @@ class Encoder(nn.Module):
         return EncoderOutput(pooled=self.pool(hidden, mask), hidden=hidden, mask=mask)
 
 
+def check_adapter_config(path: str, name: str, *, revision: str | None) -> None:
+    """Refuses a peft adapter config (that ``AutoModel.from_pretrained`` would follow) which makes peft
+    import code: with ``megatron_config`` set, peft imports the module that ``megatron_core`` names."""
+    from transformers.utils import find_adapter_config_file
+
+    try:
+        file = find_adapter_config_file(path, revision=revision)
+        if file is None:
+            return
+        with open(file, encoding="utf-8") as f:
+            raw = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return  # no adapter config, or none readable: transformers reports what it cannot load
+    if isinstance(raw, dict) and raw.get("megatron_config") is not None:
+        raise ModelLoadError(
+            f"Refused to load `encoder.model` = {name!r}: its adapter_config.json sets `megatron_config`, which "
+            f"makes peft import the module {raw.get('megatron_core')!r} (code). Fix: use an adapter without it."
+        )
+
+
 def _load(path: str, name: str, *, revision: str | None, trust_remote_code: bool) -> nn.Module:
     from transformers import AutoModel
 
+    check_adapter_config(path, name, revision=revision)
     try:
         return AutoModel.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
     except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a non-tensor object

@@ -235,3 +235,79 @@ def test_trust_remote_code_is_the_callers_flag_and_names_the_files(clean, tmp_pa
     assert marker.exists(), "with the caller's flag transformers imports the shipped module"
     assert "trust_remote_code=True" in caplog.text and "evil.py" in caplog.text
     assert not guard
+
+
+# -- peft adapter configs ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_models) -> Path:
+    """A LoRA run folder: ``encoder/adapter_config.json`` is what peft reads on load."""
+    from hftl.adapters import Lora
+    from hftl.encoders import TextEncoder
+    from hftl.models import Classifier, LinearHead
+    from hftl.models.io import save_model
+
+    root = tmp_path_factory.mktemp("lora")
+    torch.manual_seed(0)
+    encoder = Lora(r=2).apply(TextEncoder(tiny_models["bert"], pooling="mean", max_length=16))
+    cfg = OmegaConf.create({"recipe": "finetune", "output_dir": str(root / "run")})
+    save_model(Classifier(encoder, LinearHead(encoder.out_features, 2), LABELS), root / "run" / "model", adapter_kind="peft", config=cfg)  # fmt: skip
+    return root / "run"
+
+
+def _megatron(marker: Path, module_dir: Path) -> Callable[[dict], None]:
+    """An adapter config whose ``megatron_config`` makes peft import the module ``megatron_core`` names. peft
+    0.21 only accepts names under ``megatron``; here a ``megatron`` package on ``sys.path`` (as an installed
+    one would be) has a submodule that writes ``marker`` when imported."""
+    package = module_dir / "megatron"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text("")
+    (package / "hftl_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
+    )
+    return lambda cfg: cfg.update(
+        megatron_config={"tensor_model_parallel_size": 1}, megatron_core="megatron.hftl_evil"
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ("megatron", "`megatron_config`"),
+        ("peft-type", "`peft_type`"),
+        ("not-json", "adapter_config.json"),
+    ],
+)
+def test_tampered_adapter_config_is_refused(lora_run, tmp_path, guard, capsys, monkeypatch, edit, expected):
+    run = Path(shutil.copytree(lora_run, tmp_path / "run"))
+    config, marker = run / "model" / "encoder" / "adapter_config.json", tmp_path / "code_ran"
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert hftl.load(str(run))(["the movie was good"])[0]["label"] in LABELS  # the untampered adapter loads
+    if edit == "megatron":
+        _edit_json(config, _megatron(marker, tmp_path))
+    elif edit == "peft-type":
+        _edit_json(config, lambda cfg: cfg.update(peft_type="XLORA"))
+    else:
+        config.write_text("{not json")
+    with pytest.raises(ModelLoadError, match=expected):
+        hftl.load(str(run))
+    capsys.readouterr()
+    assert cli(["predict", str(run), "the movie was good"]) == 2
+    assert expected in _one_error_line(capsys.readouterr().err)
+    assert not marker.exists(), "peft imported the module the adapter config names"
+    assert not guard
+
+
+def test_encoder_model_pointing_at_a_hostile_adapter_is_refused(lora_run, tmp_path, guard, monkeypatch):
+    """``encoder.model`` may name a peft adapter directory (transformers follows it to its base model); one that
+    would make peft import code is refused before transformers reads it."""
+    from hftl.encoders import TextEncoder
+
+    adapter, marker = (
+        Path(shutil.copytree(lora_run / "model" / "encoder", tmp_path / "adapter")),
+        tmp_path / "code_ran",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _edit_json(adapter / "adapter_config.json", _megatron(marker, tmp_path))
+    with pytest.raises(ModelLoadError, match="megatron_config"):
+        TextEncoder(str(adapter), pooling="mean")
+    assert not marker.exists() and not guard
