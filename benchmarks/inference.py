@@ -218,8 +218,6 @@ def worker(job: dict) -> dict:
 
 def measure(runtime: str, path: str, inputs: list, singles: int, threads: int) -> dict:
     """Runs in its own process: loads one runtime, times it, predicts the whole test set."""
-    import resource
-
     import numpy as np
 
     start = time.perf_counter()
@@ -258,10 +256,19 @@ def measure(runtime: str, path: str, inputs: list, singles: int, threads: int) -
         "rows_per_s_32": sum(n for _, n in batch) / sum(s for s, _ in batch),
         "p50_ms_32": float(np.percentile(np.array(full) * 1000, 50)),
         "p95_ms_32": float(np.percentile(np.array(full) * 1000, 95)),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "torch_imported": "torch" in sys.modules,
         "labels": labels,
     }
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (``VmHWM``: since its exec, unlike ``ru_maxrss``, which Linux
+    carries over from the parent that spawned it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (peak memory is measured on Linux only)")
 
 
 # --- the table ---------------------------------------------------------------------------------------------

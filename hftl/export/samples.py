@@ -141,4 +141,5 @@ def _sample(row: dict[str, Any], encoder: Any) -> Sample:
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    """The error's first line without its advice (the export goes on without real rows)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0].split(". Fix:")[0][:240]
