@@ -297,7 +297,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 def _data_dir(sub: str = "") -> str:
     """Resolver ``${hftl.data_dir:}``: the folder holding the data sets, optionally joined with ``sub``."""
-    from hftl.data.builtin import shared_data_dir  # one search order for configs and built-in data sets
+    from hftl.config.data_dir import shared_data_dir
     from hftl.errors import DataError
 
     if is_recording():  # a machine's own path: written files keep the interpolation

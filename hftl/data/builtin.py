@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import gzip
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from hftl.config.data_dir import shared_data_dir
 from hftl.errors import ConfigError, DataError
 
 PREFIX = "hftl:"
@@ -32,35 +32,6 @@ DIGIT_NAMES = [str(d) for d in range(10)]
 
 def _digit_features() -> datasets.Features:
     return datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=DIGIT_NAMES)})
-
-
-def shared_data_dir() -> Path:
-    """The shared data folder: env ``HFTL_DATA_DIR``, else the first ``../shared/data`` or ``shared/data``
-    found from the current directory, else ``../shared/data`` next to the repo.
-
-    Raises:
-        DataError: if none of them is a folder.
-    """
-    env = os.environ.get("HFTL_DATA_DIR")
-    if env:
-        if not Path(env).is_dir():
-            raise DataError(
-                f"`HFTL_DATA_DIR` = {env!r} is not a folder; point it at the folder holding the data sets."
-            )
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    candidates = [
-        Path.cwd() / ".." / "shared" / "data",
-        Path.cwd() / "shared" / "data",
-        repo / ".." / "shared" / "data",
-    ]
-    found = next((p.resolve() for p in candidates if p.is_dir()), None)
-    if found is None:
-        raise DataError(
-            f"No shared data folder found (tried {', '.join(str(p) for p in candidates)}); set the environment "
-            "variable `HFTL_DATA_DIR` to the folder holding the data sets (with mnist/ and usps/)."
-        )
-    return found
 
 
 def _data_file(folder: str, name: str) -> Path:

@@ -111,7 +111,7 @@ def recorded_node(
 
 
 def _shared_data(sub: str, file: Path, where: str, fix: str) -> str:
-    from hftl.data.builtin import shared_data_dir
+    from hftl.config.data_dir import shared_data_dir
     from hftl.errors import DataError
 
     try:
