@@ -156,9 +156,9 @@ def test_data_dir_resolver(tmp_path, monkeypatch):
 def test_data_dir_resolver_fails_with_advice(tmp_path, monkeypatch):
     monkeypatch.delenv("HFTL_DATA_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    import hftl.data.builtin as builtin  # owns the search order the resolver uses
+    import hftl.config.data_dir as data_dir  # owns the search order the resolver uses
 
-    monkeypatch.setattr(builtin, "__file__", str(tmp_path / "a" / "b" / "c" / "builtin.py"))
+    monkeypatch.setattr(data_dir, "__file__", str(tmp_path / "a" / "b" / "c" / "data_dir.py"))
     cfg = _cfg(data={"path": "${hftl.data_dir:}/x.csv"})
     with pytest.raises(ConfigError) as e:
         validate_config(cfg)
