@@ -1,6 +1,9 @@
 """Domain adaptation: methods (config nodes for the adapt recipe), label-free selection, diagnostics."""
 
 from hftl.adaptation.adda import ADDA
+from hftl.adaptation.consistency import Consistency
+from hftl.adaptation.importance import ImportanceWeighting
+from hftl.adaptation.information_maximization import InformationMaximization
 from hftl.adaptation.methods import (
     CDAN,
     CORAL,
@@ -31,6 +34,9 @@ __all__ = [
     "AdaptModel",
     "AdaptationLoss",
     "AdaptationMethod",
+    "Consistency",
+    "ImportanceWeighting",
+    "InformationMaximization",
     "SelfTraining",
     "SourceOnly",
     "StepLosses",

@@ -31,10 +31,10 @@ class AdaptModel(nn.Module):
 
 
 class AdaptationLoss:
-    """The Engine's loss function for adaptation: ``base + trade_off * transfer.loss``.
+    """The Engine's loss function for adaptation: ``base + weight(p) * transfer.loss``.
 
-    The one place ``trade_off`` is applied: methods return their transfer term unscaled
-    (:meth:`~hftl.adaptation.AdaptationMethod.training_step`). The transfer term's metrics (detached tensors)
+    The one place ``trade_off`` (with its warm-up, :meth:`~hftl.adaptation.AdaptationMethod.weight`) is
+    applied: methods return their transfer term unscaled (:meth:`~hftl.adaptation.AdaptationMethod.training_step`). The transfer term's metrics (detached tensors)
     go to the Engine's logs and are kept per step until :meth:`pop_means` averages them for an evaluation.
 
     Args:
@@ -63,7 +63,7 @@ class AdaptationLoss:
             return step.base, {}
         for key, value in step.transfer.metrics.items():
             self._metrics.setdefault(key, []).append(value)
-        return step.base + self.method.trade_off * step.transfer.loss, step.transfer.metrics
+        return step.base + self.method.weight(progress.fraction) * step.transfer.loss, step.transfer.metrics
 
     def pop_means(self) -> dict[str, float]:
         """``{"train_<metric>": mean}`` over the steps since the last call (one host read per metric)."""

@@ -65,6 +65,9 @@ HFTL_COMPONENTS: dict[str, tuple[str, ...]] = {
         "hftl.adaptation.CORAL",
         "hftl.adaptation.SelfTraining",
         "hftl.adaptation.ADDA",
+        "hftl.adaptation.InformationMaximization",
+        "hftl.adaptation.Consistency",
+        "hftl.adaptation.ImportanceWeighting",
     ),
     "loss": (
         "hftl.losses.DomainAdversarialLoss",
