@@ -23,6 +23,7 @@ from torch import nn
 
 from hftl.outputs import record_output, writing
 from hftl.training.checkpoint_manifest import sha256_file
+from hftl.training.checkpoint_weights import kept_names
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class WeightsInMemory:
 
 
 class WeightsFile:
-    """Best weights in a safetensors file (what the optimizer may change), checked before they are restored.
+    """Best weights in a safetensors file (what the optimizer may change, and buffers), checked before restore.
 
     The file records the step it holds, and ``record.best_sha256`` its hash: a file another run wrote, or
     one changed since, is not restored (a warning says why and the final weights are kept). Every process
@@ -138,8 +139,8 @@ class WeightsFile:
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         model = self.acc.unwrap_model(self.model)
         optimized = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
-        names = {n for n, p in model.named_parameters() if p.requires_grad or id(p) in optimized}
-        return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k in names}
+        names, state = kept_names(model, optimized)  # buffers too: BatchNorm statistics of the best step
+        return {k: v.detach().cpu().contiguous() for k, v in state.items() if k in names}
 
     def save(self, record: BestRecord) -> None:
         if self.acc.is_main_process:

@@ -8,7 +8,8 @@ Layout under a run's ``output_dir``::
             model.safetensors     # written by accelerator.save_state (names depend on the setup:
             optimizer.bin         #   model_1.safetensors, scheduler.bin, sampler.bin, scaler.pt,
             random_states_0.pkl   #   one random_states_<rank>.pkl per process, FSDP sub-folders, ...)
-            hftl_state.json       # the recipe's `state` + {"step", "format", "files": {name: {size, sha256}}}
+            hftl_state.json       # the recipe's `state` + {"step", "format", "files": {name: {size, sha256}},
+                                  #   "weights": {file: {left_out, signature}}}
             COMPLETE              # sha256 of hftl_state.json, written last
         .tmp-step-00000200/       # a save in progress, or one that crashed: always ignored
 
@@ -22,6 +23,11 @@ hash matches ``hftl_state.json`` and every file listed there exists with the rec
 hftl deletes only what it wrote: stale ``.tmp-*`` folders, old checkpoints beyond ``keep_last`` and a
 checkpoint of the same step are removed only when they hold the ``.hftl_checkpoint`` owner file (or, for
 complete checkpoints, a valid manifest); a file or folder of yours that matches the names is left alone.
+
+With a :class:`~hftl.training.checkpoint_weights.TrainableSubset` (the Engine passes one) the weights files
+hold only what training can change: trainable and optimized parameters and buffers, not a frozen pretrained
+base, so a LoRA checkpoint of MiniLM is a few MiB instead of ~90. ``format`` is the layout version
+(:data:`FORMAT_VERSION`): a checkpoint of another version is refused with one line saying so, never loaded.
 
 Assumes all processes see the same filesystem (the usual single-node or shared-storage setup).
 
@@ -45,6 +51,7 @@ from hftl.errors import HftlError, TrainingError
 from hftl.outputs import record_output, writing
 from hftl.training.checkpoint_manifest import (
     FORMAT_VERSION,
+    OLD_FORMAT,
     OWNER_FILENAME,
     STEP_DIR,
     check,
@@ -54,6 +61,7 @@ from hftl.training.checkpoint_manifest import (
     read_state,
     write_manifest,
 )
+from hftl.training.checkpoint_weights import TrainableSubset, load_hook
 
 if TYPE_CHECKING:
     import accelerate
@@ -68,7 +76,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_DIRNAME = "checkpoints"
 BEST_FILENAME = "best_trainable.safetensors"  # the best validation weights (hftl.training.Engine)
 TMP_PREFIX = ".tmp-"
-_RESERVED_KEYS = ("format", "files")
+_RESERVED_KEYS = ("format", "files", "weights")
 _warned: set[tuple[str, str]] = set()
 
 
@@ -153,6 +161,12 @@ def latest_checkpoint(output_dir: str | Path, *, strict: bool = False) -> Path |
             return path
         _warn_once(path, reason)
         reasons.append(f"{path.name}: {reason}")
+    if strict and candidates and all(OLD_FORMAT in r for r in reasons):
+        raise TrainingError(
+            f"cannot resume from {Path(output_dir) / CHECKPOINT_DIRNAME}: its checkpoints were written by another "
+            f"hftl version ({reasons[0].split('(', 1)[-1].rstrip(')')}) and are never loaded into this one's "
+            "models. Fix: run again with `--overwrite` to start over (or `train.resume=false` with a new `output_dir`)."
+        )
     if strict and candidates:
         raise TrainingError(
             f"cannot resume from {Path(output_dir) / CHECKPOINT_DIRNAME}: none of its checkpoints is intact "
@@ -248,6 +262,7 @@ def save_checkpoint(
     step: int,
     state: dict,
     keep_last: int | None = 2,
+    weights: TrainableSubset | None = None,
 ) -> Path:
     """Save model, optimizer, scheduler and RNG states plus ``state`` as ``output_dir/checkpoints/step-{step}``.
 
@@ -265,6 +280,8 @@ def save_checkpoint(
         state: JSON-serialisable recipe state to restore (epoch, best metric, ...). ``step`` and ``format``
             are added; the keys ``format`` and ``files`` are reserved.
         keep_last: how many complete checkpoints to keep; ``None`` keeps all.
+        weights: keep only what training can change of each model (trainable and optimized parameters,
+            parameters written since ``weights`` was captured, buffers); ``None`` saves every tensor.
 
     Returns:
         The final checkpoint folder.
@@ -297,7 +314,13 @@ def save_checkpoint(
             (tmp / OWNER_FILENAME).write_text("written by hftl.training.checkpoint\n", encoding="utf-8")
         accelerator.wait_for_everyone()
 
-        accelerator.save_state(str(tmp), safe_serialization=True)
+        handle = accelerator.register_save_state_pre_hook(weights.save_hook) if weights is not None else None
+        try:
+            accelerator.save_state(str(tmp), safe_serialization=True)
+        finally:
+            if handle is not None:
+                handle.remove()
+        payload["weights"] = weights.record if weights is not None else {}
         accelerator.wait_for_everyone()
 
         if accelerator.is_main_process:
@@ -354,7 +377,8 @@ def load_checkpoint(accelerator: accelerate.Accelerator, path: str | Path) -> di
         The ``state`` given to :func:`save_checkpoint`, plus ``"step"`` and ``"format"``.
 
     Raises:
-        HftlError: if ``path`` is not a complete checkpoint, or its tensors do not fit the prepared objects.
+        HftlError: if ``path`` is not a complete checkpoint of this hftl's format, or its tensors do not fit
+            the prepared objects (a weights subset whose trained tensors or frozen part differ included).
     """
     path = Path(path)
     state, reason = check(path, verify=True)
@@ -363,6 +387,9 @@ def load_checkpoint(accelerator: accelerate.Accelerator, path: str | Path) -> di
             f"Cannot resume from checkpoint {path}: {reason}. Pass a complete checkpoint folder; "
             "`latest_checkpoint(output_dir)` returns the newest valid one."
         )
+    handle = accelerator.register_load_state_pre_hook(
+        load_hook(accelerator, state.get("weights") or {}, path)
+    )
     try:
         accelerator.load_state(str(path))
     except RuntimeError as err:
@@ -370,5 +397,8 @@ def load_checkpoint(accelerator: accelerate.Accelerator, path: str | Path) -> di
             f"Checkpoint {path} does not fit the prepared model/optimizer ({err}). Resume with the same model, "
             "adapter and optimizer config the checkpoint was trained with, or start a fresh output_dir."
         ) from err
+    finally:
+        handle.remove()
     state.pop("files", None)
+    state.pop("weights", None)
     return state

@@ -17,7 +17,10 @@ from typing import Any
 STATE_FILENAME = "hftl_state.json"
 COMPLETE_FILENAME = "COMPLETE"
 OWNER_FILENAME = ".hftl_checkpoint"
-FORMAT_VERSION = 2  # 2: `files` records {"size", "sha256"} per file
+# 2: `files` records {"size", "sha256"} per file. 3: one Accelerator state per run (a checkpoint holds one
+# run's model, optimizer, scheduler), weights files may hold a subset (`weights`: what was left out).
+FORMAT_VERSION = 3
+OLD_FORMAT = "was written by another hftl version"  # in the reason of a checkpoint of another format
 STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _verified: dict[str, str] = {}  # checkpoint folder -> COMPLETE digest whose file hashes were checked
 
@@ -62,7 +65,7 @@ def read_state(path: Path) -> tuple[dict | None, str | None, str]:
         return None, f"{STATE_FILENAME} is not valid JSON ({err})", ""
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        return None, f"{STATE_FILENAME} has format {found!r}, this hftl reads format {FORMAT_VERSION}", ""
+        return None, f"it {OLD_FORMAT} (checkpoint format {found!r}; this hftl reads {FORMAT_VERSION})", ""
     match = STEP_DIR.match(path.name)
     if match and int(match.group(1)) != state.get("step"):
         return None, f"{STATE_FILENAME} says step {state.get('step')!r} but the folder is {path.name}", ""
@@ -84,18 +87,27 @@ def check(path: Path, *, verify: bool = False) -> tuple[dict | None, str | None]
         for v in files.values()
     ):
         return None, f"{STATE_FILENAME} has a malformed `files` list"
-    for name, record in files.items():
-        file = path / name
-        if not file.is_file() or file.is_symlink():
-            return None, f"accelerate file {name} is missing"
-        size = file.stat().st_size
-        if size != record["size"]:
-            return None, f"accelerate file {name} has {size} bytes, expected {record['size']} (truncated?)"
-    if verify and _verified.get(str(path)) != digest:
+    try:  # a folder being pruned or replaced while it is read: its files vanish between two calls
         for name, record in files.items():
-            if sha256_file(path / name) != record["sha256"]:
-                return None, f"accelerate file {name} does not match its sha256 in {STATE_FILENAME} (corrupt)"
-        _verified[str(path)] = digest
+            file = path / name
+            if not file.is_file() or file.is_symlink():
+                return None, f"accelerate file {name} is missing"
+            size = file.stat().st_size
+            if size != record["size"]:
+                return (
+                    None,
+                    f"accelerate file {name} has {size} bytes, expected {record['size']} (truncated?)",
+                )
+        if verify and _verified.get(str(path)) != digest:
+            for name, record in files.items():
+                if sha256_file(path / name) != record["sha256"]:
+                    return (
+                        None,
+                        f"accelerate file {name} does not match its sha256 in {STATE_FILENAME} (corrupt)",
+                    )
+            _verified[str(path)] = digest
+    except FileNotFoundError as err:
+        return None, f"a file vanished while it was read ({err.filename})"
     return state, None
 
 
