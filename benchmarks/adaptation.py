@@ -85,7 +85,17 @@ def _machine() -> str:
 
 
 MACHINE = _machine()
-NO_DISCRIMINATOR = {"MCC", "CORAL", "DAN", "JAN", "SelfTraining"}  # drop `hidden_features` from the config
+# drop `hidden_features` from the config
+NO_DISCRIMINATOR = {"MCC", "CORAL", "DAN", "JAN", "SelfTraining", "InformationMaximization", "Consistency"}
+RESULT_NAMES = {
+    "InformationMaximization": "information_maximization",
+    "ImportanceWeighting": "importance_weighting",
+}
+
+
+def result_name(method: str) -> str:
+    """The method's key in metrics.json (``AdaptationMethod.name``)."""
+    return RESULT_NAMES.get(method, method.lower())
 
 
 def run_dir(out: Path, pair: str, method: str, seed: int) -> Path:
@@ -114,7 +124,7 @@ def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bo
         raise SystemExit(f"failed (exit {code}); see {out}.log")
     metrics = json.loads((out / "metrics.json").read_text())
     return {
-        "pair": pair, "method": method.lower(), "seed": seed, "seconds": round(time.perf_counter() - start, 1),
+        "pair": pair, "method": result_name(method), "seed": seed, "seconds": round(time.perf_counter() - start, 1),
         "target_acc": {name: r["target_test_acc"] for name, r in metrics["results"].items()},
         "command": " ".join(cmd), "machine": MACHINE, "argv": sys.argv[1:], "output_dir": str(out),
     }  # fmt: skip
@@ -123,7 +133,7 @@ def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bo
 def table(
     name: str, suite: dict, results: dict[tuple[str, str], list[float]], argv: list[str], machine: str
 ) -> str:
-    methods = ["source_only", *[m.lower() for m in suite["methods"]], "target_oracle"]
+    methods = ["source_only", *[result_name(m) for m in suite["methods"]], "target_oracle"]
     done = {p for p, _ in results}
     pairs = [p for p in suite["pairs"] if p in done]  # suite order, whatever order runs finished in
     lines = [
@@ -169,6 +179,9 @@ def main() -> None:
     parser.add_argument(
         "--no-baselines", action="store_true", help="Skip source_only/target_oracle (already measured)."
     )
+    parser.add_argument(
+        "--tag", default="", help="Write adaptation_<suite>_<tag>.md/.jsonl instead of the suite's own table."
+    )
     parser.add_argument("--jobs", type=int, default=1, help="Runs at a time (several fit on one GPU).")
     parser.add_argument(
         "--table-from", help="Only rebuild the table from this .jsonl (e.g. fetched from a GPU run)."
@@ -187,19 +200,20 @@ def main() -> None:
         for i, method in enumerate(suite["methods"])
     ]
     results: dict[tuple[str, str], list[float]] = {}
+    stem = f"{args.suite}_{args.tag}" if args.tag else args.suite
     out = Path(args.out) / args.suite
     # --jobs > 1 runs independent runs side by side (one GPU fits several small runs; on CPU keep 1).
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(run, suite, *job[:3], out, job[3], args.extra) for job in jobs]
         for future in as_completed(futures):
             row = future.result()
-            with open(HERE / "results" / f"adaptation_{args.suite}.jsonl", "a") as fh:
+            with open(HERE / "results" / f"adaptation_{stem}.jsonl", "a") as fh:
                 fh.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
             for name, acc in row["target_acc"].items():
                 results.setdefault((row["pair"], name), []).append(100 * acc)
     text = table(args.suite, suite, results, sys.argv[1:], MACHINE)
-    (HERE / "results" / f"adaptation_{args.suite}.md").write_text(text)
+    (HERE / "results" / f"adaptation_{stem}.md").write_text(text)
     print(text)
 
 
@@ -215,7 +229,8 @@ def rebuild(args: argparse.Namespace) -> None:
             results.setdefault((row["pair"], name), []).append(100 * acc)
     argv = rows[0]["argv"] if rows and "argv" in rows[0] else sys.argv[1:]
     text = table(args.suite, suite, results, argv, rows[0].get("machine", MACHINE) if rows else MACHINE)
-    (HERE / "results" / f"adaptation_{args.suite}.md").write_text(text)
+    stem = f"{args.suite}_{args.tag}" if args.tag else args.suite
+    (HERE / "results" / f"adaptation_{stem}.md").write_text(text)
     print(text)
 
 

@@ -32,11 +32,13 @@ class InformationMaximization(AdaptationMethod):
         in_features: pooled feature width (set by the recipe).
         num_classes: number of classes (set by the recipe).
         trade_off: weight of the whole IM term.
-        warmup: ``none`` or ``ganin`` (ramp the weight from 0, :meth:`AdaptationMethod.weight`).
+        warmup: ``ganin`` (default: ramp the weight from 0, :meth:`AdaptationMethod.weight`; SHOT starts from
+            a source-trained model, and entropy minimisation on a random one would lock in its guesses) or
+            ``none``.
         entropy_weight: α.
         diversity_weight: β (SHOT: 1).
         class_prior: π, the expected target class shares (``None``: uniform).
-        pseudo_label_weight: γ (SHOT: 0.3 on Office, 0.1 on digits; 0 switches pseudo-labels off).
+        pseudo_label_weight: γ (default SHOT's 0.3; 0 switches pseudo-labels off).
         bank_size: target rows the centroids are computed over.
 
     Raises:
@@ -48,7 +50,7 @@ class InformationMaximization(AdaptationMethod):
           pseudo-labels, ``pseudo_ce``.
 
     Example:
-        >>> m = InformationMaximization(in_features=3, num_classes=2)
+        >>> m = InformationMaximization(in_features=3, num_classes=2, pseudo_label_weight=0.0)
         >>> logits = torch.tensor([[9.0, -9.0], [-9.0, 9.0]])  # confident and diverse: IM = 0
         >>> out = m(f_s=None, f_t=torch.randn(2, 3), logits_s=None, logits_t=logits, progress=0.5)
         >>> round(out.loss.item(), 4)
@@ -59,8 +61,8 @@ class InformationMaximization(AdaptationMethod):
 
     def __init__(
         self, *, in_features: int, num_classes: int, trade_off: float = 1.0,
-        warmup: Literal["none", "ganin"] = "none", entropy_weight: float = 1.0, diversity_weight: float = 1.0,
-        class_prior: list[float] | None = None, pseudo_label_weight: float = 0.0, bank_size: int = 1024,
+        warmup: Literal["none", "ganin"] = "ganin", entropy_weight: float = 1.0, diversity_weight: float = 1.0,
+        class_prior: list[float] | None = None, pseudo_label_weight: float = 0.3, bank_size: int = 1024,
     ):  # fmt: skip
         super().__init__(trade_off=trade_off, warmup=warmup)
         if class_prior is not None and len(class_prior) != num_classes:
