@@ -309,3 +309,32 @@ def test_audio_adapt_with_consistency(tmp_path, tiny_models):
     cfg["target"] = {**clips, "test_size": 0.5}
     result = run(cfg, tmp_path / "c.yaml")["results"]["consistency"]
     assert result["steps"] > 0 and "eval_train_pseudo_ratio" in result["history"][-1]
+
+
+# --- shipped configs ---------------------------------------------------------------------------------------------
+
+
+def _adapt_configs() -> list[str]:
+    from hftl.config._parse import list_shipped_configs, resolve_config_path
+
+    return [
+        n
+        for n in list_shipped_configs()
+        if yaml.safe_load(resolve_config_path(n).read_text())["recipe"] == "adapt"
+    ]
+
+
+@pytest.mark.parametrize("name", _adapt_configs())
+def test_every_shipped_adapt_config_validates(name):
+    assert hftl(["validate", "--config", name]) == 0
+
+
+def test_bring_your_own_data_configs_exist_and_text_adversarial_configs_avoid_the_collapsing_trade_off():
+    from hftl.config._parse import resolve_config_path
+
+    names = _adapt_configs()
+    assert {"text/byod_adapt", "vision/byod_adapt", "audio/byod_adapt"} <= set(names)
+    for name in (n for n in names if n.startswith("text/")):
+        method = yaml.safe_load(resolve_config_path(name).read_text())["method"]
+        if method["_component_"].rsplit(".", 1)[-1] in {"DANN", "CDAN", "MDD"}:
+            assert method["trade_off"] <= 0.1 and method.get("warmup", "ganin") == "ganin", name
