@@ -147,22 +147,32 @@ def describe(nodes: dict[str, Any], kind: str) -> str:
 
 
 def write(out: Path, rows: list[dict[str, Any]]) -> None:
+    refusals = list(dict.fromkeys(r["exported"].split(": ", 1)[1] for r in rows if "max_abs_diff" not in r))
     lines = [
         "# `hftl export --onnx` on every shipped config's model",
         "",
         f"Command: `python benchmarks/export_configs.py` ({time.strftime('%Y-%m-%d')}, torch {torch.__version__}). "
         "Each config's model structure, built from its own nodes with Hub encoders replaced by tiny random "
         "ones of the same architecture (see the script's docstring); the parity check compares onnxruntime with "
-        "the PyTorch model on synthetic inputs of varied lengths, padded and single-row batches (atol 1e-4).",
+        "the PyTorch model on synthetic inputs of varied lengths, padded and single-row batches (atol 1e-4). "
+        "Configs that give the same structure share one export (its time is shown on each). The real "
+        "all-MiniLM-L6-v2 and speech models, with real rows, are in `inference.md`.",
         "",
-        "| config | recipe | model (encoder, pooling / token head, adapter, head) | exported | max abs diff | export s |",
-        "|---|---|---|---|---|---|",
+        "| config | recipe | model (encoder, pooling / token head, adapter, head) | exported | exporter "
+        "| max abs diff | export s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"
+        if "max_abs_diff" in r:
+            exported, exporter = "yes", r["exported"].removeprefix("yes (").rstrip(")")
+            diff, seconds = f"{r['max_abs_diff']:.1e}", f"{r['seconds']:.0f}"
+        else:
+            note = refusals.index(r["exported"].split(": ", 1)[1]) + 1
+            exported, exporter, diff, seconds = f"refused ({note})", "-", "-", "-"
         lines.append(
-            f"| `{r['config']}` | {r['recipe']} | {r['model']} | {r['exported']} | {diff} | {r['seconds']:.0f} |"
+            f"| `{r['config']}` | {r['recipe']} | {r['model']} | {exported} | {exporter} | {diff} | {seconds} |"
         )
+    lines += ["", *(f"({i}) {reason}" for i, reason in enumerate(refusals, 1))]
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -193,6 +193,42 @@ def test_text_predictions_equal_pytorch_in_every_runner(text_lora):
     np.testing.assert_allclose(np.array(logits), expected, atol=1e-4, rtol=0)
 
 
+def test_real_rows_from_recorded_shared_data_or_from_data_flag(tmp_path, tiny_models, monkeypatch):
+    """The run's `${hftl.data_dir:REL}` files are read from this machine's shared folder (as `hftl eval` does);
+    any other interpolation stays unresolved (synthetic rows only); `--data FILE` needs no labels."""
+    from hftl.export.samples import real_samples
+
+    shared = tmp_path / "shared"
+    (shared / "mini").mkdir(parents=True)
+    (shared / "mini" / "test.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t0\n" for t in TEXTS))
+    monkeypatch.setenv("HFTL_DATA_DIR", str(shared))
+    enc = {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"], "max_length": 16}
+    head = {"_component_": "hftl.models.LinearHead"}
+    recorded = {"data_files": {"test": "${hftl.data_dir:mini/test.tsv}"}, "label_names": LABELS}
+    run = _save(tmp_path, enc, head, config="text/minilm_lora_sst2", data=recorded)
+    spec = export_onnx(run, tmp_path / "onnx", exporters=("torchscript",))
+    assert spec["export"]["parity"]["inputs"].startswith(
+        "real: 3 rows of `data` (csv), test split; synthetic: 4"
+    )
+
+    encoder = hftl.load(run).model.encoder
+    other = _save(
+        tmp_path / "env", enc, head, config="text/minilm_lora_sst2", data={"data_files": "${oc.env:X}"}
+    )
+    rows, source = real_samples(Path(other) / "model", encoder, LABELS)
+    assert rows == [] and "`data.data_files` holds an interpolation" in source
+
+    unlabelled = tmp_path / "new.csv"
+    unlabelled.write_text("text\nan unseen review\nanother one\n")
+    out = tmp_path / "onnx2"
+    assert hftl_main(["export", "--onnx", other, "--out", str(out), "--data", str(unlabelled)]) == 0
+    inputs = json.loads((out / "hftl_onnx.json").read_text())["export"]["parity"]["inputs"]
+    assert inputs.startswith(f"real: 2 rows of --data {unlabelled}, train split")
+    with pytest.raises(DataError, match="missing.csv"):
+        export_onnx(other, tmp_path / "onnx3", data=tmp_path / "missing.csv")
+    assert not (tmp_path / "onnx3").exists()
+
+
 def test_merged_copy_leaves_the_loaded_model_unmerged(text_lora):
     model = hftl.load(text_lora[0]).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -326,6 +362,25 @@ def test_vision_export_and_snippet_without_torch(tmp_path, tiny_models):
     snippet = _snippet(spec, tmp_path / "onnx", paths)  # transformers' Pillow processor, no torch
     logits = json.loads(_run_without((*TORCH_FREE, "hftl"), snippet, tmp_path).splitlines()[-1])
     np.testing.assert_allclose(np.array(logits), expected, atol=1e-4, rtol=0)
+
+
+def test_runtime_opens_image_files_with_the_pixel_limit(tmp_path, monkeypatch):
+    """hftl predict on an export: missing, unreadable and over-limit files are one-line DataErrors."""
+    from PIL import Image
+
+    from hftl.export.runtime import open_image
+
+    path = tmp_path / "big.png"
+    Image.new("L", (32, 32)).save(path)
+    assert open_image(path).size == (32, 32)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)  # 1,024 pixels: over the limit, where PIL only warns
+    with pytest.raises(DataError, match=r"big.png' is a likely decompression bomb"):
+        open_image(path)
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"bad.png' cannot be read as an image \(UnidentifiedImageError"):
+        open_image(tmp_path / "bad.png")
+    with pytest.raises(DataError, match="does not exist"):
+        open_image(tmp_path / "none.png")
 
 
 def test_out_guards_run_before_the_model_loads(tmp_path, text_lora, capsys):

@@ -62,7 +62,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
             "`hftl export` takes --merge or --onnx, not both (--onnx always merges LoRA/IA3 weights)"
         )
     exporters = ("dynamo", "torchscript") if args.exporter == "auto" else (args.exporter,)
-    spec = export_onnx(model_ref(args), args.out, force=args.force, exporters=exporters)
+    spec = export_onnx(model_ref(args), args.out, force=args.force, exporters=exporters, data=args.data)
     check = spec["export"]["parity"]
     print(
         f"Exported {args.out}/{spec['graph']} ({spec['export']['exporter']} exporter); onnxruntime vs PyTorch: max "
@@ -129,6 +129,9 @@ def _add_export_parser(sub) -> None:
         help="--onnx: torch.onnx exporter (auto: dynamo, then TorchScript if dynamo fails or misses the check).",
     )  # fmt: skip
     export.add_argument("--out", required=True, help="Directory to write.")
+    export.add_argument(
+        "--data", help="--onnx: also parity-check on rows of this data file/folder (default: the run's data)."
+    )
     export.add_argument(
         "--force", action="store_true",
         help="Replace an earlier export in --out (never another folder, nor one overlapping the source).",

@@ -14,7 +14,7 @@ The graph comes from ``torch.onnx.export``: the dynamo exporter (``torch.export`
 exporter when dynamo fails or its graph misses the parity check; ``hftl_onnx.json`` records which one
 was used and why. The parity check runs the written graph in onnxruntime through
 :class:`~hftl.export.runtime.OnnxPredictor` (the exact code path of ``hftl predict``) on a few rows of
-the run's data and on synthetic inputs of very different lengths, in padded and single-row batches, and
+the run's data (or of ``--data FILE``) and on synthetic inputs of very different lengths, in padded and single-row batches, and
 compares the logits with the loaded PyTorch model's (LoRA unmerged): the export is refused, with nothing
 written, when they differ by more than ``atol``.
 """
@@ -67,6 +67,7 @@ def export_onnx(
     force: bool = False,
     atol: float = ATOL,
     real_data: bool = True,
+    data: str | Path | None = None,
     exporters: tuple[str, ...] = EXPORTERS,
 ) -> dict[str, Any]:
     """Exports a trained model to ``out`` and returns the written ``hftl_onnx.json`` contents.
@@ -76,12 +77,16 @@ def export_onnx(
         out: directory to create.
         force: replace ``out`` when it exists and is not empty (only a previous ONNX export).
         atol: largest logit difference allowed by the parity check.
-        real_data: also check on up to 3 rows of the run's data when it is on this machine.
+        real_data: also check on up to 3 rows of real data: ``data``, else the run's recorded data when
+            it is on this machine (see :func:`hftl.export.samples.real_samples`).
+        data: a data file or folder to take those rows from (``--data``; labels not needed). Its rows
+            are checked even for a Hub model, whose recorded data is never read.
         exporters: the torch.onnx exporters to try, in order (``dynamo``, ``torchscript``).
 
     Raises:
         OnnxExportError: ``out`` is in the way, no exporter gives a graph matching the PyTorch model
             within ``atol``, or a text model has no fast tokenizer (``tokenizer.json``).
+        DataError: ``data`` cannot be read.
     """
     out = Path(out).expanduser().absolute()
     _check_out(out, force)  # before the model loads
@@ -97,8 +102,8 @@ def export_onnx(
         raise OnnxExportError(f"ONNX export refused, nothing written: {reason}.")
     frontend = audio_frontend(encoder.processor) if encoder.modality == "audio" else None
     samples, source = [], "none (not asked)" if not real_data else "none (a Hub model: its data is not here)"
-    if real_data and not meta["source"].startswith("hf://"):
-        samples, source = real_samples(model_dir, encoder, labels[0][1])
+    if real_data and (data is not None or not meta["source"].startswith("hf://")):
+        samples, source = real_samples(model_dir, encoder, labels[0][1], data=data)
     synthetic = synthetic_samples(encoder)
     samples += synthetic
     tmp = out.with_name(f".{out.name}.onnx-tmp")

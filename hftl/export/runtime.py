@@ -38,7 +38,7 @@ TEXT_FIELDS = {
     "attention_mask": "attention_mask",
     "token_type_ids": "type_ids",
 }  # -> Encoding
-RMS_TARGET = 0.1  # hftl.data.collate.normalize_level's rms level (-20 dBFS)
+RMS_TARGET = 0.1  # hftl.encoders.audio_collator.normalize_level's rms level (-20 dBFS)
 
 
 def is_onnx_export(path: str | Path) -> bool:
@@ -313,18 +313,41 @@ class ImageInputs:
         self.mode = pre["image_mode"]
 
     def __call__(self, images: list[Any]) -> dict[str, np.ndarray]:
-        from PIL import Image
-
-        loaded = []
-        for image in images:
-            if isinstance(image, str | Path):
-                if not Path(image).is_file():
-                    raise DataError(f"Image file {str(image)!r} does not exist")
-                with Image.open(image) as opened:
-                    image = opened.copy()
-            loaded.append(image.convert(self.mode) if image.mode != self.mode else image)
+        loaded = [open_image(image) if isinstance(image, str | Path) else image for image in images]
+        loaded = [image.convert(self.mode) if image.mode != self.mode else image for image in loaded]
         pixels = self.processor(loaded, return_tensors="np")["pixel_values"]
         return {"pixel_values": np.asarray(pixels, dtype=np.float32)}
+
+
+def open_image(path: str | Path) -> Any:
+    """One image file, loaded, with the decompression-bomb limit of :func:`hftl.data.image_checks.open_image`.
+
+    That opener (what ``hftl.load`` uses) cannot be imported here: the ``hftl.data`` package imports torch.
+    Its default limit is PIL's ``Image.MAX_IMAGE_PIXELS`` (about 89.5 megapixels), which PIL only warns
+    about; here, as there, a file declaring more is an error, raised before its pixels are decoded.
+
+    Raises:
+        DataError: naming the file, if it is missing, over the pixel limit or unreadable.
+    """
+    import warnings
+
+    from PIL import Image
+
+    if not Path(path).is_file():
+        raise DataError(f"Image file {str(path)!r} does not exist.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:  # reads the header only; the size check is in open()
+                return opened.copy()
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as err:
+        raise DataError(f"Image file {str(path)!r} is a likely decompression bomb ({err}).") from None
+    # PIL's plugins raise OSError, SyntaxError, ValueError, struct.error, EOFError, ... on hostile files
+    except Exception as err:  # noqa: BLE001
+        raise DataError(
+            f"Image file {str(path)!r} cannot be read as an image ({type(err).__name__}: {err}). Fix: re-export "
+            "it as PNG or JPEG."
+        ) from None
 
 
 def _name(item: Any) -> str:

@@ -36,15 +36,21 @@ _DATA_NODES = ("data", "target", "source")  # finetune-style recipes, then adapt
 
 
 def real_samples(
-    model_dir: Path, encoder: Any, label_names: list[str], *, count: int = 3
+    model_dir: Path, encoder: Any, label_names: list[str], *, data: str | Path | None = None, count: int = 3
 ) -> tuple[list[Sample], str]:
-    """Up to ``count`` rows of the run's local data (test split first), and where they came from.
+    """Up to ``count`` rows of real data (test split first), and where they came from.
 
-    The data node is read from the run's ``config.yaml`` as plain data (no interpolation, no component
-    but :class:`hftl.data.ClassificationData`, only the fields that say what to read), and only local data
-    is read: a Hub data set is never downloaded for a check. When none is usable, the list is empty
-    and the description says why.
+    ``data`` (``hftl export --onnx --data FILE``, the user's own command line) is read as
+    ``hftl eval --data`` reads it; a single file's labels are optional. Without it, the data node is read from the run's ``config.yaml`` as plain data: no
+    component but :class:`hftl.data.ClassificationData`, only the fields that say what to read, and no
+    interpolation except the whole-value ``${hftl.data_dir:REL}`` a run records for the shared data folder
+    (resolved to this machine's folder, as ``hftl eval`` does; any other ``${...}`` is refused). Only
+    local data is read: a Hub data set is never downloaded for a check. When none is usable, the list is
+    empty and the description says why.
     """
+    if data is not None:
+        node = {"path": str(data), "splits": None, "unlabeled_splits": ["train"]}  # a file: labels optional
+        return _rows(node, encoder, label_names, count, f"--data {data}", strict=True)
     file, reasons = model_dir / "config.yaml", []
     try:
         record = read_record(file)
@@ -54,7 +60,7 @@ def real_samples(
         if not isinstance(record, dict) or not isinstance(record.get(key), dict):
             continue
         try:
-            node = recorded_node(file, key, plain=True)
+            node = recorded_node(file, key, plain=True, data_dir=True)
         except HftlError as err:
             reasons.append(_first_line(err))
             continue
@@ -66,17 +72,33 @@ def real_samples(
             reasons.append(f"`{key}` ({path!r}) is not on this machine")
             continue
         fields = {k: node[k] for k in _DATA_FIELDS if node.get(k) is not None}
-        try:
-            from hftl.data import ClassificationData
-
-            data = ClassificationData(**fields, label_names=label_names, validation_size=0).load()
-        except (HftlError, OSError, ValueError, TypeError) as err:
-            reasons.append(f"`{key}` could not be read: {_first_line(err)}")
-            continue
-        split = "test" if "test" in data else next(iter(data))
-        rows = [data[split][i] for i in range(min(count, len(data[split])))]
-        return [_sample(row, encoder) for row in rows], f"{len(rows)} rows of `{key}` ({path}, {split} split)"
+        samples, source = _rows(fields, encoder, label_names, count, f"`{key}` ({path})", strict=False)
+        if samples:
+            return samples, source
+        reasons.append(source)
     return [], "none (" + ("; ".join(reasons) or "the run's config names no data") + ")"
+
+
+def _rows(
+    fields: dict[str, Any], encoder: Any, label_names: list[str], count: int, name: str, *, strict: bool
+) -> tuple[list[Sample], str]:
+    """The first ``count`` rows of the test split (else the first split) of ``fields``' data.
+
+    ``strict`` (the user's ``--data``): data that cannot be read raises; otherwise the reason is returned.
+    """
+    from hftl.data import ClassificationData
+
+    spec = dict(fields, label_names=label_names, validation_size=0, check_train_classes=False)
+    if strict:
+        data = ClassificationData(**spec).load()
+    else:
+        try:
+            data = ClassificationData(**spec).load()
+        except (HftlError, OSError, ValueError, TypeError) as err:
+            return [], f"{name} could not be read: {_first_line(err)}"
+    split = "test" if "test" in data else next(iter(data))
+    rows = [data[split][i] for i in range(min(count, len(data[split])))]
+    return [_sample(row, encoder) for row in rows], f"{len(rows)} rows of {name}, {split} split"
 
 
 def _is_local(path: str, data_files: Any) -> bool:
@@ -84,10 +106,15 @@ def _is_local(path: str, data_files: Any) -> bool:
     if path.startswith("hftl:"):
         return True
     if data_files is None:
-        return Path(path).expanduser().exists()
+        return _plain(Path(path).expanduser())
     files = data_files.values() if isinstance(data_files, dict) else [data_files]
     flat = [f for item in files for f in (item if isinstance(item, list) else [item])]
-    return bool(flat) and all(Path(str(f)).expanduser().exists() for f in flat)
+    return bool(flat) and all(_plain(Path(str(f)).expanduser()) for f in flat)
+
+
+def _plain(path: Path) -> bool:
+    """A regular file or a folder (a recorded ``/dev/zero`` or FIFO would never finish reading)."""
+    return path.is_file() or path.is_dir()
 
 
 def synthetic_samples(encoder: Any, *, seed: int = 0) -> list[Sample]:
