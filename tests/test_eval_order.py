@@ -47,3 +47,12 @@ def test_outputs_can_be_trained_on():
     head = torch.nn.Linear(1, 1)
     head(out["x"]).sum().backward()
     assert head.weight.grad is not None
+
+
+def test_a_sorted_loader_leaves_the_global_rng_alone():
+    """Training's dropout masks must not depend on how often (or whether) a split was evaluated."""
+    acc = Accelerator(cpu=True)
+    loader = eval_loader(acc, _rows(), collate_fn=_collate, config=TrainConfig(), lengths=LENGTHS)
+    state = torch.get_rng_state()
+    gather_outputs(acc, torch.nn.Identity(), loader, lambda m, b: {"x": b["x"][:, 0]})
+    assert torch.equal(torch.get_rng_state(), state)

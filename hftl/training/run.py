@@ -112,7 +112,15 @@ def eval_loader(
     if len(lengths) != len(dataset):
         raise ValueError(f"eval_loader: {len(lengths)} lengths for {len(dataset)} rows")
     order = sorted(range(len(dataset)), key=lambda i: -lengths[i])  # stable: ties keep row order
-    loader = accelerator.prepare(DataLoader(dataset, batch_size=size, sampler=order, collate_fn=collate_fn))
+    # a generator of its own: starting an iterator draws a seed from it, not from the global RNG (training's)
+    made = DataLoader(
+        dataset,
+        batch_size=size,
+        sampler=order,
+        collate_fn=collate_fn,
+        generator=torch.Generator().manual_seed(0),
+    )
+    loader = accelerator.prepare(made)
     setattr(loader, ORDER_ATTR, torch.tensor(order))
     return loader
 
