@@ -338,3 +338,75 @@ def test_bring_your_own_data_configs_exist_and_text_adversarial_configs_avoid_th
         method = yaml.safe_load(resolve_config_path(name).read_text())["method"]
         if method["_component_"].rsplit(".", 1)[-1] in {"DANN", "CDAN", "MDD"}:
             assert method["trade_off"] <= 0.1 and method.get("warmup", "ganin") == "ganin", name
+
+
+# --- UDALM: source CE + target masked-LM ---------------------------------------------------------------------
+
+
+def udalm_model(tiny: str, **args):
+    from hftl.adaptation import UDALM
+    from hftl.encoders import TextEncoder
+    from hftl.models import Classifier, LinearHead
+
+    torch.manual_seed(0)
+    encoder = TextEncoder(tiny, max_length=16)
+    classifier = Classifier(
+        encoder, LinearHead(in_features=encoder.out_features, num_labels=2), ["neg", "pos"]
+    )
+    model = AdaptModel(classifier, UDALM(in_features=encoder.out_features, num_classes=2, **args)).eval()
+    collate = encoder.collator(train=True)
+    source = collate([{"text": "it was good fine", "label": 1}, {"text": "bad", "label": 0}])
+    target = collate([{"text": "it was nice and i love it"}, {"text": "boring"}])
+    return model, source, target
+
+
+def test_udalm_masks_only_real_target_tokens_and_never_reads_labels(tiny_models):
+    model, source, target = udalm_model(tiny_models["bert"], mlm_probability=0.5)
+    assert "labels" not in target
+    torch.manual_seed(0)
+    masked, labels = model.method.mask(target)
+    real = target["attention_mask"].bool() & ~torch.isin(target["input_ids"], torch.tensor([101, 102, 0]))
+    assert torch.all(labels[~real] == -100) and (labels[real] != -100).any()
+    assert torch.equal(
+        labels[labels != -100], target["input_ids"][labels != -100]
+    )  # labels: the original ids
+    assert torch.equal(masked["input_ids"][~real], target["input_ids"][~real])
+
+
+def test_udalm_joint_loss_is_ce_plus_weighted_mlm(tiny_models):
+    model, source, target = udalm_model(tiny_models["bert"], mlm_weight=0.5)
+    torch.manual_seed(3)
+    total, logs = AdaptationLoss(model.method)(model, (source, target), Progress(step=0, total_steps=10))
+    ce = nn.functional.cross_entropy(
+        model(**{k: v for k, v in source.items() if k != "labels"}).logits, source["labels"]
+    )
+    torch.manual_seed(3)
+    mlm = model.method.mlm_loss(target)
+    torch.testing.assert_close(total, ce + 0.5 * mlm)
+    torch.testing.assert_close(logs["mlm_loss"], mlm.detach())
+    assert len(model.method.head) > 0 and all(p.requires_grad for p in model.method.head)
+
+
+def test_udalm_composes_with_dann_and_refuses_other_modalities(tiny_models):
+    model, source, target = udalm_model(
+        tiny_models["bert"], align={"name": "hftl.adaptation.DANN", "hidden_features": 8, "warmup": "none"}
+    )
+    step = model.method.training_step(
+        model, AdaptBatch.from_loader((source, target)), Progress(step=5, total_steps=10)
+    )
+    assert {"mlm_loss", "align_domain_acc"} <= set(step.transfer.metrics)
+    from hftl.adaptation import UDALM
+
+    with pytest.raises(ConfigError, match="hftl.encoders.TextEncoder"):
+        AdaptModel(ToyClassifier(), UDALM(in_features=FEAT, num_classes=CLASSES))
+    with pytest.raises(ConfigError, match="one-stage"):
+        UDALM(in_features=FEAT, num_classes=CLASSES, align={"name": "hftl.adaptation.ADDA"})
+
+
+def test_text_adapt_runs_udalm_with_dann(tmp_path, tiny_models):
+    cfg = adapt_config(
+        tmp_path, tiny_models["bert"], "hftl.adaptation.UDALM", mlm_weight=0.5,
+        align={"name": "hftl.adaptation.DANN", "hidden_features": 16, "trade_off": 0.1},
+    )  # fmt: skip
+    result = run(cfg, tmp_path / "c.yaml")["results"]["udalm"]
+    assert result["steps"] == 10 and "eval_train_mlm_loss" in result["history"][-1]

@@ -20,6 +20,7 @@ from hftl.adaptation.methods import (
     TargetOracle,
 )
 from hftl.adaptation.training import AdaptationLoss, AdaptModel
+from hftl.adaptation.udalm import UDALM
 
 __all__ = [
     "ADDA",
@@ -41,4 +42,5 @@ __all__ = [
     "SourceOnly",
     "StepLosses",
     "TargetOracle",
+    "UDALM",
 ]

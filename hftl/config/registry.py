@@ -68,6 +68,7 @@ HFTL_COMPONENTS: dict[str, tuple[str, ...]] = {
         "hftl.adaptation.InformationMaximization",
         "hftl.adaptation.Consistency",
         "hftl.adaptation.ImportanceWeighting",
+        "hftl.adaptation.UDALM",
     ),
     "loss": (
         "hftl.losses.DomainAdversarialLoss",
