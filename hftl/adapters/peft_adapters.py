@@ -249,10 +249,11 @@ class _PeftAdapter(Adapter, metaclass=_PeftSignature):
             encoder.backbone = get_peft_model(encoder.backbone, config)
         except NoMatchingPeftModuleError:
             targets = config.target_modules
+            shown = targets if isinstance(targets, str) else sorted(targets)
             raise ConfigError(
-                f"`adapter.target_modules` {targets if isinstance(targets, str) else sorted(targets)} match no module of {encoder.name_or_path!r} "
-                "that its forward uses (the pooler is skipped: hftl's pooling never uses it). Name modules "
-                "of its layers (print the model to see them)."
+                f"`adapter.target_modules` {shown} match no module of {encoder.name_or_path!r} that its forward "
+                "uses (the pooler is skipped: hftl's pooling never uses it). Name modules of its layers (print "
+                "the model to see them)."
             ) from None
         return encoder
 
@@ -270,9 +271,9 @@ class Lora(_PeftAdapter):
         r: rank of the update ``ΔW = B A`` (``A: r×in``, ``B: out×r``).
         alpha: scale (peft's ``lora_alpha``); the update is multiplied by ``alpha / r``.
         dropout: dropout on the LoRA input (peft's ``lora_dropout``). 0 by default, as in peft: with
-            dropout peft runs the LoRA branch on a dropped-out copy of every wrapped layer's input, which cost
-            100–160 ms per forward of all-MiniLM-L6-v2 at batch 32 on CPU (issue 17) for a regularizer that
-            rank 8–16 updates rarely need. Set it (e.g. 0.1, the LoRA paper's GLUE value) to regularize.
+            dropout, peft runs the LoRA branch on a dropped-out copy of every wrapped layer's input, which
+            cost 100–160 ms per forward of all-MiniLM-L6-v2 at batch 32, length 128 on CPU (issue 17). Set
+            it (0.1 was hftl's earlier default) where the extra regularization is worth that time.
         target_modules: module names to wrap (or a regex, or ``all-linear``); ``None`` = hftl's default for
             the architecture (:data:`LORA_TARGETS`).
         bias: which biases train: ``none``, ``all`` or ``lora_only``.
