@@ -38,8 +38,10 @@ import torch
 from accelerate.utils import set_seed
 from omegaconf import DictConfig, OmegaConf
 
+from hftl.adaptation.collapse import SIGNALS, CollapseGuard, collapse_summary, fix_advice
 from hftl.adaptation.config import ReportConfig, SelectionConfig
 from hftl.adaptation.diagnostics import plot_domains, proxy_a_distance
+from hftl.adaptation.fallback import decide
 from hftl.adaptation.methods import AdaptationMethod
 from hftl.adaptation.scoring import collect_outputs, format_report, score_checkpoint
 from hftl.adaptation.selection import CRITERIA
@@ -253,7 +255,9 @@ class AdaptRecipe:
         engine = Engine(
             accelerator=acc, model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
             config=tc, output_dir=self.output_dir / "runs" / name, total_steps=total, loss_fn=loss,
-            evaluate=lambda: {**score_checkpoint(acc, model, evals), **loss.pop_means()},
+            evaluate=lambda: self.guarded(
+                name, method, {**score_checkpoint(acc, model, evals), **loss.pop_means()}, engine.state
+            ),
             metric=self.selection.criterion, higher_is_better=CRITERIA[self.selection.criterion].higher_is_better,
             on_step=unfreezer, log_prefix=f"{name}/",  # several runs log into the same trackers
         )  # fmt: skip
@@ -287,8 +291,28 @@ class AdaptRecipe:
         return run.engine.fit()
 
     # -- 4. evaluate -----------------------------------------------------------------------------------
+    def guard_for(self, name: str, method: AdaptationMethod) -> CollapseGuard | None:
+        """The collapse guard of a run that adapts (none for the baselines, or with the guard off)."""
+        sel = self.selection
+        if not sel.collapse_guard or not method.uses_target or method.uses_target_labels:
+            return None
+        return CollapseGuard(
+            share=sel.collapse_share, entropy=sel.collapse_entropy, source_drop=sel.collapse_source_drop,
+            stop_after=sel.collapse_stop_after, name=name, fix=fix_advice(method), label_names=self.label_names,
+            log=self.accelerator.print,
+        )  # fmt: skip
+
+    def guarded(
+        self, name: str, method: AdaptationMethod, scores: dict[str, float], state: TrainState
+    ) -> dict[str, float]:
+        """One evaluation's scores, checked by the run's collapse guard (the Engine's ``evaluate``). The
+        guard keeps no state (it reads the history), so a resumed run decides the same."""
+        guard = self.guard_for(name, method)
+        return scores if guard is None else guard(scores, state.history, state.step)
+
     def evaluate(self, run: MethodRun, state: TrainState) -> dict[str, Any]:
-        """The run's result: the selected checkpoint's scores, its history and the diagnostics."""
+        """The run's result: the selected checkpoint's scores, its history, the collapse guard's summary
+        and the diagnostics."""
         final = score_checkpoint(self.accelerator, run.model, run.evals)
         result = {
             "target_test_acc": final["target_test_acc"],
@@ -296,8 +320,16 @@ class AdaptRecipe:
             "selected_step": state.best_step,
             "steps": state.step,
             "selection": {self.selection.criterion: state.best_metric},
+            # label-free scores of the kept weights, on the same rows for every run (the fallback's input)
+            "final_scores": {k: final[k] for k in (*CRITERIA, *SIGNALS)},
             "history": state.history,
         }
+        guard = self.guard_for(run.name, run.method)
+        if guard is not None:
+            result["collapse"] = collapse_summary(
+                guard, state.history, best_step=state.best_step, steps=state.step,
+                total=run.engine.total_steps,
+            )  # fmt: skip
         if self.report.diagnostics and run.method.uses_target:
             f_s, f_t, labels_s = self._domain_features(run)
             result["proxy_a_distance"] = {
@@ -345,7 +377,7 @@ class AdaptRecipe:
     def save(self, metrics: dict[str, Any], model: Classifier) -> None:
         acc = self.accelerator
         if acc.is_main_process:
-            main = metrics["method"]
+            main = metrics["kept"]  # the method, or source_only when the fallback kept it
             meta = {"target_test_acc": metrics["results"][main]["target_test_acc"]}
             meta.update({k: v for k, v in metrics.items() if k != "results"})
             adapter_kind = self._component(self.cfg.adapter).kind
@@ -364,19 +396,44 @@ class AdaptRecipe:
                 acc.print(f"Pushed to {push_from_config(self.cfg.push_to_hub, self.output_dir)}")
         acc.end_training()
 
+    def fall_back(self, metrics: dict[str, Any]) -> None:
+        """``selection.fallback``: sets ``metrics["kept"]`` (the method, or ``source_only`` when adaptation
+        is predicted to hurt) and ``metrics["fallback"]`` (the comparison, why)."""
+        main, results, sel = metrics["method"], metrics["results"], self.selection
+        metrics["kept"] = main
+        if sel.fallback == "off" or main == "source_only" or "source_only" not in results:
+            return
+        guard = CollapseGuard(
+            share=sel.collapse_share, entropy=sel.collapse_entropy, source_drop=sel.collapse_source_drop,
+            stop_after=0, label_names=self.label_names,
+        )  # fmt: skip
+        metrics["fallback"] = decide(
+            results, main, criterion=sel.criterion, higher_is_better=CRITERIA[sel.criterion].higher_is_better,
+            collapsed=guard.prediction_collapse,
+        )  # fmt: skip
+        metrics["kept"] = metrics["fallback"]["kept"]
+
     def run(self) -> dict[str, Any]:
+        if self.selection.fallback == "source_only" and "source_only" not in self.report.baselines:
+            raise ConfigError(
+                "`selection.fallback: source_only` keeps the source-only baseline's model, but "
+                f"`report.baselines` is {self.report.baselines}; add source_only to it, or set "
+                "`selection.fallback=off` (or auto: on exactly when source_only is trained)."
+            )
         self.setup()
         results: dict[str, Any] = {}
-        main_name, main_model = self.main_name, None
+        models: dict[str, Classifier] = {}  # the method's and source-only's (the fallback may keep it)
         for name, node in self.plan:
             results[name], model = self.run_method(name, node)
-            if name == main_name:
-                main_model = model
+            if name in (self.main_name, "source_only"):
+                models[name] = model
+        main_name = self.main_name
         if self.intermediate is not None:
-            main_name, main_model = self.run_transitive(results)
+            main_name, models[main_name] = self.run_transitive(results)
         metrics = {"method": main_name, "selection_criterion": self.selection.criterion, "results": results}
+        self.fall_back(metrics)
         self.accelerator.print(format_report(metrics))
-        self.save(metrics, main_model)
+        self.save(metrics, models[metrics["kept"]])
         return metrics
 
 

@@ -21,10 +21,15 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from accelerate import tracking
 from accelerate.tracking import GeneralTracker
 from accelerate.utils import LoggerType
+from torch import nn
+
+from hftl.adaptation import AdaptationMethod
+from hftl.losses.base import LossOutput
 
 REPO = Path(__file__).resolve().parents[1]
 # Two sentiment classes with disjoint words: a tiny model separates them within a few steps.
@@ -237,6 +242,22 @@ def adapt_config(
         "train": {"epochs": 2, "batch_size": 8, "log_every_steps": 1, "group_by_length": False},
         "report": {"baselines": [], "diagnostics": False},
     }
+
+
+class OneClass(AdaptationMethod):
+    """An adaptation method made to collapse: its transfer term pushes every target prediction to class 0.
+
+    Used as ``method._component_: helpers.OneClass`` with ``--allow-any-component`` (a test-only class).
+    """
+
+    name = "one_class"
+
+    def __init__(self, *, in_features: int, num_classes: int, trade_off: float = 1.0):
+        super().__init__(trade_off=trade_off)
+
+    def forward(self, *, f_s, f_t, logits_s, logits_t, progress):
+        zeros = torch.zeros(len(logits_t), dtype=torch.long, device=logits_t.device)
+        return LossOutput(loss=nn.functional.cross_entropy(logits_t, zeros), metrics={})
 
 
 # -- embed ---------------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ def adapt_run(tmp_path_factory, tiny_models) -> Path:
     cfg = adapt_config(tmp, tiny_models["bert"], "hftl.adaptation.DANN", hidden_features=16)
     cfg["train"]["epochs"] = 1
     cfg["report"] = {"baselines": ["source_only", "target_oracle"], "diagnostics": True, "plot": "pca"}
+    cfg["selection"] = {"fallback": "off"}  # DANN is saved (tests/test_fallback.py: the fallback card)
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert hftl(["run", "adapt", "--config", str(tmp / "cfg.yaml")]) == 0
     return Path(cfg["output_dir"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hftl.errors import ConfigError
+
 
 @dataclass
 class SelectionConfig:
@@ -29,6 +31,62 @@ class SelectionConfig:
     max_source_samples: int = field(
         default=1000, metadata={"help": "Source training examples used by `dev` (seeded subset)."}
     )
+    collapse_guard: bool = field(
+        default=True,
+        metadata={
+            "help": "Watch every evaluation of an adapted run (not the baselines) for collapse: target "
+            "predictions on one class, or the source task lost (hftl.adaptation.collapse). A collapsed "
+            "evaluation is never selected; the run warns with the numbers and the likely fix."
+        },
+    )
+    collapse_share: float = field(
+        default=0.8,
+        metadata={
+            "help": "Target predictions count as collapsed when the most predicted class takes at least this "
+            "fraction of the room its source prior leaves, (share - prior) / (1 - prior): 0.8 is 90% of "
+            "the predictions for 2 balanced classes, 82% for 10, 94% for a 72% majority class. In (0, 1]."
+        },
+    )
+    collapse_entropy: float = field(
+        default=0.5,
+        metadata={
+            "help": "... and the entropy of the mean target prediction is at most this fraction of the source "
+            "prior's entropy (so a near-uniform untrained model does not count). In (0, 1]."
+        },
+    )
+    collapse_source_drop: float = field(
+        default=0.5,
+        metadata={
+            "help": "Also collapsed when source-val accuracy loses this fraction of its best earlier value's "
+            "margin above the majority-class rate (0.5: from 90% to 70% with 2 balanced classes). In (0, 1]."
+        },
+    )
+    collapse_stop_after: int = field(
+        default=2,
+        metadata={
+            "help": "Collapsed evaluations in a row that stop the run (its best pre-collapse checkpoint is "
+            "kept); 0 never stops early (collapsed evaluations are still never selected)."
+        },
+    )
+    fallback: Literal["auto", "source_only", "off"] = field(
+        default="auto",
+        metadata={
+            "help": "source_only: keep the source-only baseline's model instead of the adapted one when "
+            "adaptation is predicted to hurt (worse `criterion` on the same rows, or collapsed); auto: "
+            "source_only when `report.baselines` trains it (the default), else off; off: always keep "
+            "the adapted model. metrics.json (`kept`, `fallback`), the report and the card say which."
+        },
+    )
+
+    def __post_init__(self):
+        for name in ("collapse_share", "collapse_entropy", "collapse_source_drop"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ConfigError(f"`selection.{name}` must be in (0, 1]; got {value}.")
+        if self.collapse_stop_after < 0:
+            raise ConfigError(
+                f"`selection.collapse_stop_after` must be >= 0 (0: never stop early); got {self.collapse_stop_after}."
+            )
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from hftl.adaptation.collapse import prediction_signals
 from hftl.adaptation.selection import CRITERIA, score
 from hftl.training.run import gather_outputs
 
@@ -53,6 +54,7 @@ def score_checkpoint(accelerator: Accelerator, model: nn.Module, evals: dict[str
         "losses_s_val": o["source_val"]["losses"],
     }  # fmt: skip
     scores = {name: score(inputs, name) for name in CRITERIA}
+    scores.update(prediction_signals(inputs["probs_t"], inputs["labels_s_val"]))  # the collapse guard's
     test = o["target_test"]
     scores["target_test_acc"] = float((test["probs"].argmax(-1) == test["labels"]).mean())
     return scores
@@ -60,9 +62,11 @@ def score_checkpoint(accelerator: Accelerator, model: nn.Module, evals: dict[str
 
 def format_report(metrics: dict[str, Any]) -> str:
     """The adaptation report: target test and source validation accuracy per trained method, proxy
-    A-distance before → after, and warnings (negative transfer; transitive vs direct)."""
+    A-distance before → after, and warnings (collapse, the model kept by the fallback, negative transfer;
+    transitive vs direct)."""
     rows, main = metrics["results"], metrics["method"]
-    width = max(16, *(len(n) + 2 for n in rows))
+    kept = metrics.get("kept", main)
+    width = max(16, *(len(n) + 9 for n in rows))
     lines = [
         f"***** Adaptation report (checkpoint chosen by {metrics['selection_criterion']}, no target labels) *****",
         f"{'method':<{width}}{'target test acc':>17}{'source val acc':>16}{'PAD before→after':>20}",
@@ -70,11 +74,30 @@ def format_report(metrics: dict[str, Any]) -> str:
     for name, r in rows.items():
         pad = r.get("proxy_a_distance")
         pad_s = f"{pad['before']:.2f} → {pad['after']:.2f}" if pad else "-"
+        shown = f"{name} (kept)" if name == kept and kept != main else name
         lines.append(
-            f"{name:<{width}}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}"
+            f"{shown:<{width}}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}"
         )
+    for name, r in rows.items():
+        c = r.get("collapse") or {}
+        if c.get("collapsed"):
+            where = f"stopped at step {c['stopped_at']}" if c["stopped_early"] else "ran to the end"
+            keep = (
+                f"kept step {c['kept_step']}"
+                if c["pre_collapse_checkpoint"]
+                else "no pre-collapse checkpoint"
+            )
+            lines.append(
+                f"WARNING: {name} collapsed at step {c['first_step']} ({'; '.join(c['reasons'])}); {where}, {keep}. "
+                f"{c['fix']}"
+            )
+    fb = metrics.get("fallback")
+    if fb and kept != main:
+        lines.append(f"Kept source_only instead of {main} (selection.fallback): {'; '.join(fb['reasons'])}.")
+    elif fb:
+        lines.append(f"Kept {main}: not predicted to hurt (`{fb['criterion']}` {fb['scores'][main]:.4f} vs source_only {fb['scores']['source_only']:.4f}).")  # fmt: skip
     so, direct = rows.get("source_only"), rows.get(main.removesuffix("_transitive"))
-    if so and main != "source_only" and rows[main]["target_test_acc"] < so["target_test_acc"]:
+    if so and kept != "source_only" and rows[main]["target_test_acc"] < so["target_test_acc"]:
         lines.append(f"WARNING: negative transfer: {main} is below source-only on the target test set.")
     if main.endswith("_transitive"):
         lines.append(

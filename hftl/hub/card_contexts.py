@@ -76,7 +76,8 @@ def _adaptation_results(
 ) -> dict[str, Any]:
     """The adapted model beside its source-only baseline (``adapt``, and ``embed`` with a ``method``)."""
     results = metrics.get("results") or {}
-    main = results.get(method, {})
+    kept = metrics.get("kept") or method  # adapt's `selection.fallback` may keep the source-only model
+    main = results.get(kept, {})
     source_only = results.get("source_only", {}).get("target_test_acc")
     adapted = main.get("target_test_acc", metrics.get("target_test_acc"))
     rows: list[Row] = []
@@ -87,6 +88,8 @@ def _adaptation_results(
         rows.append(Row(source, f"{names['source_name']} (source)", "validation", "accuracy", "Accuracy", source_val))  # fmt: skip
     return {
         "method": method,
+        "kept": kept,
+        "fallback": metrics.get("fallback"),
         "selection_criterion": metrics.get("selection_criterion"),
         "results": results,
         "adapted_acc": adapted,

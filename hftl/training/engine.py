@@ -53,6 +53,10 @@ Logs = Mapping[str, torch.Tensor | float]
 LossFn = Callable[[nn.Module, Any, Progress], tuple[torch.Tensor, Logs]]
 # () -> validation metrics such as {"accuracy": 0.9, "loss": 0.3}
 EvalFn = Callable[[], dict[str, float]]
+# Keys an `evaluate()` result may carry to steer the loop (read and removed, never logged): SELECTABLE 0.0
+# keeps this evaluation from becoming the best checkpoint (e.g. a collapsed adaptation run,
+# hftl.adaptation.collapse), counting it as not improving; STOP_TRAINING 1.0 ends training after it.
+SELECTABLE, STOP_TRAINING = "selectable", "stop_training"
 # (optimizer steps done) -> None, e.g. hftl.training.layerwise.GradualUnfreezer
 StepHook = Callable[[int], None]
 
@@ -146,7 +150,8 @@ class Engine:
             :class:`hftl.data.samplers.EpochSampler`) for exact resume.
         config: the ``train:`` section.
         output_dir: where ``checkpoints/`` and the best weights go.
-        evaluate: returns validation metrics; ``None`` disables validation and model selection.
+        evaluate: returns validation metrics; ``None`` disables validation and model selection. The result
+            may veto this evaluation as the best one (:data:`SELECTABLE`) or stop training (:data:`STOP_TRAINING`).
         loss_fn: ``loss_fn(model, batch, progress)`` gives the loss of one batch and scalar logs (detached
             tensors, read to the host only at log steps); ``progress`` is a :class:`Progress`. Default:
             cross-entropy on ``labels``.
@@ -230,15 +235,19 @@ class Engine:
             return False
         metrics = self.evaluate()
         self.model.train()
+        selectable, halt = metrics.pop(SELECTABLE, 1.0), metrics.pop(STOP_TRAINING, 0.0)
         state = self.state
         state.history.append({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
         self.acc.log({f"{self.log_prefix}eval/{k}": v for k, v in metrics.items()}, step=state.step)
-        stop = self.best.update(state, metrics[self.metric], step=state.step)
+        if selectable:
+            stop = self.best.update(state, metrics[self.metric], step=state.step)
+        else:  # not a candidate: counts as an evaluation without improvement
+            state.bad_evals += 1
+            stop = self.best.exhausted(state)
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        progress.write(
-            f"step {state.step}: validation {shown} (best {state.best_metric:.4f} @ {state.best_step})"
-        )
-        return stop
+        best = "none yet" if state.best_metric is None else f"{state.best_metric:.4f} @ {state.best_step}"
+        progress.write(f"step {state.step}: validation {shown} (best {best})")
+        return stop or bool(halt)
 
     def _check_finite(self, mean_loss: float) -> None:
         """Stops a diverged run before anything of it is saved (checked where the loss reaches the host)."""

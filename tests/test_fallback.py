@@ -1,0 +1,101 @@
+"""Never silently worse: the fallback's decision on toy scores, then the adapt recipe end to end keeping the
+source-only model when the adapted one is made worse on purpose (and saying so in metrics, report and card)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import adapt_config
+
+import hftl as hftl_api
+from hftl.adaptation.fallback import decide
+from hftl.cli import main as hftl
+
+
+def _results(so: float, ad: float, **extra) -> dict:
+    return {"source_only": {"final_scores": {"im": so}}, "dann": {"final_scores": {"im": ad}, **extra}}
+
+
+def test_decide_compares_by_the_criterion_in_its_direction():
+    assert decide(_results(0.4, 0.5), "dann", criterion="im", higher_is_better=True)["kept"] == "dann"
+    worse = decide(_results(0.4, 0.3), "dann", criterion="im", higher_is_better=True)
+    assert worse["kept"] == "source_only" and worse["scores"] == {"source_only": 0.4, "dann": 0.3}
+    assert "source_only scores better by `im` (0.4000 vs dann 0.3000)" in worse["reasons"]
+    # lower is better (dev): the same numbers flip the call
+    assert decide(_results(0.4, 0.3), "dann", criterion="im", higher_is_better=False)["kept"] == "dann"
+
+
+def test_decide_falls_back_on_collapse_even_when_the_criterion_prefers_the_method():
+    collapsed = lambda s: "one class" if s["im"] > 0.45 else None  # noqa: E731  (toy signal)
+    call = decide(_results(0.4, 0.5), "dann", criterion="im", higher_is_better=True, collapsed=collapsed)
+    assert (
+        call["kept"] == "source_only"
+        and "final target predictions collapsed: one class" in call["reasons"][0]
+    )
+    no_checkpoint = {"collapse": {"collapsed": True, "pre_collapse_checkpoint": False, "first_step": 50}}
+    call = decide(_results(0.4, 0.5, **no_checkpoint), "dann", criterion="im", higher_is_better=True)
+    assert call["kept"] == "source_only" and "step 50" in call["reasons"][0]
+
+
+def _run(tmp_path: Path, cfg: dict, *args: str) -> dict:
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert hftl(["run", "adapt", "--config", str(tmp_path / "cfg.yaml"), "--allow-any-component", *args]) == 0
+    return json.loads((Path(cfg["output_dir"]) / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def worse_run(tmp_path_factory, tiny_models) -> tuple[Path, Path, dict]:
+    """helpers.OneClass, guard off, fallback at its default: the adapted model predicts one class."""
+    tmp = tmp_path_factory.mktemp("fallback")
+    cfg = adapt_config(tmp, tiny_models["bert"], "helpers.OneClass", trade_off=5.0)
+    cfg["train"]["epochs"] = 4
+    cfg["report"]["baselines"] = ["source_only"]  # fallback: auto -> on
+    cfg["selection"] = {"collapse_guard": False}  # let the adapted model end collapsed
+    return tmp, Path(cfg["output_dir"]), _run(tmp, cfg)
+
+
+def test_fallback_keeps_source_only_when_adaptation_is_made_worse(worse_run):
+    tmp, out, metrics = worse_run
+    results = metrics["results"]
+    assert results["one_class"]["final_scores"]["target_top_share"] == 1.0  # made worse: one class
+    assert metrics["kept"] == "source_only" and metrics["fallback"]["kept"] == "source_only"
+    assert any("collapsed" in r for r in metrics["fallback"]["reasons"])
+    # the saved model is the source-only one: its target test accuracy is source-only's, not one_class's
+    saved = json.loads((out / "model" / "metrics.json").read_text())
+    assert (
+        saved["target_test_acc"] == results["source_only"]["target_test_acc"]
+        and saved["kept"] == "source_only"
+    )
+    rows = [line.rsplit(",", 1) for line in (tmp / "target_test.csv").read_text().splitlines()[1:]]  # fmt: skip
+    predicted = [p["label"] for p in hftl_api.load(out, device="cpu")([text for text, _ in rows])]
+    accuracy = sum(p == label for p, (_, label) in zip(predicted, rows, strict=True)) / len(rows)
+    assert accuracy == pytest.approx(results["source_only"]["target_test_acc"])
+    assert accuracy != pytest.approx(results["one_class"]["target_test_acc"])
+
+
+def test_the_card_says_which_model_was_kept(worse_run):
+    _, out, _ = worse_run
+    assert hftl(["card", str(out)]) == 0
+    text = (out / "model" / "README.md").read_text()
+    assert "**This model is the source-only baseline**" in text and "**source_only** (this model)" in text
+    assert "Negative transfer" not in text  # the model shipped is not the worse one
+
+
+def test_fallback_off_keeps_the_adapted_model(tmp_path, tiny_models, capsys):
+    cfg = adapt_config(tmp_path, tiny_models["bert"], "helpers.OneClass", trade_off=5.0)
+    cfg["report"]["baselines"] = ["source_only"]
+    cfg["selection"] = {"collapse_guard": False, "fallback": "off"}
+    metrics = _run(tmp_path, cfg)
+    assert metrics["kept"] == "one_class" and "fallback" not in metrics
+    assert "Kept source_only" not in capsys.readouterr().out
+
+
+def test_fallback_source_only_needs_the_baseline(tmp_path, tiny_models, capsys):
+    cfg = adapt_config(tmp_path, tiny_models["bert"], "hftl.adaptation.CORAL")
+    cfg["selection"] = {"fallback": "source_only"}  # report.baselines is [] in adapt_config
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert hftl(["run", "adapt", "--config", str(tmp_path / "cfg.yaml")]) == 2
+    assert "`selection.fallback: source_only`" in capsys.readouterr().err
