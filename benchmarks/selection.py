@@ -24,7 +24,12 @@ For each validator and task family it reports
   accuracy rank)^2, so the checkpoints a validator would pick and the truly best ones count most);
 * the regret per run: best target accuracy among a run's checkpoints minus the accuracy of the one the
   validator picks (which step to keep), mean over runs, beside keeping the last checkpoint;
-* the regret per pair and seed across methods (which method and step to keep, source-only included).
+* the regret per pair and seed across methods (which method and step to keep, source-only included);
+* the **fallback** (`selection.fallback: source_only`, hftl.adaptation.fallback): for every adapted run
+  beside a source-only run of the same pair and seed, the call the recipe makes from the two kept
+  checkpoints (the criterion's, and the collapse guard's signals where the records have them): how often
+  it keeps the more accurate model, and how many points its wrong calls cost.
+Each family's seed count is in its column header; a family measured on one seed is marked "single seed".
 Writes benchmarks/results/selection.md and one JSON line per checkpoint in selection.jsonl.
 """
 
@@ -46,6 +51,8 @@ sys.path.insert(0, str(HERE))
 
 import adaptation as bench  # noqa: E402  (benchmarks/adaptation.py: suites and the run launcher)
 
+from hftl.adaptation.collapse import SIGNALS, CollapseGuard  # noqa: E402
+from hftl.adaptation.config import SelectionConfig  # noqa: E402
 from hftl.adaptation.selection import CRITERIA, regret, weighted_spearman  # noqa: E402
 
 FAMILIES = {
@@ -137,10 +144,14 @@ def collect(roots: list[Path]) -> list[dict]:
             if method == "target_oracle" or method.endswith("_stage1"):
                 continue
             for h in result.get("history", []):
+                if "eval_target_test_acc" not in h:  # scored on the target only with report.target_curve
+                    continue
                 rows.append({
                     "family": family, "pair": pair, "seed": int(match["seed"]), "method": method,
                     "run": str(run), "step": h["step"], "target_acc": h["eval_target_test_acc"],
                     "scores": {v: h[f"eval_{v}"] for v in CRITERIA if f"eval_{v}" in h},
+                    # the collapse guard's signals and verdict (runs from before the guard have none)
+                    "signals": {k: h[f"eval_{k}"] for k in (*SIGNALS, "collapse") if f"eval_{k}" in h},
                 })  # fmt: skip
     return rows
 
@@ -178,6 +189,90 @@ def analyse(rows: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
         stats["last checkpoint"] = {"spearman": [], "run": last, "pool": []}
         out[family] = stats
     return out
+
+
+def kept_checkpoint(run: list[dict], criterion: str) -> dict:
+    """The checkpoint the recipe keeps: the criterion's best (the first on ties), never a collapsed one."""
+    selectable = [r for r in run if not r.get("signals", {}).get("collapse")] or run
+    scores, _ = oriented(selectable, criterion)
+    return selectable[int(np.nanargmax(scores))] if np.isfinite(scores).any() else selectable[-1]
+
+
+def fallback_calls(rows: list[dict], criterion: str = SelectionConfig.criterion) -> list[dict]:
+    """The fallback's call for every adapted run with a source-only run of the same pair and seed."""
+    sel = SelectionConfig()
+    guard = CollapseGuard(
+        share=sel.collapse_share, entropy=sel.collapse_entropy, source_drop=sel.collapse_source_drop, stop_after=0
+    )  # fmt: skip
+    sign = 1.0 if CRITERIA[criterion].higher_is_better else -1.0
+    calls = []
+    for (family, pair, seed), pool in group(rows, "family", "pair", "seed").items():
+        runs = {m: [r for r in pool if r["method"] == m] for m in dict.fromkeys(r["method"] for r in pool)}
+        if "source_only" not in runs:
+            continue
+        so = kept_checkpoint(runs.pop("source_only"), criterion)
+        for method, run in runs.items():
+            ad = kept_checkpoint(run, criterion)
+            collapsed = (
+                set(SIGNALS) <= set(ad.get("signals", {}))
+                and guard.prediction_collapse(ad["signals"]) is not None
+            )
+            keep_so = collapsed or sign * so["scores"][criterion] > sign * ad["scores"][criterion]
+            kept, other = (so, ad) if keep_so else (ad, so)
+            calls.append({
+                "family": family, "pair": pair, "seed": seed, "method": method, "fallback": keep_so,
+                "collapsed": collapsed, "kept_acc": 100 * kept["target_acc"], "other_acc": 100 * other["target_acc"],
+                "adapted_acc": 100 * ad["target_acc"], "source_only_acc": 100 * so["target_acc"],
+            })  # fmt: skip
+    return calls
+
+
+def fallback_section(rows: list[dict], families: list[str]) -> list[str]:
+    """The fallback table: right calls, wrong calls and their cost, per family, and every call."""
+    calls = fallback_calls(rows)
+    criterion = SelectionConfig.criterion
+    lines = [
+        "",
+        "## Fallback: keep source-only when adaptation is predicted to hurt",
+        "",
+        f"`selection.fallback: source_only` (the default when source_only is trained) compares the adapted and the "
+        f"source-only model by `{criterion}` (the default criterion) on the same rows, each at the checkpoint the "
+        "recipe keeps, and by the collapse guard's signals (where the records have them), and keeps source-only "
+        "when adaptation is predicted to hurt. A call is right when it keeps the model that is more accurate on the "
+        "target test split (a tie counts as right); the cost of a wrong call is the accuracy it gives up.",
+        "",
+        "| family | calls | fallbacks | right | wrong | cost of wrong calls, pts (mean / max) | kept vs always-adapted, pts |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in families:
+        mine = [c for c in calls if c["family"] == f]
+        if not mine:
+            continue
+        wrong = [c["other_acc"] - c["kept_acc"] for c in mine if c["other_acc"] > c["kept_acc"]]
+        right = len(mine) - len(wrong)
+        cost = f"{np.mean(wrong):.2f} / {max(wrong):.2f}" if wrong else "-"
+        gain = np.mean([c["kept_acc"] - c["adapted_acc"] for c in mine])
+        lines.append(
+            f"| {FAMILIES[f]} | {len(mine)} | {sum(c['fallback'] for c in mine)} | {right} ({100 * right / len(mine):.0f}%) | "
+            f"{len(wrong)} | {cost} | {gain:+.2f} |"
+        )
+    lines += [
+        "",
+        "| family | pair | seed | method | adapted acc | source-only acc | call | right |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in calls:
+        call = (
+            "keep source_only" + (" (collapsed)" if c["collapsed"] else "")
+            if c["fallback"]
+            else "keep adapted"
+        )
+        right = "yes" if c["kept_acc"] >= c["other_acc"] else f"no (−{c['other_acc'] - c['kept_acc']:.1f})"
+        lines.append(
+            f"| {c['family']} | {c['pair']} | {c['seed']} | {c['method']} | {c['adapted_acc']:.1f} | "
+            f"{c['source_only_acc']:.1f} | {call} | {right} |"
+        )
+    return lines
 
 
 def _plan_note(argv: list[str]) -> list[str]:
@@ -221,7 +316,9 @@ def table(rows: list[dict], argv: list[str], machine: str, failures: list[str]) 
             sum(r["family"] == f for r in rows))
         for f in families
     }  # fmt: skip
-    head = "| validator | " + " | ".join(FAMILIES[f] for f in families) + " |"
+    seeds = {f: len({r["seed"] for r in rows if r["family"] == f}) for f in families}
+    label = {f: FAMILIES[f] + (f", {seeds[f]} seeds" if seeds[f] > 1 else ", **single seed**" if seeds[f] else "") for f in families}  # fmt: skip
+    head = "| validator | " + " | ".join(label[f] for f in families) + " |"
     rule = "|---|" + "---|" * len(families)
     lines = [
         "# Label-free checkpoint selection: how well each validator picks",
@@ -263,6 +360,7 @@ def table(rows: list[dict], argv: list[str], machine: str, failures: list[str]) 
         if f in stats:
             best = {k: min(CRITERIA, key=lambda v: _mean(stats[f][v][k])) for k in ("run", "pool")}
             lines.append(f"* {FAMILIES[f]}: `{best['run']}` / `{best['pool']}`")
+    lines += fallback_section(rows, families)
     if failures:
         lines += ["", "Failed runs (not in the table):", "", *[f"* {x}" for x in failures]]
     lines += [
