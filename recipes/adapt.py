@@ -28,6 +28,7 @@ Phases, read top to bottom:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,8 +49,10 @@ from hftl.adaptation.selection import CRITERIA
 from hftl.adaptation.training import AdaptationLoss, AdaptModel
 from hftl.adaptation.transitive import TransitiveConfig, label_counts, pseudo_labelled
 from hftl.config import get_component, instantiate, to_dataclass
+from hftl.data.lengths import text_lengths
 from hftl.data.paired import PairedLoader
 from hftl.data.streaming import is_stream
+from hftl.data.tokenized import is_pretokenized
 from hftl.errors import ConfigError
 from hftl.evaluation import write_metrics
 from hftl.models import Classifier, count_parameters
@@ -125,6 +128,7 @@ class AdaptRecipe:
     def setup(self) -> None:
         """The accelerator, the plan of runs (baselines, then the method) and the data they read."""
         self.accelerator = build_accelerator(self.train_cfg, self.output_dir)
+        self._tokens: dict[int, tuple[Any, Any]] = {}  # id(split) -> (split, tokenized): once per recipe run
         self.main_name = self._component(self.cfg.method).name
         self.plan = [
             (b, OmegaConf.create({"_component_": BASELINES[b]}))
@@ -185,12 +189,26 @@ class AdaptRecipe:
                 )
 
     # -- 2. build one run ----------------------------------------------------------------------------
+    def _tokenized(self, encoder: Any, dataset: Any) -> Any:
+        """``dataset`` tokenized once per recipe run (every method reads the same splits; text only)."""
+        if is_stream(dataset) or is_pretokenized(dataset):
+            return pretokenized(self.accelerator, encoder, dataset) if is_stream(dataset) else dataset
+        key = id(dataset)  # the entry keeps `dataset` alive, so its id is not reused
+        if key not in self._tokens:
+            self._tokens[key] = (dataset, pretokenized(self.accelerator, encoder, dataset))
+        return self._tokens[key][1]
+
     def _loader(self, encoder: Any, dataset: Any, *, train: bool, seed: int | None = None) -> Any:
-        """A prepared loader: shuffled training batches (``train``) or evaluation batches in order."""
+        """A prepared loader: shuffled training batches (``train``), or evaluation batches longest first
+        (text; the outputs come back in row order, :func:`hftl.training.run.gather_outputs`)."""
         tc, acc = self.train_cfg, self.accelerator
-        dataset = pretokenized(acc, encoder, dataset)  # text: tokenized once, cached across runs
+        dataset = self._tokenized(encoder, dataset)  # text: tokenized once, cached across runs
         if not train:
-            return eval_loader(acc, dataset, collate_fn=encoder.collator(train=False), config=tc)
+            text = encoder.modality == "text" and not is_stream(dataset)
+            collate = encoder.collator(train=False)
+            return eval_loader(
+                acc, dataset, collate_fn=collate, config=tc, lengths=text_lengths(dataset) if text else None
+            )
         return acc.prepare(build_loader(
             dataset, collate_fn=encoder.collator(train=True), batch_size=tc.batch_size, shuffle=True,
             seed=self.seed if seed is None else seed, num_workers=tc.num_workers,
@@ -218,10 +236,10 @@ class AdaptRecipe:
             return ds.select(sorted(rng.choice(len(ds), size=min(n, len(ds)), replace=False)))
 
         sel = self.selection
-        evals = {
+        evals = {  # subsets of the tokenized splits: the same rows as subsets tokenized on their own
             "source_val": source["validation"],
-            "source_train": subset(source["train"], sel.max_source_samples),
-            "target_train": subset(target["train"], sel.max_target_samples),
+            "source_train": subset(self._tokenized(encoder, source["train"]), sel.max_source_samples),
+            "target_train": subset(self._tokenized(encoder, target["train"]), sel.max_target_samples),
             "target_test": self.target["test"],
         }
         return train, {name: self._loader(encoder, ds, train=False) for name, ds in evals.items()}
@@ -231,6 +249,9 @@ class AdaptRecipe:
     ) -> MethodRun:
         """One method's run, from the pretrained encoder (or the classifier weights ``init``)."""
         tc, acc = self.train_cfg, self.accelerator
+        # a fresh Accelerator state per run: its checkpoints hold this run's model, optimizer, scheduler and
+        # loaders only, not those of the runs before it (trackers and the process group are kept)
+        acc.free_memory()
         set_seed(self.seed)
         encoder = self._build(self.cfg.encoder)
         self._build(self.cfg.adapter).apply(encoder)
@@ -243,7 +264,12 @@ class AdaptRecipe:
             lambda params: self._build(self.cfg.optimizer, params=params), model,
             backbone=encoder.backbone, layerwise=tc.layerwise,
         )  # fmt: skip
-        train_loader, evals = self._loaders(encoder, method, source, target)
+        train_loader, loaders = self._loaders(encoder, method, source, target)
+        # the periodic evaluations (the Engine's `evaluate`) score the target test split only when asked
+        # (`report.target_curve`); the selected checkpoint is scored on every split (`evaluate()`)
+        evals = (
+            loaders if self.report.target_curve else {k: v for k, v in loaders.items() if k != "target_test"}
+        )
         model, optimizer = acc.prepare(model, optimizer)
         per_epoch = batches_per_epoch(train_loader)  # None: streamed data
         total = steps_for(tc, per_epoch)
@@ -272,7 +298,7 @@ class AdaptRecipe:
             **describe_layerwise(optimizer, unfreezer),
             "Selection": f"{self.selection.criterion} (no target labels)",
         })  # fmt: skip
-        return MethodRun(name, method, model, engine, evals, source, target)
+        return MethodRun(name, method, model, engine, loaders, source, target)
 
     # -- 3. train --------------------------------------------------------------------------------------
     def _domain_features(self, run: MethodRun) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -285,9 +311,10 @@ class AdaptRecipe:
 
     def train(self, run: MethodRun) -> TrainState:
         """The Engine's loop (resumed from the run's newest checkpoint when there is one)."""
-        # taken whether or not diagnostics are on: reading a loader draws from the global RNG, and the
-        # trained weights must not depend on `report.diagnostics`
-        run.before = self._domain_features(run)
+        # only for the diagnostics of a run that adapts: evaluation loaders draw nothing from the global RNG
+        # (hftl.training.run.eval_loader), so the trained weights do not depend on `report.diagnostics`
+        if self.report.diagnostics and run.method.uses_target:
+            run.before = self._domain_features(run)
         return run.engine.fit()
 
     # -- 4. evaluate -----------------------------------------------------------------------------------
@@ -350,10 +377,31 @@ class AdaptRecipe:
         init: dict[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, Any], Classifier]:  # fmt: skip
         """Builds, trains and evaluates one method (default: ``source`` → ``target``); returns its result
-        and its trained classifier."""
+        (with its wall-time split, ``wall_time_s``) and its trained classifier."""
+        start = time.perf_counter()
         run = self.build(name, node, source=source or self.source, target=target or self.target, init=init)
+        built = time.perf_counter()
         state = self.train(run)
-        return self.evaluate(run, state), self.accelerator.unwrap_model(run.model).classifier
+        trained = time.perf_counter()
+        result = self.evaluate(run, state)
+        result["wall_time_s"] = self.wall_time(
+            run, built - start, trained - built, time.perf_counter() - trained
+        )
+        return result, self.accelerator.unwrap_model(run.model).classifier
+
+    def wall_time(self, run: MethodRun, build: float, train: float, final: float) -> dict[str, float]:
+        """Where a run's wall time went: ``build`` (model, data, loaders), ``train`` (optimizer steps),
+        ``evaluation`` (the periodic validations and the features taken before training), ``selection``
+        (scoring the selected checkpoint, diagnostics), ``checkpoints``; printed as one line."""
+        t = run.engine.timings
+        split = {
+            "build": build, "train": t["train"], "evaluation": t["evaluation"] + train - sum(t.values()),
+            "selection": final, "checkpoints": t["checkpoints"],
+        }  # fmt: skip
+        total = sum(split.values())
+        shown = ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in split.items())
+        self.accelerator.print(f"{run.name} wall time {total:.1f} s: {shown}")
+        return {k: round(v, 2) for k, v in split.items()}
 
     def run_transitive(self, results: dict[str, Any]) -> tuple[str, Classifier]:
         """Stage 1 adapts source → intermediate; stage 2 starts from its weights and adapts to the target

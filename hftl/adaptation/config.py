@@ -104,6 +104,14 @@ class ReportConfig:
         },
     )
     plot: Literal["tsne", "pca"] = field(default="pca", metadata={"help": "Projection of the feature plot."})
+    target_curve: bool = field(
+        default=False,
+        metadata={
+            "help": "Score the target test split at every evaluation too (`eval_target_test_acc` in each "
+            "`history` entry, e.g. for benchmarks/selection.py); off, it is scored once, at the selected "
+            "checkpoint, which is all the report shows. Selection never reads it either way."
+        },
+    )
     card: bool = field(
         default=False,
         metadata={

@@ -39,14 +39,16 @@ def collect_outputs(accelerator: Accelerator, model: nn.Module, loader: Any) -> 
 
 
 def score_checkpoint(accelerator: Accelerator, model: nn.Module, evals: dict[str, Any]) -> dict[str, float]:
-    """Every selection criterion (none reads target labels), plus the target test accuracy for the report.
+    """Every selection criterion (none reads target labels), plus the target test accuracy for the report
+    when ``evals`` has the target test split.
 
     Args:
         accelerator: the run's Accelerator.
         model: the model being adapted.
-        evals: a loader for each name of :data:`EVAL_SPLITS`.
+        evals: a loader for each name of :data:`EVAL_SPLITS`; without ``target_test`` (the periodic
+            evaluations unless ``report.target_curve``) there is no ``target_test_acc``.
     """
-    o = {name: collect_outputs(accelerator, model, evals[name]) for name in EVAL_SPLITS}
+    o = {name: collect_outputs(accelerator, model, evals[name]) for name in EVAL_SPLITS if name in evals}
     inputs = {
         "probs_s_val": o["source_val"]["probs"], "labels_s_val": o["source_val"]["labels"],
         "probs_t": o["target_train"]["probs"], "features_t": o["target_train"]["features"],
@@ -55,8 +57,9 @@ def score_checkpoint(accelerator: Accelerator, model: nn.Module, evals: dict[str
     }  # fmt: skip
     scores = {name: score(inputs, name) for name in CRITERIA}
     scores.update(prediction_signals(inputs["probs_t"], inputs["labels_s_val"]))  # the collapse guard's
-    test = o["target_test"]
-    scores["target_test_acc"] = float((test["probs"].argmax(-1) == test["labels"]).mean())
+    if "target_test" in o:
+        test = o["target_test"]
+        scores["target_test_acc"] = float((test["probs"].argmax(-1) == test["labels"]).mean())
     return scores
 
 

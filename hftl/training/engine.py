@@ -7,6 +7,7 @@ stopping, atomic checkpoints with exact mid-epoch resume, trackers, and tqdm on 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from hftl.training.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from hftl.training.checkpoint_weights import TrainableSubset
 from hftl.training.config import TrainConfig
 
 
@@ -198,6 +200,9 @@ class Engine:
             higher_is_better=self.higher_is_better, patience=config.early_stopping_patience, log=accelerator.print,
         )  # fmt: skip
         self._saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
+        # checkpoints hold what training can change (not a frozen base); captured before any step is taken
+        self.weights = TrainableSubset.capture(accelerator)
+        self.timings = {"evaluation": 0.0, "checkpoints": 0.0}  # wall seconds of this process, see fit()
 
     # -- checkpoints -------------------------------------------------------------------------------
     def maybe_resume(self) -> None:
@@ -219,14 +224,24 @@ class Engine:
         self._saved_step = self.state.step
 
     def save(self) -> None:
+        start = time.perf_counter()
         save_checkpoint(
             self.acc,
             self.output_dir,
             step=self.state.step,
             state=asdict(self.state),
             keep_last=self.cfg.keep_last,
+            weights=self.weights,
         )
         self._saved_step = self.state.step
+        self.timings["checkpoints"] += time.perf_counter() - start
+
+    def _timed_validate(self, progress: tqdm) -> bool:
+        start = time.perf_counter()
+        try:
+            return self._validate(progress)
+        finally:
+            self.timings["evaluation"] += time.perf_counter() - start
 
     # -- loop --------------------------------------------------------------------------------------
     def _validate(self, progress: tqdm) -> bool:
@@ -304,7 +319,13 @@ class Engine:
         self.acc.log({f"{self.log_prefix}train/{k}": v for k, v in train_logs.items()}, step=self.state.step)
 
     def fit(self) -> TrainState:
-        """Trains to ``total_steps`` (or early stop), restores the best weights, returns the final state."""
+        """Trains to ``total_steps`` (or early stop), restores the best weights, returns the final state.
+
+        ``self.timings`` then holds the wall seconds of this call spent in ``train`` (the steps, the loop's
+        logging, resuming), ``evaluation`` (the periodic validations) and ``checkpoints`` (saves).
+        """
+        start = time.perf_counter()
+        self.timings = {"evaluation": 0.0, "checkpoints": 0.0}
         self.maybe_resume()
         cfg, state = self.cfg, self.state
         self.on_step(state.step)
@@ -323,6 +344,7 @@ class Engine:
         self.acc.wait_for_everyone()
         if cfg.load_best_at_end:
             self.best.restore(state, final_step=state.step, metric=self.metric)
+        self.timings["train"] = time.perf_counter() - start - sum(self.timings.values())
         return state
 
     def _train_loop(self, progress: tqdm) -> None:
@@ -350,7 +372,7 @@ class Engine:
                 if due or (cfg.save_every_steps and state.step % cfg.save_every_steps == 0):
                     self._check_finite(running.mean_loss().item())  # never save diverged weights
                 if due:
-                    stop, evaluated = self._validate(progress) or stop, True
+                    stop, evaluated = self._timed_validate(progress) or stop, True
                 if (cfg.save_every_steps and state.step % cfg.save_every_steps == 0) or (
                     evaluated and not cfg.save_every_steps
                 ):
@@ -362,13 +384,13 @@ class Engine:
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 if not cfg.eval_every_steps:
-                    stop = self._validate(progress) or stop
+                    stop = self._timed_validate(progress) or stop
                     if not cfg.save_every_steps:
                         self.save()
                 stop = stop or state.step >= self.total_steps
         self._check_finite(running.mean_loss().item())
         if self.evaluate is not None and (not state.history or state.history[-1]["step"] != state.step):
-            self._validate(progress)  # the run ended between validations: score the final weights too
+            self._timed_validate(progress)  # the run ended between validations: score the final weights too
         if self._saved_step != state.step:
             self.save()  # the final state, so re-running the same command finds the run finished
 

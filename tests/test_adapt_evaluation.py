@@ -1,0 +1,53 @@
+"""What `hftl run adapt` evaluates when: target test split at the selected step only unless
+`report.target_curve`, the same selection and numbers either way, and the wall-time split of each run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from helpers import adapt_config
+
+from hftl.cli import main as hftl
+
+
+def _run(cfg: dict, path: Path) -> dict:
+    path.write_text(yaml.safe_dump(cfg))
+    assert hftl(["run", "adapt", "--config", str(path)]) == 0
+    return json.loads((Path(cfg["output_dir"]) / "metrics.json").read_text())["results"]["dann"]
+
+
+def test_target_test_is_scored_at_the_selected_step_unless_the_curve_is_asked(tmp_path, tiny_models, capsys):
+    cfg = adapt_config(tmp_path, tiny_models["bert"], "hftl.adaptation.DANN", hidden_features=16)
+    cfg["train"].update(eval_every_steps=2)
+    plain = _run(cfg, tmp_path / "plain.yaml")
+    assert "dann wall time" in capsys.readouterr().out
+    cfg["output_dir"] = str(tmp_path / "curve")
+    cfg["report"]["target_curve"] = True
+    curve = _run(cfg, tmp_path / "curve.yaml")
+
+    assert all("eval_target_test_acc" not in h for h in plain["history"])
+    assert all("eval_target_test_acc" in h for h in curve["history"])
+    assert plain["selected_step"] == curve["selected_step"]
+    at_selected = next(h for h in curve["history"] if h["step"] == curve["selected_step"])
+    assert plain["target_test_acc"] == curve["target_test_acc"] == at_selected["eval_target_test_acc"]
+    for a, b in zip(plain["history"], curve["history"], strict=True):  # every other score unchanged
+        assert a == {k: v for k, v in b.items() if k != "eval_target_test_acc"}
+    split = plain["wall_time_s"]
+    assert set(split) == {"build", "train", "evaluation", "selection", "checkpoints"}
+    assert all(v >= 0 for v in split.values())
+
+
+def test_diagnostics_do_not_change_the_trained_model(tmp_path, tiny_models):
+    """The features taken before training (for the proxy A-distance) are taken only with diagnostics on,
+    and reading them draws nothing from the training RNG: the same run with and without them is identical."""
+    cfg = adapt_config(tmp_path, tiny_models["bert"], "hftl.adaptation.DANN", hidden_features=16)
+    cfg["train"].update(eval_every_steps=5)
+    without = _run(cfg, tmp_path / "without.yaml")
+    cfg["output_dir"] = str(tmp_path / "with")
+    cfg["report"]["diagnostics"] = True
+    with_diagnostics = _run(cfg, tmp_path / "with.yaml")
+    assert "proxy_a_distance" in with_diagnostics and "proxy_a_distance" not in without
+    for key in ("history", "selected_step", "target_test_acc", "source_val_acc"):
+        assert with_diagnostics[key] == without[key], key
