@@ -60,7 +60,8 @@ FAMILIES = {
     "fsdd": "speech (FSDD, leave one speaker out)",
     "blitzer": "text (Blitzer reviews, MiniLM + LoRA)",
 }
-COMMON = ["report.diagnostics=false"]  # no PAD / feature plots: only the per-evaluation scores are read
+# no PAD / feature plots: only the per-evaluation scores are read, the target test accuracy among them
+COMMON = ["report.diagnostics=false", "report.target_curve=true"]
 QUICK = {  # 10 trainings: ~30 CPU-minutes, ~2 h wall on the loaded 2-core machine (FSDD trainings are the slow ones)
     "digits": {
         "pairs": ["M-U", "U-M"], "methods": ["DANN", "MCC"], "seeds": [0, 1],
