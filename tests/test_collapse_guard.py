@@ -71,6 +71,12 @@ def test_source_accuracy_drop_is_relative_to_the_margin_above_chance():
     # collapsed evaluations do not count as the best earlier value
     history.append({"step": 2, "eval_source_val_acc": 0.99, "eval_collapse": 1.0})
     assert _guard().reasons({**healthy, "source_val_acc": 0.71}, history) == []
+    # a task not learnt yet (best 20% with 10 classes, less than halfway to 100%) cannot be lost: early noise
+    ten = prediction_signals(_probs([i % 10 for i in range(100)], 10, 0.5), np.arange(100) % 10)
+    early = [{"step": 1, "eval_source_val_acc": 0.2, "eval_collapse": 0.0}]
+    assert _guard().reasons({**ten, "source_val_acc": 0.12}, early) == []
+    learnt = [{"step": 1, "eval_source_val_acc": 0.6, "eval_collapse": 0.0}]  # 0.6 >= 0.1 + 0.45
+    assert len(_guard().reasons({**ten, "source_val_acc": 0.34}, learnt)) == 1  # lost 0.26 >= 0.25
 
 
 def test_the_engine_keys_mark_collapse_and_stop_after_a_streak():

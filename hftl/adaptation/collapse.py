@@ -12,7 +12,9 @@ calls an evaluation *collapsed* when either
   (both, so an untrained model whose argmax happens to favour one class while its soft predictions
   are still near uniform does not count); or
 * **the source task was lost**: source-validation accuracy fell by at least ``collapse_source_drop``
-  of its best earlier value's margin above the majority-class rate.
+  of its best earlier value's margin above the majority-class rate, once that best value was at least
+  halfway from the majority-class rate to 100 % (the task had been learnt: early, near-chance
+  evaluations fluctuate without meaning anything).
 
 Both are relative to the source data (class prior, chance rate), so the same thresholds hold for 2 and
 10 classes and for imbalanced priors. The discriminator's accuracy (``train_domain_acc`` of adversarial
@@ -128,7 +130,8 @@ class CollapseGuard:
         earlier = [h["eval_source_val_acc"] for h in history if not h.get("eval_collapse")]
         if earlier:
             best, now, chance = max(earlier), scores["source_val_acc"], scores["source_chance"]
-            if best > chance and best - now >= self.source_drop * (best - chance):
+            learnt = best - chance >= 0.5 * (1 - chance)  # halfway from chance to 100 %
+            if learnt and best - now >= self.source_drop * (best - chance):
                 found.append(
                     f"source-val accuracy fell to {100 * now:.1f}% from its best {100 * best:.1f}% "
                     f"(majority-class rate {100 * chance:.0f}%)"

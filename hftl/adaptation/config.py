@@ -58,7 +58,8 @@ class SelectionConfig:
         default=0.5,
         metadata={
             "help": "Also collapsed when source-val accuracy loses this fraction of its best earlier value's "
-            "margin above the majority-class rate (0.5: from 90% to 70% with 2 balanced classes). In (0, 1]."
+            "margin above the majority-class rate (0.5: from 90% to 70% with 2 balanced classes), once that "
+            "best was at least halfway from the majority-class rate to 100%. In (0, 1]."
         },
     )
     collapse_stop_after: int = field(
