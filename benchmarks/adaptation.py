@@ -112,7 +112,10 @@ def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bo
     ]  # fmt: skip
     if method in NO_DISCRIMINATOR:
         cmd.append("~method.hidden_features")
-    if method == "SourceOnly":  # the baseline alone (e.g. more seeds): no method arguments at all
+    if method in (
+        "SourceOnly",
+        "TargetOracle",
+    ):  # a baseline alone (more seeds, another budget): no arguments
         cmd += ["~method.hidden_features", "~method.trade_off"]
     cmd += suite.get("method_overrides", {}).get(method, []) + extra
     print("$", " ".join(cmd), flush=True)
