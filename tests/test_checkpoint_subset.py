@@ -144,3 +144,19 @@ def test_best_weights_hold_the_buffers(tmp_path):
 
     assert best.restore(record)
     assert torch.equal(model.norm.running_mean, stats)
+
+
+def test_best_weights_save_tied_weights_once(tmp_path):
+    """A masked-LM head tied to the input embeddings: one tensor under two names is saved (and restored) once."""
+    acc = Accelerator(cpu=True)
+    model = nn.Sequential(nn.Embedding(5, 3), nn.Linear(3, 5, bias=False))
+    model[1].weight = model[0].weight  # tied
+    model, optimizer = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    best = WeightsFile(acc, model, optimizer, tmp_path / "best.safetensors")
+    record = BestRecord(best_step=1)
+    best.save(record)
+    saved = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    assert best.restore(record)
+    assert torch.equal(model[1].weight, saved)

@@ -140,7 +140,12 @@ class WeightsFile:
         model = self.acc.unwrap_model(self.model)
         optimized = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         names, state = kept_names(model, optimized)  # buffers too: BatchNorm statistics of the best step
-        return {k: v.detach().cpu().contiguous() for k, v in state.items() if k in names}
+        kept, seen = {}, set()
+        for name, tensor in state.items():  # one name per tensor: tied weights are saved once (safetensors)
+            if name in names and id(tensor) not in seen:
+                seen.add(id(tensor))
+                kept[name] = tensor.detach().cpu().contiguous()
+        return kept
 
     def save(self, record: BestRecord) -> None:
         if self.acc.is_main_process:
