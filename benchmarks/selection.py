@@ -61,7 +61,7 @@ FAMILIES = {
     "blitzer": "text (Blitzer reviews, MiniLM + LoRA)",
 }
 # no PAD / feature plots: only the per-evaluation scores are read, the target test accuracy among them
-COMMON = ["report.diagnostics=false", "report.target_curve=true"]
+COMMON = ["report.diagnostics=false", "report.target_curve=true", "selection.score_all=true"]
 QUICK = {  # 10 trainings: ~30 CPU-minutes, ~2 h wall on the loaded 2-core machine (FSDD trainings are the slow ones)
     "digits": {
         "pairs": ["M-U", "U-M"], "methods": ["DANN", "MCC"], "seeds": [0, 1],

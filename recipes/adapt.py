@@ -265,11 +265,16 @@ class AdaptRecipe:
             backbone=encoder.backbone, layerwise=tc.layerwise,
         )  # fmt: skip
         train_loader, loaders = self._loaders(encoder, method, source, target)
-        # the periodic evaluations (the Engine's `evaluate`) score the target test split only when asked
-        # (`report.target_curve`); the selected checkpoint is scored on every split (`evaluate()`)
-        evals = (
-            loaders if self.report.target_curve else {k: v for k, v in loaders.items() if k != "target_test"}
-        )
+        # the periodic evaluations (the Engine's `evaluate`) run the target test split only when asked
+        # (`report.target_curve`) and the source training subset only for `dev` (or `selection.score_all`);
+        # the selected checkpoint is scored on every split (`evaluate()`)
+        skip = set() if self.report.target_curve else {"target_test"}
+        if (
+            not self.selection.score_all
+            and "features_s_train" not in CRITERIA[self.selection.criterion].inputs
+        ):
+            skip.add("source_train")
+        evals = {k: v for k, v in loaders.items() if k not in skip}
         model, optimizer = acc.prepare(model, optimizer)
         per_epoch = batches_per_epoch(train_loader)  # None: streamed data
         total = steps_for(tc, per_epoch)

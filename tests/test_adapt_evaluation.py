@@ -51,3 +51,22 @@ def test_diagnostics_do_not_change_the_trained_model(tmp_path, tiny_models):
     assert "proxy_a_distance" in with_diagnostics and "proxy_a_distance" not in without
     for key in ("history", "selected_step", "target_test_acc", "source_val_acc"):
         assert with_diagnostics[key] == without[key], key
+
+
+def test_periodic_evaluations_run_only_what_the_criterion_reads(tmp_path, tiny_models):
+    """With `im` (the default) the source training subset is not run at each evaluation (only `dev` reads
+    it); `selection.score_all` runs it and adds `dev`, and nothing else changes."""
+    cfg = adapt_config(tmp_path, tiny_models["bert"], "hftl.adaptation.DANN", hidden_features=16)
+    cfg["train"].update(eval_every_steps=2)
+    plain = _run(cfg, tmp_path / "plain.yaml")
+    cfg["output_dir"] = str(tmp_path / "all")
+    cfg["selection"] = {**cfg.get("selection", {}), "score_all": True}
+    every = _run(cfg, tmp_path / "all.yaml")
+
+    assert all("eval_dev" not in h and "eval_im" in h for h in plain["history"])
+    assert all("eval_dev" in h for h in every["history"])
+    for a, b in zip(plain["history"], every["history"], strict=True):
+        assert a == {k: v for k, v in b.items() if k != "eval_dev"}
+    for key in ("selected_step", "target_test_acc", "final_scores"):
+        assert plain[key] == every[key], key  # the selected checkpoint is scored on every split either way
+    assert "dev" in plain["final_scores"]

@@ -31,6 +31,14 @@ class SelectionConfig:
     max_source_samples: int = field(
         default=1000, metadata={"help": "Source training examples used by `dev` (seeded subset)."}
     )
+    score_all: bool = field(
+        default=False,
+        metadata={
+            "help": "Compute every criterion at each evaluation (benchmarks/selection.py compares them). Off, "
+            "an evaluation runs only the splits `criterion` and the collapse guard read: the source training "
+            "subset (`max_source_samples` rows) only for `dev`. The selected checkpoint is scored on all."
+        },
+    )
     collapse_guard: bool = field(
         default=True,
         metadata={

@@ -46,16 +46,18 @@ def score_checkpoint(accelerator: Accelerator, model: nn.Module, evals: dict[str
         accelerator: the run's Accelerator.
         model: the model being adapted.
         evals: a loader for each name of :data:`EVAL_SPLITS`; without ``target_test`` (the periodic
-            evaluations unless ``report.target_curve``) there is no ``target_test_acc``.
+            evaluations unless ``report.target_curve``) there is no ``target_test_acc``, without
+            ``source_train`` (periodic evaluations unless ``dev`` or ``selection.score_all``) no ``dev``.
     """
     o = {name: collect_outputs(accelerator, model, evals[name]) for name in EVAL_SPLITS if name in evals}
     inputs = {
         "probs_s_val": o["source_val"]["probs"], "labels_s_val": o["source_val"]["labels"],
         "probs_t": o["target_train"]["probs"], "features_t": o["target_train"]["features"],
-        "features_s_train": o["source_train"]["features"], "features_s_val": o["source_val"]["features"],
-        "losses_s_val": o["source_val"]["losses"],
+        "features_s_val": o["source_val"]["features"], "losses_s_val": o["source_val"]["losses"],
     }  # fmt: skip
-    scores = {name: score(inputs, name) for name in CRITERIA}
+    if "source_train" in o:
+        inputs["features_s_train"] = o["source_train"]["features"]
+    scores = {name: score(inputs, name) for name, c in CRITERIA.items() if set(c.inputs) <= set(inputs)}
     scores.update(prediction_signals(inputs["probs_t"], inputs["labels_s_val"]))  # the collapse guard's
     if "target_test" in o:
         test = o["target_test"]
