@@ -249,7 +249,8 @@ def test_each_method_trains_and_lowers_source_loss(tmp_path, tiny_models, method
     history = result["history"]
     if method.endswith("ADDA"):  # stage 2 trains only the target encoder against the discriminator
         assert "eval_train_domain_acc" in history[-1]
-    assert {"im", "snd", "dev", "source_val_acc"} <= {k[5:] for k in history[0] if k.startswith("eval_")}
+    assert {"im", "snd", "bnm", "source_val_acc"} <= {k[5:] for k in history[0] if k.startswith("eval_")}
+    assert "dev" in result["final_scores"]  # periodically only for `dev` or selection.score_all
     assert "eval_target_test_acc" not in history[0]  # only at the selected step (report.target_curve)
     assert history[-1]["eval_source_val_acc"] >= 0.75  # the source task is learnt while adapting
 

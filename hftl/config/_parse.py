@@ -176,9 +176,21 @@ def _check_interpolation_depth(top: dict, source: str | None) -> None:
                 )
 
 
+def _too_deep(e: yaml.YAMLError) -> bool:
+    """libyaml >= 0.2.6 (PyYAML 6.0.4 wheels) stops deep flow nesting in its scanner, before
+    :func:`_check_yaml_shape` sees the events: the same refusal, in its words."""
+    return "maximum nesting depth" in str(e)
+
+
 def _yaml_problem(e: yaml.YAMLError, text: str) -> str:
     mark = getattr(e, "problem_mark", None)
     what = getattr(e, "problem", None) or str(e)
+    if _too_deep(e):
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        return (
+            f"the YAML nests mappings/lists more than {MAX_YAML_DEPTH} levels deep{line}; "
+            "a config is a few levels of sections"
+        )
     if mark is None:
         return f"invalid YAML: {what}"
     lines = text.splitlines()
@@ -259,16 +271,18 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         try:
             value = None if delete else _parse_value(raw)
             _check_interpolation_depth({key: value}, None)
-        except RecursionError:
-            problems.append(f"`{key}`: the value nests lists/mappings or interpolations too deeply to read")
-            continue
         except ConfigError as e:
             problems += e.problems
             continue
-        except (yaml.YAMLError, OmegaConfBaseException) as e:
-            problems.append(
-                f"`{ov}`: the value `{raw}` is not valid YAML ({str(e).splitlines()[0]}); quote it"
-            )
+        except (RecursionError, yaml.YAMLError, OmegaConfBaseException) as e:
+            if isinstance(e, RecursionError) or isinstance(e, yaml.YAMLError) and _too_deep(e):
+                problems.append(
+                    f"`{key}`: the value nests lists/mappings or interpolations too deeply to read"
+                )
+            else:
+                problems.append(
+                    f"`{ov}`: the value `{raw}` is not valid YAML ({str(e).splitlines()[0]}); quote it"
+                )
             continue
         parts = _parts(key)
         parent = _walk_to_parent(cfg, parts, create=not delete)
