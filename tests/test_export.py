@@ -113,3 +113,13 @@ def test_configurations_without_exact_equivalent_are_refused(tmp_path, tiny_mode
     err = capsys.readouterr().err
     assert "tanh(dense(CLS))" in err and "`mean` pooling" in err and "hftl.load" in err
     assert not (tmp_path / "hf").exists()
+
+
+def test_merge_refuses_data_it_would_ignore(tmp_path, tiny_models, capsys):
+    enc = {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"], "pooling": "mean"}
+    run = _save(tmp_path, enc, {"_component_": "hftl.models.LinearHead"}, FullFinetune())
+    rows = tmp_path / "rows.csv"
+    rows.write_text("text,label\ngood,positive\n")
+    assert hftl(["export", "--merge", run, "--data", str(rows), "--out", str(tmp_path / "hf")]) == 2
+    assert "--data applies to --onnx only" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()

@@ -49,6 +49,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise HftlError(
             "`hftl export` needs --merge (a plain transformers classifier) or --onnx (one ONNX graph for onnxruntime)"
         )
+    if args.data:
+        raise HftlError(
+            "`hftl export --merge` has no parity check to feed: --data applies to --onnx only; drop --data"
+        )
     out = export_merged(model_ref(args), args.out, force=args.force)
     print(f"Exported a plain transformers classifier to {out} (AutoModelFor*Classification.from_pretrained)")
     return 0
