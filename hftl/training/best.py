@@ -78,9 +78,10 @@ class BestTracker:
         best = record.best_metric
         return best is None or (value > best if self.higher_is_better else value < best)
 
-    def update(self, record: BestRecord, value: float, *, step: int) -> bool:
-        """Records the evaluation of ``step``; returns True when early stopping triggers."""
-        if self.improves(value, record):
+    def update(self, record: BestRecord, value: float, *, step: int, selectable: bool = True) -> bool:
+        """Records the evaluation of ``step``; returns True when early stopping triggers. An evaluation that
+        is not ``selectable`` (e.g. a collapsed adaptation run) counts as one without improvement."""
+        if selectable and self.improves(value, record):
             record.best_metric, record.best_step, record.bad_evals = value, step, 0
             self.weights.save(record)
         else:

@@ -254,11 +254,7 @@ class Engine:
         state = self.state
         state.history.append({"step": state.step, **{f"eval_{k}": v for k, v in metrics.items()}})
         self.acc.log({f"{self.log_prefix}eval/{k}": v for k, v in metrics.items()}, step=state.step)
-        if selectable:
-            stop = self.best.update(state, metrics[self.metric], step=state.step)
-        else:  # not a candidate: counts as an evaluation without improvement
-            state.bad_evals += 1
-            stop = self.best.exhausted(state)
+        stop = self.best.update(state, metrics[self.metric], step=state.step, selectable=bool(selectable))
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         best = "none yet" if state.best_metric is None else f"{state.best_metric:.4f} @ {state.best_step}"
         progress.write(f"step {state.step}: validation {shown} (best {best})")
