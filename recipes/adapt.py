@@ -325,13 +325,19 @@ class AdaptRecipe:
     # -- 4. evaluate -----------------------------------------------------------------------------------
     def guard_for(self, name: str, method: AdaptationMethod) -> CollapseGuard | None:
         """The collapse guard of a run that adapts (none for the baselines, or with the guard off)."""
-        sel = self.selection
-        if not sel.collapse_guard or not method.uses_target or method.uses_target_labels:
+        if not self.selection.collapse_guard or not method.uses_target or method.uses_target_labels:
             return None
+        return self._collapse_guard(
+            stop_after=self.selection.collapse_stop_after, name=name, fix=fix_advice(method),
+            log=self.accelerator.print,
+        )  # fmt: skip
+
+    def _collapse_guard(self, **kwargs: Any) -> CollapseGuard:
+        """A collapse guard with the ``selection.collapse_*`` thresholds."""
+        sel = self.selection
         return CollapseGuard(
             share=sel.collapse_share, entropy=sel.collapse_entropy, source_drop=sel.collapse_source_drop,
-            stop_after=sel.collapse_stop_after, name=name, fix=fix_advice(method), label_names=self.label_names,
-            log=self.accelerator.print,
+            label_names=self.label_names, **kwargs,
         )  # fmt: skip
 
     def guarded(
@@ -456,13 +462,9 @@ class AdaptRecipe:
         metrics["kept"] = main
         if sel.fallback == "off" or main == "source_only" or "source_only" not in results:
             return
-        guard = CollapseGuard(
-            share=sel.collapse_share, entropy=sel.collapse_entropy, source_drop=sel.collapse_source_drop,
-            stop_after=0, label_names=self.label_names,
-        )  # fmt: skip
         metrics["fallback"] = decide(
             results, main, criterion=sel.criterion, higher_is_better=CRITERIA[sel.criterion].higher_is_better,
-            collapsed=guard.prediction_collapse,
+            collapsed=self._collapse_guard(stop_after=0).prediction_collapse,
         )  # fmt: skip
         metrics["kept"] = metrics["fallback"]["kept"]
 
