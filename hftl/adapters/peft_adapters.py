@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from hftl.adapters.simple import Adapter
-from hftl.encoders.base import Encoder
+from hftl.encoders.base import Encoder, peft_code_field
 from hftl.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -116,12 +116,12 @@ def saved_peft_config(directory: str | Path):
         )
     config_class = getattr(peft, _SAVED_TYPES[raw["peft_type"]])
     defaults = {f.name: f.default for f in dataclasses.fields(config_class) if f.init}
-    for name, why in _REFUSED.items():
-        if name in raw and raw[name] != defaults.get(name):
-            raise ModelLoadError(
-                f"{path}: `{name}` is {raw[name]!r}, but {why}. hftl refuses it in a model directory; "
-                "use an adapter without it."
-            )
+    field = peft_code_field(raw)
+    if field:
+        raise ModelLoadError(
+            f"{path}: `{field}` is {raw[field]!r}, but {_REFUSED[field]}. hftl refuses it in a model directory; "
+            "use an adapter without it."
+        )
     unknown = sorted(set(raw) - set(defaults) - {"peft_type"})
     if unknown:
         logger.warning(

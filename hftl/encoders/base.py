@@ -216,6 +216,16 @@ class Encoder(nn.Module):
         return EncoderOutput(pooled=self.pool(hidden, mask), hidden=hidden, mask=mask)
 
 
+def peft_code_field(raw: dict[str, Any]) -> str | None:
+    """The field of a saved peft adapter config that would make peft import code, or None: with
+    ``megatron_config`` set, peft imports the module ``megatron_core`` names (default ``megatron.core``)."""
+    if raw.get("megatron_config") is not None:
+        return "megatron_config"
+    if raw.get("megatron_core", "megatron.core") != "megatron.core":
+        return "megatron_core"
+    return None
+
+
 def check_adapter_config(path: str, name: str, *, revision: str | None) -> None:
     """Refuses a peft adapter config (that ``AutoModel.from_pretrained`` would follow) which makes peft
     import code: with ``megatron_config`` set, peft imports the module that ``megatron_core`` names."""
@@ -229,9 +239,10 @@ def check_adapter_config(path: str, name: str, *, revision: str | None) -> None:
             raw = json.loads(f.read(1 << 20))
     except (OSError, ValueError):
         return  # no adapter config, or none readable: transformers reports what it cannot load
-    if isinstance(raw, dict) and raw.get("megatron_config") is not None:
+    field = peft_code_field(raw) if isinstance(raw, dict) else None
+    if field:
         raise ModelLoadError(
-            f"Refused to load `encoder.model` = {name!r}: its adapter_config.json sets `megatron_config`, which "
+            f"Refused to load `encoder.model` = {name!r}: its adapter_config.json sets `{field}`, which "
             f"makes peft import the module {raw.get('megatron_core')!r} (code). Fix: use an adapter without it."
         )
 
