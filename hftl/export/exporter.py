@@ -35,17 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-import hftl
-from hftl.errors import HftlError
-from hftl.export.frontends import WAVEFORM_INPUTS, audio_frontend, min_samples
-from hftl.export.graph import ExportGraph, merged_copy, unsupported
+from hftl.export.frontends import WAVEFORM_INPUTS, audio_frontend
+from hftl.export.graph import ExportGraph, OnnxExportError, merged_copy, unsupported
+from hftl.export.preprocessing import graph_spec, write_processor
 from hftl.export.runtime import (
     _PREPROCESSORS,
     GRAPH_FILE,
     SPEC_FILE,
-    SPEC_FORMAT,
-    TEXT_FIELDS,
-    TOKENIZER_FILE,
     OnnxPredictor,
 )
 from hftl.export.samples import Sample, real_samples, synthetic_samples
@@ -54,10 +50,6 @@ ATOL = 1e-4  # largest |logit difference| allowed between onnxruntime and PyTorc
 EXPORTERS = ("dynamo", "torchscript")
 TORCHSCRIPT_OPSET = 17  # the first opset with DFT (in-graph filter banks)
 AXIS_NAMES = {"text": "sequence", "audio": "frames", "image": "size"}
-
-
-class OnnxExportError(HftlError):
-    """The model cannot be exported to ONNX (or not with matching outputs); nothing was written."""
 
 
 def export_onnx(
@@ -110,8 +102,8 @@ def export_onnx(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        spec = _spec(meta, encoder, frontend, labels)
-        _write_processor(tmp, encoder, spec["preprocessing"])
+        spec = graph_spec(meta, encoder, frontend, labels)
+        write_processor(tmp, encoder, spec["preprocessing"])
         _write_json(tmp / SPEC_FILE, spec)
         feeds = _PREPROCESSORS[encoder.modality](tmp, spec["preprocessing"])
         batches = [list(range(len(samples))), [0], [len(samples) - 1], [1, 2]]
@@ -169,87 +161,6 @@ def _reference(model: nn.Module, rows: list[dict[str, Any]]) -> list[np.ndarray]
     if hasattr(model, "forward_all"):
         return [v.float().numpy() for v in model.forward_all(**batch).values()]
     return [model(**batch).logits.float().numpy()]
-
-
-def _spec(meta: dict, encoder: Any, frontend: nn.Module | None, labels: list) -> dict[str, Any]:
-    outputs = [
-        {"name": "logits" if task is None else f"logits_{task}", "task": task, "label_names": names}
-        for task, names in labels
-    ]
-    return {
-        "format": SPEC_FORMAT,
-        "hftl_version": hftl.__version__,
-        "modality": encoder.modality,
-        "base_model": meta.get("base_model"),
-        "adapter": meta.get("adapter"),
-        "exported_from": meta["source"],
-        "graph": GRAPH_FILE,
-        "label_names": labels[0][1],
-        "outputs": outputs,
-        "preprocessing": _preprocessing(encoder, frontend),
-    }
-
-
-def _preprocessing(encoder: Any, frontend: nn.Module | None) -> dict[str, Any]:
-    """What the graph expects of its inputs (read by :mod:`hftl.export.runtime` and the README snippet)."""
-    processor = encoder.processor
-    if encoder.modality == "text":
-        names = ["input_ids", *(k for k in processor.model_input_names if k != "input_ids")]  # TextCollator's
-        if not set(names) <= set(TEXT_FIELDS):
-            raise OnnxExportError(
-                f"The tokenizer of {encoder.name_or_path!r} gives {names}; the export reproduces "
-                f"{', '.join(TEXT_FIELDS)} only (what `tokenizers` encodings hold)."
-            )
-        return {
-            "tokenizer": TOKENIZER_FILE,
-            "inputs": names,
-            "max_length": int(encoder.max_length),
-            "truncation_side": processor.truncation_side,
-            "padding_side": processor.padding_side,
-            "pad_token": processor.pad_token,
-            "pad_token_id": processor.pad_token_id,
-        }
-    if encoder.modality == "audio":
-        rate = encoder.sampling_rate
-        fixed = encoder.base_model.config.model_type == "whisper"  # AudioEncoder.collator's padding rule
-        return {
-            "sampling_rate": rate,
-            "max_duration": encoder.max_duration,
-            "max_samples": None if encoder.max_duration is None else int(round(encoder.max_duration * rate)),
-            "crop": "centre",
-            "level": encoder.normalize,
-            "features": "graph" if frontend is not None else "extractor",
-            "feature_extractor": type(processor).__name__,
-            "min_samples": min_samples(frontend),
-            "padding": "max_length" if fixed else "longest",
-        }
-    from hftl.encoders.vision import ImageCollator
-
-    return {"image_processor": type(processor).__name__, "image_mode": ImageCollator(processor).mode}
-
-
-def _write_processor(tmp: Path, encoder: Any, pre: dict[str, Any]) -> None:
-    """The tokenizer (with hftl's truncation and padding in ``tokenizer.json``) or processor files."""
-    processor = encoder.processor
-    processor.save_pretrained(str(tmp))
-    if encoder.modality != "text":
-        return
-    backend = getattr(processor, "backend_tokenizer", None)
-    if backend is None:
-        raise OnnxExportError(
-            f"The tokenizer of {encoder.name_or_path!r} ({type(processor).__name__}) has no fast version "
-            "(tokenizer.json), which the export needs to tokenize without transformers. Train with a model "
-            "that ships a fast tokenizer."
-        )
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_str(backend.to_str())
-    tokenizer.enable_truncation(pre["max_length"], direction=pre["truncation_side"])
-    tokenizer.enable_padding(
-        direction=pre["padding_side"], pad_id=pre["pad_token_id"], pad_token=pre["pad_token"],
-        pad_type_id=int(getattr(processor, "pad_token_type_id", 0)),
-    )  # fmt: skip
-    tokenizer.save(str(tmp / pre["tokenizer"]))
 
 
 def _export_checked(

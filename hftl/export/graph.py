@@ -12,6 +12,11 @@ import torch
 from torch import nn
 
 from hftl.encoders.base import Encoder
+from hftl.errors import HftlError
+
+
+class OnnxExportError(HftlError):
+    """The model cannot be exported to ONNX (or not with matching outputs); nothing was written."""
 
 
 class ExportGraph(nn.Module):
