@@ -2,8 +2,8 @@
 
 Run (from the repo root; data in $HFTL_DATA_DIR or ../shared/data):
     python benchmarks/selection.py --quick          # CPU: digits (LeNet, M->U and U->M, DANN/MCC/source-only,
-                                                    #   2 seeds, 200 steps) and FSDD (held-out nicolas,
-                                                    #   MCC/source-only, 1 seed, 150 steps)
+                                                    #   200 steps) and FSDD (held-out nicolas, MCC/source-only,
+                                                    #   150 steps); 3 seeds like every plan
     python benchmarks/selection.py                  # every digits/FSDD/Blitzer pair, 3 seeds (Blitzer wants a GPU)
     python benchmarks/selection.py --suites blitzer --jobs 6 --extra encoder.model=/tmp/minilm train.mixed_precision=bf16
     python benchmarks/selection.py --runs outputs/bench_adaptation   # only score finished run directories
@@ -62,9 +62,9 @@ FAMILIES = {
 }
 # no PAD / feature plots: only the per-evaluation scores are read, the target test accuracy among them
 COMMON = ["report.diagnostics=false", "report.target_curve=true", "selection.score_all=true"]
-QUICK = {  # 10 trainings: ~30 CPU-minutes, ~2 h wall on the loaded 2-core machine (FSDD trainings are the slow ones)
+QUICK = {  # 15 trainings: ~45 CPU-minutes, ~3 h wall on the loaded 2-core machine (FSDD trainings are the slow ones)
     "digits": {
-        "pairs": ["M-U", "U-M"], "methods": ["DANN", "MCC"], "seeds": [0, 1],
+        "pairs": ["M-U", "U-M"], "methods": ["DANN", "MCC"], "seeds": [0, 1, 2],
         "extra": [
             "train.max_steps=200", "train.eval_every_steps=40", "source.validation_size=500",
             "target.max_samples={test: 1000}", "selection.max_source_samples=300",
@@ -72,7 +72,7 @@ QUICK = {  # 10 trainings: ~30 CPU-minutes, ~2 h wall on the loaded 2-core machi
         ],
     },
     "fsdd": {
-        "pairs": ["->nicolas"], "methods": ["MCC"], "seeds": [0],
+        "pairs": ["->nicolas"], "methods": ["MCC"], "seeds": [0, 1, 2],
         "extra": [
             "train.max_steps=150", "train.eval_every_steps=30", "selection.max_source_samples=200",
             "selection.max_target_samples=200",
@@ -129,32 +129,51 @@ def launch(args: argparse.Namespace) -> list[str]:
 
 
 def collect(roots: list[Path]) -> list[dict]:
-    """One row per evaluated checkpoint of every adapt run under ``roots``."""
+    """One row per evaluated checkpoint of every adapt run under ``roots``.
+
+    A run recorded without the target curve (``report.target_curve: false``) has the target accuracy of
+    its kept checkpoint only: it contributes that one checkpoint (enough for the fallback's call, no choice
+    of step to measure). ``root`` keeps runs of different roots (budgets) out of each other's pools.
+    """
     rows = []
-    for path in sorted(p for root in roots for p in root.rglob("metrics.json")):
-        run = path.parent
-        family = next((p.name for p in run.parents if p.name in FAMILIES), None)
-        match = RUN_DIR.match(run.name)
-        if family is None or match is None:
-            if not any(RUN_DIR.match(p.name) for p in run.parents):  # not a run's saved model/ either
-                print(f"skipping {run}: not laid out as <suite>/<pair>_<method>_s<seed>/", file=sys.stderr)
-            continue
-        pair = match["pair"].replace("_to_", "->")
-        results = json.loads(path.read_text()).get("results", {})
-        for method, result in results.items():
-            if method == "target_oracle" or method.endswith("_stage1"):
+    for root in roots:
+        for path in sorted(root.rglob("metrics.json")):
+            run = path.parent
+            family = next((p.name for p in run.parents if p.name in FAMILIES), None)
+            match = RUN_DIR.match(run.name)
+            if family is None or match is None:
+                if not any(RUN_DIR.match(p.name) for p in run.parents):  # not a run's saved model/ either
+                    print(
+                        f"skipping {run}: not laid out as <suite>/<pair>_<method>_s<seed>/", file=sys.stderr
+                    )
                 continue
-            for h in result.get("history", []):
-                if "eval_target_test_acc" not in h:  # scored on the target only with report.target_curve
-                    continue
-                rows.append({
-                    "family": family, "pair": pair, "seed": int(match["seed"]), "method": method,
-                    "run": str(run), "step": h["step"], "target_acc": h["eval_target_test_acc"],
-                    "scores": {v: h[f"eval_{v}"] for v in CRITERIA if f"eval_{v}" in h},
-                    # the collapse guard's signals and verdict (runs from before the guard have none)
-                    "signals": {k: h[f"eval_{k}"] for k in (*SIGNALS, "collapse") if f"eval_{k}" in h},
-                })  # fmt: skip
+            base = {"family": family, "pair": match["pair"].replace("_to_", "->"), "seed": int(match["seed"]),
+                    "run": str(run), "root": str(root)}  # fmt: skip
+            for method, result in json.loads(path.read_text()).get("results", {}).items():
+                if method != "target_oracle" and not method.endswith("_stage1"):
+                    rows += [{**base, "method": method, **row} for row in _checkpoints(result)]
     return rows
+
+
+def _checkpoints(result: dict) -> list[dict]:
+    """Step, target accuracy, validator scores and collapse signals of each scored checkpoint of a run."""
+    history = result.get("history", [])
+    if not any("eval_target_test_acc" in h for h in history):  # no target curve: the kept checkpoint only
+        history = [
+            {**h, "eval_target_test_acc": result["target_test_acc"]}
+            for h in history
+            if h["step"] == result.get("selected_step")
+        ][:1]
+    return [
+        {
+            "step": h["step"], "target_acc": h["eval_target_test_acc"],
+            "scores": {v: h[f"eval_{v}"] for v in CRITERIA if f"eval_{v}" in h},
+            # the collapse guard's signals and verdict (runs from before the guard have none)
+            "signals": {k: h[f"eval_{k}"] for k in (*SIGNALS, "collapse") if f"eval_{k}" in h},
+        }
+        for h in history
+        if "eval_target_test_acc" in h
+    ]  # fmt: skip
 
 
 def oriented(rows: list[dict], validator: str) -> tuple[np.ndarray, np.ndarray]:
@@ -167,7 +186,7 @@ def oriented(rows: list[dict], validator: str) -> tuple[np.ndarray, np.ndarray]:
 def group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[tuple(r[k] for k in keys)].append(r)
+        groups[tuple(r.get(k) for k in keys)].append(r)  # records from before "root": None
     return {k: sorted(v, key=lambda r: (r["method"], r["step"])) for k, v in groups.items()}
 
 
@@ -178,7 +197,9 @@ def analyse(rows: list[dict]) -> dict[str, dict[str, dict[str, list[float]]]]:
         mine = [r for r in rows if r["family"] == family]
         if not mine:
             continue
-        runs, tasks, pools = group(mine, "run", "method"), group(mine, "pair"), group(mine, "pair", "seed")
+        # a run with one checkpoint (recorded without the target curve) has no step to choose
+        runs = {k: v for k, v in group(mine, "run", "method").items() if len(v) > 1}
+        tasks, pools = group(mine, "pair"), group(mine, "root", "pair", "seed")
         stats = {}
         for v in CRITERIA:
             stats[v] = {
@@ -199,15 +220,27 @@ def kept_checkpoint(run: list[dict], criterion: str) -> dict:
     return selectable[int(np.nanargmax(scores))] if np.isfinite(scores).any() else selectable[-1]
 
 
-def fallback_calls(rows: list[dict], criterion: str = SelectionConfig.criterion) -> list[dict]:
-    """The fallback's call for every adapted run with a source-only run of the same pair and seed."""
+def fallback_calls(
+    rows: list[dict],
+    criterion: str = SelectionConfig.criterion,
+    judge: str | None = None,
+    agree: str | None = None,
+) -> list[dict]:
+    """The fallback's call for every adapted run with a source-only run of the same pair and seed (and root).
+
+    Each run keeps its checkpoint by ``criterion`` (the recipe's ``selection.criterion``); the two kept
+    models are compared by ``judge`` (default: the criterion, as the recipe does). With ``agree`` (a
+    higher-is-better validator, e.g. ``source_val_acc``) the judge's call falls back only when that
+    validator also scores source-only better (an alternative rule, measured, not the recipe's).
+    """
+    judge = judge or criterion
     sel = SelectionConfig()
     guard = CollapseGuard(
         share=sel.collapse_share, entropy=sel.collapse_entropy, source_drop=sel.collapse_source_drop, stop_after=0
     )  # fmt: skip
-    sign = 1.0 if CRITERIA[criterion].higher_is_better else -1.0
+    sign = 1.0 if CRITERIA[judge].higher_is_better else -1.0
     calls = []
-    for (family, pair, seed), pool in group(rows, "family", "pair", "seed").items():
+    for (_, family, pair, seed), pool in group(rows, "root", "family", "pair", "seed").items():
         runs = {m: [r for r in pool if r["method"] == m] for m in dict.fromkeys(r["method"] for r in pool)}
         if "source_only" not in runs:
             continue
@@ -218,7 +251,10 @@ def fallback_calls(rows: list[dict], criterion: str = SelectionConfig.criterion)
                 set(SIGNALS) <= set(ad.get("signals", {}))
                 and guard.prediction_collapse(ad["signals"]) is not None
             )
-            keep_so = collapsed or sign * so["scores"][criterion] > sign * ad["scores"][criterion]
+            keep_so = collapsed or (
+                sign * so["scores"][judge] > sign * ad["scores"][judge]
+                and (not agree or so["scores"][agree] > ad["scores"][agree])
+            )
             kept, other = (so, ad) if keep_so else (ad, so)
             calls.append({
                 "family": family, "pair": pair, "seed": seed, "method": method, "fallback": keep_so,
@@ -254,9 +290,10 @@ def fallback_section(rows: list[dict], families: list[str]) -> list[str]:
         cost = f"{np.mean(wrong):.2f} / {max(wrong):.2f}" if wrong else "-"
         gain = np.mean([c["kept_acc"] - c["adapted_acc"] for c in mine])
         lines.append(
-            f"| {FAMILIES[f]} | {len(mine)} | {sum(c['fallback'] for c in mine)} | {right} ({100 * right / len(mine):.0f}%) | "
+            f"| {FAMILIES[f]}{_seed_mark(len({c['seed'] for c in mine}))} | {len(mine)} | {sum(c['fallback'] for c in mine)} | {right} ({100 * right / len(mine):.0f}%) | "
             f"{len(wrong)} | {cost} | {gain:+.2f} |"
         )
+    lines += judges_section(rows)
     lines += [
         "",
         "| family | pair | seed | method | adapted acc | source-only acc | call | right |",
@@ -276,17 +313,71 @@ def fallback_section(rows: list[dict], families: list[str]) -> list[str]:
     return lines
 
 
-def _plan_note(argv: list[str]) -> list[str]:
-    """The launch plan the table came from (none for `--runs`: those runs have their own commands)."""
+# Methods whose own loss rewards confident target predictions spread over the classes, what `im` (and
+# `bnm`) score: information maximization optimises IM itself; MCC's class-confusion loss has the same optimum.
+OPTIMISES_IM = {"information_maximization", "mcc"}
+
+
+def judges_section(rows: list[dict]) -> list[str]:
+    """The fallback judged by each validator (checkpoints still kept by the default criterion), split into
+    methods that optimise what `im` scores and the others: does `im` favour the former (the known bias)?"""
+    lines = [
+        "",
+        f"**Which validator should judge the fallback?** Each run keeps its checkpoint by `{SelectionConfig.criterion}` "
+        "(the default criterion); the two kept models are then compared by the validator of the row. Cells: "
+        "calls, fallbacks taken, right calls, and the mean accuracy gained by keeping what the call keeps instead "
+        "of always keeping the adapted model (pts). Columns: methods whose loss optimises what `im` scores "
+        f"({', '.join(sorted(OPTIMISES_IM))}) and the others.",
+        "",
+        "| judge | IM/MCC: calls | fallbacks | right | vs always-adapted | others: calls | fallbacks | right | vs always-adapted |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    recorded = [v for v in CRITERIA if all(v in r["scores"] for r in rows)]  # older records lack some
+    for judge, agree in [*((v, None) for v in recorded), ("im", "source_val_acc")]:
+        calls = fallback_calls(rows, judge=judge, agree=agree)
+        cells = []
+        for mine in (
+            [c for c in calls if c["method"] in OPTIMISES_IM],
+            [c for c in calls if c["method"] not in OPTIMISES_IM],
+        ):
+            if not mine:
+                cells += ["0", "-", "-", "-"]
+                continue
+            right = sum(c["kept_acc"] >= c["other_acc"] for c in mine)
+            gain = np.mean([c["kept_acc"] - c["adapted_acc"] for c in mine])
+            cells += [
+                str(len(mine)),
+                str(sum(c["fallback"] for c in mine)),
+                f"{right} ({100 * right / len(mine):.0f}%)",
+                f"{gain:+.2f}",
+            ]
+        name = f"`{judge}` and `{agree}` agree" if agree else f"`{judge}`"
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _plan_note(argv: list[str], seeds: dict[str, list[int]]) -> list[str]:
+    """The launch plan the table came from (none for `--runs`: those runs have their own commands), with
+    the seeds actually found in the records (a table rebuilt from older records may have fewer)."""
     if "--runs" in argv:
         return []
     plans = QUICK if "--quick" in argv else FULL
     notes = [
         f"{suite}: {', '.join(p.get('pairs', ['every pair']))} × {', '.join(p.get('methods', ['the suite methods']))} "
-        f"(+ source_only) × seeds {' '.join(map(str, p['seeds']))}; {' '.join(p['extra']) or 'shipped schedule'}"
+        f"(+ source_only) × seeds {' '.join(map(str, seeds.get(suite) or p['seeds']))}; "
+        f"{' '.join(p['extra']) or 'shipped schedule'}"
         for suite, p in plans.items()
     ]
     return ["", "Plan (every run also gets `" + " ".join(COMMON) + "`):", "", *[f"* {n}" for n in notes]]
+
+
+def _seed_mark(n: int) -> str:
+    """A family's seed count for its column header; fewer than 3 (the plans' default) is marked."""
+    if n == 0:
+        return ""
+    if n == 1:
+        return ", **single seed**"
+    return f", {n} seeds" + ("" if n >= 3 else " (**fewer than 3**)")
 
 
 def _n(count: int, noun: str) -> str:
@@ -317,8 +408,8 @@ def table(rows: list[dict], argv: list[str], machine: str, failures: list[str]) 
             sum(r["family"] == f for r in rows))
         for f in families
     }  # fmt: skip
-    seeds = {f: len({r["seed"] for r in rows if r["family"] == f}) for f in families}
-    label = {f: FAMILIES[f] + (f", {seeds[f]} seeds" if seeds[f] > 1 else ", **single seed**" if seeds[f] else "") for f in families}  # fmt: skip
+    seeds = {f: sorted({r["seed"] for r in rows if r["family"] == f}) for f in families}
+    label = {f: FAMILIES[f] + _seed_mark(len(seeds[f])) for f in families}
     head = "| validator | " + " | ".join(label[f] for f in families) + " |"
     rule = "|---|" + "---|" * len(families)
     lines = [
@@ -333,7 +424,7 @@ def table(rows: list[dict], argv: list[str], machine: str, failures: list[str]) 
             if counts[f][2]
         )
         + ". A family without runs needs a GPU (or the runs: `--runs DIR`).",
-        *_plan_note(argv),
+        *_plan_note(argv, seeds),
         "",
         "**Weighted Spearman** (Musgrave et al. 2022) between validator score and target accuracy over every",
         "checkpoint of a pair (all methods, seeds, steps); mean over pairs (range). Higher is better; 1 = same order.",
@@ -401,7 +492,7 @@ def main() -> None:
     parser.add_argument(
         "--suites", nargs="+", choices=list(FAMILIES), help="Default: digits and fsdd with --quick, else all."
     )
-    parser.add_argument("--seeds", nargs="+", type=int, help="Default: the plan's seeds (2 quick, 3 full).")
+    parser.add_argument("--seeds", nargs="+", type=int, help="Default: the plan's seeds (0 1 2).")
     parser.add_argument(
         "--out", default="outputs/bench_selection", help="Where runs are written (and reused)."
     )

@@ -423,3 +423,47 @@ def test_selection_benchmark_scores_fabricated_runs(tmp_path, capsys):
     assert all(np.isnan(x) for x in stats["bnm"]["run"])  # older runs without a validator: NaN, not 0
     text = bench.table(rows, ["--runs", "x"], "test machine", [])
     assert "| `im` | +1.00 |" in text and "needs GPU" in text  # no text runs
+
+
+def final_only_run(root: Path, name: str, results: dict[str, tuple[float, float, float]]) -> None:
+    """A run recorded without the target curve: each method's one evaluation at its selected step,
+    ``(im, source_val_acc, target_test_acc)``; the target accuracy is in the results only."""
+    metrics = {
+        "results": {
+            m: {
+                "selected_step": 30, "target_test_acc": acc,
+                "history": [{"step": 30, "eval_im": im, "eval_source_val_acc": sva}],
+            }
+            for m, (im, sva, acc) in results.items()
+        }
+    }  # fmt: skip
+    (root / name).mkdir(parents=True)
+    (root / name / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_fallback_judges_on_runs_without_target_curve(tmp_path):
+    spec = importlib.util.spec_from_file_location("selection_benchmark", BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    a, b = tmp_path / "a", tmp_path / "b"
+    # root a: IM helps and scores itself higher; consistency helps but scores lower by im, not by source-val
+    final_only_run(a / "digits", "M-U_consistency_s0", {"source_only": (0.5, 0.90, 0.60), "consistency": (0.4, 0.91, 0.70)})  # fmt: skip
+    final_only_run(a / "digits", "M-U_informationmaximization_s0", {"information_maximization": (0.8, 0.89, 0.80)})  # fmt: skip
+    # root b: another budget of the same pair and seed, whose source-only must not join root a's pool
+    final_only_run(b / "digits", "M-U_dann_s0", {"source_only": (0.9, 0.95, 0.99), "dann": (0.2, 0.60, 0.50)})
+    rows = bench.collect([a, b])
+    assert len(rows) == 5 and {r["target_acc"] for r in rows} == {0.60, 0.70, 0.80, 0.99, 0.50}
+    assert bench.analyse(rows)["digits"]["im"]["run"] == []  # one checkpoint per run: no step to choose
+    calls = {c["method"]: c for c in bench.fallback_calls(rows)}
+    assert calls["dann"]["source_only_acc"] == pytest.approx(99.0) and calls["dann"]["fallback"]
+    assert calls["consistency"]["source_only_acc"] == pytest.approx(60.0)
+    assert calls["consistency"]["fallback"] and not calls["information_maximization"]["fallback"]
+    by_sva = {c["method"]: c["fallback"] for c in bench.fallback_calls(rows, judge="source_val_acc")}
+    assert by_sva == {"consistency": False, "information_maximization": True, "dann": True}
+    agree = {c["method"]: c["fallback"] for c in bench.fallback_calls(rows, agree="source_val_acc")}
+    assert agree == {"consistency": False, "information_maximization": False, "dann": True}
+    text = "\n".join(bench.judges_section(rows))
+    assert "| `im` | 1 | 0 | 1 (100%) | +0.00 | 2 | 2 | 1 (50%) | +19.50 |" in text
+    assert (
+        "| `im` and `source_val_acc` agree | 1 | 0 | 1 (100%) | +0.00 | 2 | 1 | 2 (100%) | +24.50 |" in text
+    )
