@@ -187,6 +187,30 @@ def test_im_with_pseudo_labels_is_im_plus_weighted_cross_entropy():
     assert m.bank_features.shape == (16, FEAT)  # this batch is banked for the next one's centroids
 
 
+def test_im_shot_schedule_trains_the_source_first_then_the_encoder_alone_on_the_target():
+    torch.manual_seed(0)
+    method = InformationMaximization(
+        in_features=FEAT, num_classes=CLASSES, source_fraction=0.5, freeze_head=True, source_free=True
+    )
+    model = AdaptModel(ToyClassifier(), method)
+    batch = AdaptBatch.from_loader(toy_batch())
+    stage1 = method.training_step(model, batch, Progress(step=4, total_steps=10))  # source labels only
+    torch.testing.assert_close(
+        stage1.base, nn.functional.cross_entropy(model(**batch.source).logits, batch.labels)
+    )
+    assert stage1.transfer is None and trained_groups(model, stage1.base) == {"encoder", "head"}
+    stage2 = method.training_step(model, batch, Progress(step=5, total_steps=10))
+    assert stage2.base.item() == 0.0  # source-free: no source batch read
+    assert trained_groups(model, stage2.base + stage2.transfer.loss) == {"encoder"}  # the head stays frozen
+    joint = InformationMaximization(in_features=FEAT, num_classes=CLASSES, source_fraction=0.5)
+    model = AdaptModel(ToyClassifier(), joint)  # source kept, head trained: the source CE is the base
+    step = joint.training_step(model, batch, Progress(step=5, total_steps=10))
+    torch.testing.assert_close(
+        step.base, nn.functional.cross_entropy(model(**batch.source).logits, batch.labels)
+    )
+    assert trained_groups(model, step.base + step.transfer.loss) == {"encoder", "head"}
+
+
 def test_consistency_pseudo_labels_come_from_the_weak_view_above_the_threshold():
     torch.manual_seed(0)
     classifier = ToyClassifier()
@@ -243,6 +267,18 @@ def test_importance_weighting_is_plain_cross_entropy_when_the_ratio_is_one():
             "pseudo_label",
         ),
         (lambda: ImportanceWeighting(in_features=2, num_classes=2, clip=1.0), "`method.clip`"),
+        (
+            lambda: InformationMaximization(in_features=2, num_classes=2, source_fraction=1.0),
+            "source_fraction",
+        ),
+        (
+            lambda: InformationMaximization(in_features=2, num_classes=2, freeze_head=True),
+            "freeze_head.*source_fraction",
+        ),
+        (
+            lambda: InformationMaximization(in_features=2, num_classes=2, source_free=True),
+            "source_free.*source_fraction",
+        ),
     ],
 )
 def test_bad_arguments_are_config_errors_naming_the_field(build, match):
@@ -263,6 +299,11 @@ def run(cfg: dict, path: Path) -> dict:
     "method,args,logged",
     [
         ("InformationMaximization", {"pseudo_label_weight": 0.3}, "eval_train_pseudo_ce"),
+        (
+            "InformationMaximization",
+            {"source_fraction": 0.5, "freeze_head": True, "source_free": True},
+            "eval_train_pseudo_ce",
+        ),
         ("Consistency", {"threshold": 0.7}, "eval_train_pseudo_ratio"),
         ("ImportanceWeighting", {"hidden_features": 16}, "eval_train_effective_sample_size"),
     ],
@@ -273,7 +314,10 @@ def test_text_adapt_runs_each_method(tmp_path, tiny_models, method, args, logged
     )
     result = metrics["results"][metrics["method"]]
     assert result["steps"] == 10 and logged in result["history"][-1]
-    assert result["history"][-1]["eval_source_val_acc"] >= 0.75
+    if args.get("source_fraction"):  # SHOT's schedule: epoch 1 (5 steps) on source labels only, no IM term
+        assert [logged in h for h in result["history"]] == [False, True]
+    else:
+        assert result["history"][-1]["eval_source_val_acc"] >= 0.75
 
 
 def test_vision_adapt_with_consistency(tmp_path, tiny_models):

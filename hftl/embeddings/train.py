@@ -117,7 +117,8 @@ def _loss(
     target_idx: torch.Tensor | None,
     progress: float,
 ) -> torch.Tensor:
-    """Cross-entropy on the source batch, plus ``trade_off × method`` loss against a target batch."""
+    """Cross-entropy on the source batch, plus the method's loss against a target batch, weighted by
+    ``method.weight(progress)`` (``trade_off``, ramped from 0 with the method's ``warmup: ganin``)."""
     features, logits = model(train.batch(idx))
     loss = nn.functional.cross_entropy(logits, train.labels[idx])
     method = model.method
@@ -125,7 +126,7 @@ def _loss(
         return loss
     f_t, logits_t = model(target.batch(target_idx))
     out = method(f_s=features, f_t=f_t, logits_s=logits, logits_t=logits_t, progress=progress)
-    return loss + method.trade_off * out.loss
+    return loss + method.weight(progress) * out.loss
 
 
 def _optimizer_step(
