@@ -145,8 +145,8 @@ def table(
         f"# Domain adaptation: {name} (`{suite['config']}`), target test accuracy %",
         "",
         f"Machine: {machine}. Command: "
-        f"`python benchmarks/adaptation.py {' '.join(argv)}`. Mean ± std over seeds (a single number: one "
-        f"seed); checkpoint chosen without target labels. Reference in parentheses: {suite['reference_name']}.",
+        f"`python benchmarks/adaptation.py {' '.join(argv)}`. Mean ± std over seeds (fewer than 3 seeds: "
+        f"marked in the cell); checkpoint chosen without target labels. Reference in parentheses: {suite['reference_name']}.",
         "",
         "| pair | " + " | ".join(methods) + " |",
         "|---|" + "---|" * len(methods),
@@ -168,6 +168,7 @@ def table(
                 )
             else:
                 cell = f"{np.mean(accs):.1f} ± {np.std(accs):.1f}" if len(accs) > 1 else f"{accs[0]:.1f}"
+                cell += f" ({len(accs)} seed{'s' * (len(accs) > 1)})" if len(accs) < 3 else ""
             cells.append(cell + (f" ({ref})" if ref is not None else ""))
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -178,7 +179,7 @@ def main() -> None:
     parser.add_argument("--suite", required=True, choices=list(SUITES))
     parser.add_argument("--pairs", nargs="+", help="Default: every pair of the suite.")
     parser.add_argument("--methods", nargs="+", help="Default: the suite's methods.")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default="outputs/bench_adaptation")
     parser.add_argument("--extra", nargs="*", default=[], help="Overrides passed to every run.")
     parser.add_argument(
