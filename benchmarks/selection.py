@@ -249,7 +249,7 @@ def fallback_calls(
             ad = kept_checkpoint(run, criterion)
             collapsed = (
                 set(SIGNALS) <= set(ad.get("signals", {}))
-                and guard.prediction_collapse(ad["signals"]) is not None
+                and guard.prediction_collapse({**ad["scores"], **ad["signals"]}) is not None
             )
             keep_so = collapsed or (
                 sign * so["scores"][judge] > sign * ad["scores"][judge]

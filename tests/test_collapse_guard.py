@@ -59,6 +59,26 @@ def test_prediction_collapse_holds_for_two_and_ten_classes(num, prior, predicted
     assert (_guard().prediction_collapse(signals) is not None) == collapsed
 
 
+def test_one_class_argmax_after_source_skill_was_lost_is_collapse():
+    """The adversarial text collapse: every output near uniform (no low-entropy mean prediction), its
+    argmax on one class, and source-val accuracy no better than the majority class."""
+    labels = np.array([0] * 79 + [1] * 71)  # books: majority class 52.7 %
+    flat = prediction_signals(_probs([1] * 100, 2, 0.51), labels)
+    assert flat["target_entropy_ratio"] > 0.99  # the entropy rule alone cannot see it
+    guard, earlier = _guard(), [{"step": 15, "eval_source_val_acc": 0.547, "eval_collapse": 0.0}]
+    why = guard.reasons({**flat, "source_val_acc": 0.473}, earlier)
+    assert len(why) == 1 and "no better than the majority-class rate 52.7%" in why[0]
+    assert guard.reasons({**flat, "source_val_acc": 0.473}, []) == []  # a first evaluation: maybe untrained
+    never = [{"step": 15, "eval_source_val_acc": 0.52, "eval_collapse": 0.0}]  # not above chance yet
+    assert guard.reasons({**flat, "source_val_acc": 0.473}, never) == []
+    assert guard.reasons({**flat, "source_val_acc": 0.54}, earlier) == []  # some source skill: not collapsed
+    spread = prediction_signals(_probs([0, 1] * 50, 2, 0.51), labels)  # argmax not on one class
+    assert guard.reasons({**spread, "source_val_acc": 0.40}, earlier) == []
+    # the fallback's check of a final model (no history) applies it; without source-val it cannot
+    assert guard.prediction_collapse({**flat, "source_val_acc": 0.5}) is not None
+    assert guard.prediction_collapse(flat) is None
+
+
 def test_source_accuracy_drop_is_relative_to_the_margin_above_chance():
     healthy = prediction_signals(_probs([0, 1] * 50, 2, 0.9), np.array([0, 1] * 50))
     history = [{"step": 1, "eval_source_val_acc": 0.9, "eval_collapse": 0.0}]

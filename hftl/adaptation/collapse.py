@@ -112,22 +112,44 @@ class CollapseGuard:
         i = int(index)
         return repr(self.label_names[i]) if self.label_names and i < len(self.label_names) else str(i)
 
-    def prediction_collapse(self, s: dict[str, float]) -> str | None:
-        """Why the target predictions count as collapsed onto one class, or None."""
+    def prediction_collapse(self, s: dict[str, float], no_skill: bool = True) -> str | None:
+        """Why the target predictions count as collapsed onto one class, or None.
+
+        The argmax of the target predictions sits on one class (the ``share`` rule) and either the soft
+        predictions agree (the mean prediction's entropy is at most ``entropy`` of the prior's) or, with
+        ``no_skill``, the model has no skill on the labelled source either: source-val accuracy (when
+        ``s`` has it) no higher than the majority-class rate. The second is how adversarial text runs
+        collapse: every output near uniform, its argmax tipped to one class on both domains (Blitzer
+        books -> kitchen, MiniLM + LoRA, DANN at ``trade_off: 1.0``). A model that has not learnt yet
+        looks the same, so during training the guard applies it only once an earlier evaluation was
+        above the majority-class rate on source validation (the skill was there and is gone).
+        """
         top, prior = s["target_top_share"], s["target_top_prior"]
         excess = (top - prior) / (1 - prior) if prior < 1 else 0.0
-        if excess >= self.share and s["target_entropy_ratio"] <= self.entropy:
+        if excess < self.share:
+            return None
+        head = (
+            f"{100 * top:.0f}% of target predictions are class {self._label(s['target_top_class'])} "
+            f"(source share {100 * prior:.0f}%); "
+        )
+        if s["target_entropy_ratio"] <= self.entropy:
             return (
-                f"{100 * top:.0f}% of target predictions are class {self._label(s['target_top_class'])} "
-                f"(source share {100 * prior:.0f}%); entropy of the mean target prediction is "
-                f"{s['target_entropy_ratio']:.2f} of the source prior's"
+                head
+                + f"entropy of the mean target prediction is {s['target_entropy_ratio']:.2f} of the source prior's"
+            )
+        acc = s.get("source_val_acc")
+        if no_skill and acc is not None and acc <= s["source_chance"]:
+            return head + (
+                f"source-val accuracy {100 * acc:.1f}% is no better than the majority-class rate "
+                f"{100 * s['source_chance']:.1f}% (outputs without class information)"
             )
         return None
 
     def reasons(self, scores: dict[str, float], history: list[dict[str, float]]) -> list[str]:
         """Why the evaluation ``scores`` counts as collapsed, given the earlier ``history`` (empty: healthy)."""
-        found = [r for r in [self.prediction_collapse(scores)] if r]
         earlier = [h["eval_source_val_acc"] for h in history if not h.get("eval_collapse")]
+        had_skill = any(acc > scores["source_chance"] for acc in earlier)  # then lost it, or never had it
+        found = [r for r in [self.prediction_collapse(scores, no_skill=had_skill)] if r]
         if earlier:
             best, now, chance = max(earlier), scores["source_val_acc"], scores["source_chance"]
             learnt = best - chance >= 0.5 * (1 - chance)  # halfway from chance to 100 %
