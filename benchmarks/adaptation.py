@@ -86,7 +86,9 @@ def _machine() -> str:
 
 MACHINE = _machine()
 # drop `hidden_features` from the config
-NO_DISCRIMINATOR = {"MCC", "CORAL", "DAN", "JAN", "SelfTraining", "InformationMaximization", "Consistency"}
+NO_DISCRIMINATOR = {
+    "MCC", "CORAL", "DAN", "JAN", "SelfTraining", "InformationMaximization", "Consistency", "UDALM",
+}  # fmt: skip
 RESULT_NAMES = {
     "InformationMaximization": "information_maximization",
     "ImportanceWeighting": "importance_weighting",
