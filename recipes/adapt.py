@@ -15,8 +15,9 @@ chosen by a label-free criterion (``selection.criterion``), never by target labe
 
 Phases, read top to bottom:
 
-1. ``setup()``: the accelerator and the data, each loaded once: source, unlabelled target, the labelled
-   target only when a planned run trains on it (``target_oracle``), the intermediate domain.
+1. ``setup()``: the accelerator and the data, each loaded once: source, target (read labelled only when a
+   planned run trains on it, ``target_oracle``; the other runs see its train split without labels), the
+   intermediate domain.
 2. ``build(name, method)``: one run per method: encoder → adapter → head → method → model → optimizer
    → loaders → Engine.
 3. ``train(run)``: the shared Engine loop; its loss is source cross-entropy + ``trade_off`` × the method's
@@ -51,6 +52,7 @@ from hftl.adaptation.transitive import TransitiveConfig, label_counts, pseudo_la
 from hftl.config import get_component, instantiate, to_dataclass
 from hftl.data.lengths import text_lengths
 from hftl.data.paired import PairedLoader
+from hftl.data.spec import ClassificationSplits
 from hftl.data.streaming import is_stream
 from hftl.data.tokenized import is_pretokenized
 from hftl.errors import ConfigError
@@ -73,6 +75,16 @@ from hftl.training.builders import (
     train_lengths,
 )
 from hftl.training.run import eval_loader, init_trackers, pretokenized
+
+
+def without_train_labels(splits: ClassificationSplits) -> ClassificationSplits:
+    """In-memory ``splits`` with the ``train`` split's label column dropped: the rows and columns a load
+    with ``unlabeled_splits=["train"]`` gives (the carving stratifies on the labels either way)."""
+    train = splits["train"]
+    if "label" in train.column_names:
+        train = train.remove_columns("label")
+    return ClassificationSplits({**splits, "train": train}, labels=splits.labels, modality=splits.modality)
+
 
 BASELINES = {"source_only": "hftl.adaptation.SourceOnly", "target_oracle": "hftl.adaptation.TargetOracle"}
 
@@ -152,16 +164,21 @@ class AdaptRecipe:
     def load_data(self) -> None:
         source_data = self._build(self.cfg.source)
         self.source = source_data.load()
-        target_data, self.target = self._domain("target", labelled=False)  # label column dropped at load
+        methods = [self._component(node) for _, node in self.plan] + [self._component(self.cfg.method)]
+        self.labelled_target = None  # loaded only when a planned run trains on target labels (target_oracle)
+        if any(m.uses_target_labels for m in methods):
+            # read (and media scanned) once: the unlabelled view is these splits without train's labels
+            self.labelled_target = self._domain("target", labelled=True)[1]
+        if self.labelled_target is not None and not is_stream(self.labelled_target["train"]):
+            self.target = without_train_labels(self.labelled_target)
+        else:  # a stream's columns are read lazily: the unlabelled stream is loaded as such
+            self.target = self._domain("target", labelled=False)[1]  # label column dropped at load
         self.label_names = self.source.label_names
         if self.target.label_names != self.label_names:
             raise ConfigError(
                 f"`source` labels {self.label_names} differ from `target` labels {self.target.label_names}; "
                 "set `label_names` on both to the same list"
             )
-        methods = [self._component(node) for _, node in self.plan] + [self._component(self.cfg.method)]
-        oracle = any(m.uses_target_labels for m in methods)  # loaded once, for every run that needs it
-        self.labelled_target = self._domain("target", labelled=True)[1] if oracle else None
         self.intermediate = None  # transitive transfer: unlabelled like the target
         if self.cfg.get("intermediate") is not None:
             data, self.intermediate = self._domain("intermediate", labelled=False)

@@ -6,10 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import adapt_config
+from hftl.recipes.adapt import AdaptRecipe
+from omegaconf import OmegaConf
 
 from hftl.cli import main as hftl
+from hftl.data import ClassificationData
 
 
 def _run(cfg: dict, path: Path) -> dict:
@@ -70,3 +74,26 @@ def test_periodic_evaluations_run_only_what_the_criterion_reads(tmp_path, tiny_m
     for key in ("selected_step", "target_test_acc", "final_scores"):
         assert plain[key] == every[key], key  # the selected checkpoint is scored on every split either way
     assert "dev" in plain["final_scores"]
+
+
+@pytest.mark.parametrize("carved", [False, True])
+def test_the_target_is_read_once_when_the_oracle_needs_its_labels(tmp_path, tiny_models, monkeypatch, carved):
+    """With `target_oracle` planned the target is loaded labelled once; the other runs see the same rows
+    without train labels, exactly what loading it unlabelled gives (explicit test split or carved)."""
+    cfg = adapt_config(tmp_path, tiny_models["bert"], "hftl.adaptation.DANN", hidden_features=16)
+    cfg["report"]["baselines"] = ["target_oracle"]
+    if carved:
+        cfg["target"]["data_files"] = {"train": cfg["target"]["data_files"]["train"]}
+        cfg["target"]["test_size"] = 0.5
+    loads = []
+    load = ClassificationData.load
+    monkeypatch.setattr(ClassificationData, "load", lambda spec: loads.append(spec.path) or load(spec))
+    recipe = AdaptRecipe(OmegaConf.create(cfg))
+    recipe.setup()
+    assert loads == [cfg["source"]["path"], "csv"]  # source, then the target once
+    assert "label" in recipe.labelled_target["train"].column_names
+    assert "label" not in recipe.target["train"].column_names
+    unlabelled = recipe._domain("target", labelled=False)[1]
+    assert recipe.target.label_names == unlabelled.label_names
+    for split in ("train", "test"):
+        assert recipe.target[split].to_dict() == unlabelled[split].to_dict(), split

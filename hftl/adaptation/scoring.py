@@ -11,6 +11,7 @@ from torch import nn
 
 from hftl.adaptation.collapse import prediction_signals
 from hftl.adaptation.selection import CRITERIA, score
+from hftl.adapters.merged import evaluation_view
 from hftl.training.run import gather_outputs
 
 # The loaders an evaluation reads: source validation and training subset, target training subset (all for
@@ -32,9 +33,10 @@ def _outputs(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torc
 def collect_outputs(accelerator: Accelerator, model: nn.Module, loader: Any) -> dict[str, np.ndarray]:
     """Pooled ``features``, ``probs`` and, for labelled batches, ``labels`` and per-example ``losses``.
 
-    Gathered by :func:`hftl.training.run.gather_outputs` (eval mode, the run's autocast, every example once).
+    Gathered by :func:`hftl.training.run.gather_outputs` (eval mode, the run's autocast, every example once),
+    through a merged copy of a LoRA/IA3 model (:func:`hftl.adapters.merged.evaluation_view`).
     """
-    outputs = gather_outputs(accelerator, model, loader, _outputs, desc="score")
+    outputs = gather_outputs(accelerator, evaluation_view(model, accelerator), loader, _outputs, desc="score")
     return {name: values.numpy() for name, values in outputs.items()}
 
 

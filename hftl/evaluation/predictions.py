@@ -9,6 +9,7 @@ import torch
 from accelerate import Accelerator
 from torch import nn
 
+from hftl.adapters.merged import evaluation_view
 from hftl.training.run import gather_outputs
 
 
@@ -24,9 +25,10 @@ def collect_predictions(
     """Returns ``predictions``, ``probabilities``, ``references`` (when labelled) and mean ``loss``.
 
     The model runs as :func:`hftl.training.run.gather_outputs` runs it (eval mode, the run's autocast,
-    every example exactly once across processes).
+    every example exactly once across processes), a LoRA/IA3 model through its merged copy
+    (:func:`hftl.adapters.merged.evaluation_view`; the model itself is never merged).
     """
-    out = gather_outputs(accelerator, model, loader, _logits, desc=desc)
+    out = gather_outputs(accelerator, evaluation_view(model, accelerator), loader, _logits, desc=desc)
     logits = out["logits"]
     result: dict[str, np.ndarray | float] = {
         "predictions": logits.argmax(-1).numpy(),
