@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from hftl.adapters.merged import evaluation_view
 from hftl.errors import DataError, HftlError
 from hftl.models.io import load_model
 from hftl.models.multitask import load_task
@@ -71,10 +72,11 @@ class Predictor:
             inputs = [inputs]  # one text or file, not a sequence of characters
         results: list[dict[str, Any]] = []
         names = self.meta["label_names"]
+        model = evaluation_view(self.model)  # LoRA/IA3 folded into a cached copy; self.model stays as loaded
         for start in range(0, len(inputs), batch_size):
             batch = self.collate([self._row(x) for x in inputs[start : start + batch_size]])
             batch = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
-            probs = self.model(**batch).logits.float().softmax(-1).cpu()
+            probs = model(**batch).logits.float().softmax(-1).cpu()
             for p in probs:
                 i = int(p.argmax())
                 results.append(

@@ -343,3 +343,21 @@ def test_auto_map_of_a_hub_base_model_is_refused_without_the_flag(copy, tmp_path
     with pytest.raises(ModelLoadError):  # the check passes; the (fake, unreachable) base then fails to load
         load_model(copy, trust_remote_code=True)
     assert "modeling_x.py" in caplog.text and "someone/base-with-code" in caplog.text
+
+
+def test_predictor_runs_lora_through_a_merged_copy_and_keeps_the_loaded_model(saved):
+    """hftl.load(...)(texts) on a LoRA model: a cached copy with the adapters folded in gives the
+    unmerged model's scores, and ``predictor.model`` stays the loaded (peft, unmerged) model."""
+    from hftl.adapters.merged import _VIEWS, evaluation_view, has_unmerged_adapters
+    from hftl.predict import Predictor
+
+    predictor = Predictor.from_pretrained(saved[0], device="cpu")
+    assert predictor.model not in _VIEWS
+    results = predictor(TEXTS)
+    assert predictor.model in _VIEWS  # the call built the merged copy
+    probs = torch.tensor([[r["scores"][name] for name in LABELS] for r in results])
+    torch.testing.assert_close(probs, saved[1].softmax(-1), atol=1e-5, rtol=1e-5)
+    assert has_unmerged_adapters(predictor.model)
+    view = evaluation_view(predictor.model)
+    assert view is not predictor.model and not has_unmerged_adapters(view)
+    assert evaluation_view(predictor.model) is view  # built once, reused by the next call
