@@ -30,10 +30,17 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
     accelerate keeps its state in a process-wide singleton that refuses a second, different precision;
     a recipe owns its run, so the previous run's state (e.g. an earlier run in the same notebook or test
     session) is dropped first. The distributed process group (``PartialState``) is kept.
+
+    ``train.mixed_precision: auto`` is resolved here (bf16 on a CUDA GPU with bf16, else no) and written
+    back into ``config``, so the run summary and saved metadata show the precision that runs; on CUDA,
+    ``train.tf32`` is applied (:mod:`hftl.training.acceleration`).
     """
     from accelerate.state import AcceleratorState
 
+    from hftl.training.acceleration import configure_device_math, resolve_mixed_precision
+
     AcceleratorState._reset_state(reset_partial_state=False)
+    config.mixed_precision = resolve_mixed_precision(config)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -51,6 +58,7 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
         # outside its stage): DDP must not wait for their gradients. No effect in a single process.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    _check_requested_backend(accelerator)
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:
         # `accelerate launch --multi_gpu` on a machine without GPUs starts N independent runs that would
@@ -60,7 +68,31 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
             "Fix: set ACCELERATE_USE_CPU=1 (or `train.cpu=true`) for multi-process CPU runs, "
             "or use `hftl run ... --num-processes N`, which sets it."
         )
+    configure_device_math(config, accelerator.device)
     return accelerator
+
+
+def _check_requested_backend(accelerator: Accelerator) -> None:
+    """Refuses a run whose launch config asked for FSDP or DeepSpeed that accelerate did not set up.
+
+    accelerate turns FSDP and DeepSpeed on only for GPU-like devices: under ``ACCELERATE_USE_CPU=1`` it
+    silently trains plain DDP (MULTI_CPU) instead, and on a CPU-only machine without it DeepSpeed starts
+    its process group while accelerate counts one process in each (accelerate 1.15; docs/scaling.md).
+    """
+    from accelerate.utils import DistributedType
+
+    for flag, kind, name in (
+        ("ACCELERATE_USE_FSDP", DistributedType.FSDP, "FSDP"),
+        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "DeepSpeed"),
+    ):
+        requested = os.environ.get(flag, "false").lower() == "true"
+        if requested and (accelerator.distributed_type != kind or accelerator.device.type == "cpu"):
+            raise HftlError(
+                f"the launch config asks for {name} ({flag}=true) but accelerate set up "
+                f"{accelerator.distributed_type.value} on {accelerator.device} ({name} needs CUDA devices; "
+                "accelerate does not run it on CPU). Fix: launch on GPUs, or use configs/accelerate/cpu_2proc.yaml "
+                "/ `hftl run --num-processes N` for multi-process CPU runs."
+            )
 
 
 def build_loader(

@@ -98,8 +98,49 @@ class TrainConfig:
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "Micro-batches per optimizer step."}
     )
-    mixed_precision: Literal["no", "fp16", "bf16"] = field(
-        default="no", metadata={"help": "Autocast precision (accelerate). `bf16` on recent GPUs/CPUs."}
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = field(
+        default="auto",
+        metadata={
+            "help": "Autocast precision (accelerate). `auto`: bf16 on a CUDA GPU that supports it (Ampere "
+            "and newer), else `no` (fp32: CPU runs are unchanged); resolved when the Accelerator is built."
+        },
+    )
+    tf32: bool = field(
+        default=True,
+        metadata={
+            "help": "TF32 tensor cores for fp32 matmuls and convolutions on CUDA (Ampere+); no effect on CPU."
+        },
+    )
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "torch.compile the model's training forward (the weights are shared with the eager model, "
+            "which evaluation and checkpoints keep using). The first steps pay the compilation."
+        },
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = field(
+        default="default",
+        metadata={
+            "help": "torch.compile mode: `default` (fused kernels), `reduce-overhead` (also CUDA graphs: one "
+            "launch per step, static shapes, so training batches are padded to `length_buckets`), "
+            "`max-autotune` (+ kernel autotuning and CUDA graphs; long compile), `max-autotune-no-cudagraphs`."
+        },
+    )
+    length_buckets: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Pad the token dimension of each training batch up to the next of these lengths, e.g. "
+            "[32, 64, 128], so a compiled model sees a few fixed shapes. null: pad to the batch's longest "
+            "text, or, with `compile` in a CUDA-graph mode, to 16, 32, 48, 64, 96, 128, 192, 256, 384, 512."
+        },
+    )
+    concat_domains: Literal["auto", "on", "off"] = field(
+        default="auto",
+        metadata={
+            "help": "adapt: one forward over the concatenated source + target batch instead of two (half the "
+            "kernel launches; same losses). `auto`: on CUDA only; never for encoders with BatchNorm (their "
+            "statistics must not mix domains) or methods with their own training step."
+        },
     )
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "Gradient clipping; null = off."})
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = field(
@@ -177,6 +218,12 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 problems.append(f"`train.{name}` must be >= 1 or null; got {value}")
+        if self.length_buckets is not None and (
+            not self.length_buckets or any(int(b) < 1 for b in self.length_buckets)
+        ):
+            problems.append(
+                f"`train.length_buckets` must be a non-empty list of lengths >= 1 or null; got {self.length_buckets}"
+            )
         if not 0.0 <= self.warmup_ratio < 1.0:
             problems.append(f"`train.warmup_ratio` must be in [0, 1); got {self.warmup_ratio}")
         if problems:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from hftl.errors import ConfigError, TrainingError
+from hftl.training.acceleration import buckets_for, compile_for_training, pad_to_bucket
 from hftl.training.best import BestRecord, BestTracker, WeightsFile
 from hftl.training.checkpoint import (
     BEST_FILENAME,
@@ -29,6 +30,7 @@ from hftl.training.checkpoint import (
 )
 from hftl.training.checkpoint_weights import TrainableSubset
 from hftl.training.config import TrainConfig
+from hftl.training.running import Logs, RunningMeans
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,6 @@ class Progress:
         return self.step / self.total_steps
 
 
-# Scalar logs of one batch: detached tensors (kept on the device until a log step) or python numbers.
-Logs = Mapping[str, torch.Tensor | float]
 # (model, batch, progress) -> (loss, logs); the default is cross-entropy on `labels`.
 LossFn = Callable[[nn.Module, Any, Progress], tuple[torch.Tensor, Logs]]
 # () -> validation metrics such as {"accuracy": 0.9, "loss": 0.3}
@@ -85,61 +85,6 @@ class TrainState(BestRecord):
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-class RunningMeans:
-    """The training loss and the loss function's logs since the last log step, summed on the device.
-
-    Adding never reads a value back to the host; :meth:`read` does, in one transfer, when the Engine logs.
-    A log that is ``nan`` for a batch (nothing to measure there, e.g. no same-class pair) or missing from
-    it (e.g. another task's loss) is left out of that log's mean.
-
-    Example:
-        >>> running = RunningMeans(torch.device("cpu"))
-        >>> running.add(torch.tensor(2.0), {"acc": torch.tensor(0.5), "pos": torch.tensor(float("nan"))})
-        >>> running.add(torch.tensor(4.0), {"acc": torch.tensor(1.0), "pos": torch.tensor(3.0), "ce": 1.0})
-        >>> running.read()
-        (3.0, {'acc': 0.75, 'pos': 3.0, 'ce': 1.0})
-    """
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss, self.count = torch.zeros((), device=self.device), 0
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self.counts: dict[str, torch.Tensor | int] = {}
-
-    def add(self, loss: torch.Tensor, logs: Logs) -> None:
-        self.loss += loss  # stays on the device: no host sync per step
-        self.count += 1
-        for key, value in logs.items():
-            if isinstance(value, torch.Tensor):  # summed where it is
-                value = value.detach().float()
-                seen = ~value.isnan()
-                value = torch.where(seen, value, 0.0)
-            else:  # a python number stays on the host (copying it to the device would wait)
-                value, seen = float(value), not math.isnan(value)
-                value = value if seen else 0.0
-            self.sums[key] = self.sums.get(key, 0.0) + value
-            self.counts[key] = self.counts.get(key, 0) + seen
-
-    def mean_loss(self) -> torch.Tensor:
-        """The mean loss as a device tensor (``.item()`` it to check it)."""
-        return self.loss / max(self.count, 1)
-
-    def read(self) -> tuple[float, dict[str, float]]:
-        """``(mean loss, {log: mean})`` since the last reset, read to the host in one transfer."""
-        means = [self.mean_loss().float()]
-        for key in self.sums:
-            total, count = (
-                torch.as_tensor(x, dtype=torch.float32, device=self.device)
-                for x in (self.sums[key], self.counts[key])
-            )
-            means.append(total / count)  # 0 / 0 = nan: never measured since the last log step
-        loss, *logs = torch.stack(means).tolist()
-        return loss, {k: v for k, v in zip(self.sums, logs, strict=True) if not math.isnan(v)}
-
-
 class Engine:
     """Runs training for a prepared model/optimizer/scheduler/loader set.
 
@@ -156,7 +101,8 @@ class Engine:
             may veto this evaluation as the best one (:data:`SELECTABLE`) or stop training (:data:`STOP_TRAINING`).
         loss_fn: ``loss_fn(model, batch, progress)`` gives the loss of one batch and scalar logs (detached
             tensors, read to the host only at log steps); ``progress`` is a :class:`Progress`. Default:
-            cross-entropy on ``labels``.
+            cross-entropy on ``labels``. With ``train.compile`` it gets the compiled module (same weights), and
+            with length buckets (``train.length_buckets``) the padded batch (:mod:`hftl.training.acceleration`).
         metric: key of ``evaluate()``'s result that selects the best model (default
             ``config.metric_for_best``).
         higher_is_better: direction of ``metric`` (default: lower is better only for ``loss``).
@@ -202,6 +148,10 @@ class Engine:
         self._saved_step: int | None = None  # step of the newest checkpoint this run wrote or resumed from
         # checkpoints hold what training can change (not a frozen base); captured before any step is taken
         self.weights = TrainableSubset.capture(accelerator)
+        # `train.compile`: the training forward runs through a compiled module sharing `model`'s weights;
+        # everything else (evaluation, checkpoints, clipping) keeps `model` itself
+        self.step_model = compile_for_training(model, config)
+        self.buckets = buckets_for(config)  # token lengths batches are padded to (static shapes), or None
         self.timings = {"evaluation": 0.0, "checkpoints": 0.0}  # wall seconds of this process, see fit()
 
     # -- checkpoints -------------------------------------------------------------------------------
@@ -274,7 +224,8 @@ class Engine:
 
     def _optimizer_step(self, batch: Any) -> tuple[torch.Tensor, Logs]:
         with self.acc.accumulate(self.model):
-            loss, logs = self.loss_fn(self.model, batch, Progress(self.state.step, self.total_steps))
+            batch = pad_to_bucket(batch, self.buckets)
+            loss, logs = self.loss_fn(self.step_model, batch, Progress(self.state.step, self.total_steps))
             self.acc.backward(loss)
             if self.acc.sync_gradients and self.cfg.max_grad_norm is not None:
                 self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
