@@ -54,14 +54,15 @@ class ExportGraph(nn.Module):
 
 
 def merged_copy(encoder: Encoder, heads: dict[str, nn.Module]) -> tuple[Encoder, dict[str, nn.Module]]:
-    """Deep copies of ``encoder`` (LoRA/IA3 merged into its base weights, peft wrapper removed) and heads.
+    """``encoder`` with LoRA/IA3 merged into a copy's base weights (peft wrapper removed), and the heads,
+    both in eval mode (:func:`hftl.adapters.merged.merged_copy`).
 
     The loaded model is left untouched, so it still gives the reference logits of the parity check.
     """
-    encoder, heads = copy.deepcopy(encoder), copy.deepcopy(heads)
-    if hasattr(encoder.backbone, "merge_and_unload"):
-        encoder.backbone = encoder.backbone.merge_and_unload()
-    return encoder.eval(), {name: head.eval() for name, head in heads.items()}
+    from hftl.adapters.merged import merged_copy as merged
+
+    heads = copy.deepcopy(heads)
+    return merged(encoder), {name: head.eval() for name, head in heads.items()}
 
 
 def unsupported(encoder: Encoder) -> str | None:
