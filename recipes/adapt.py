@@ -30,7 +30,7 @@ Phases, read top to bottom:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,13 @@ from hftl.adaptation.config import ReportConfig, SelectionConfig
 from hftl.adaptation.diagnostics import plot_domains, proxy_a_distance
 from hftl.adaptation.fallback import decide
 from hftl.adaptation.methods import AdaptationMethod
-from hftl.adaptation.scoring import collect_outputs, format_report, score_checkpoint
+from hftl.adaptation.scoring import (
+    collect_outputs,
+    collect_splits,
+    format_report,
+    score_outputs,
+    weights_digest,
+)
 from hftl.adaptation.selection import CRITERIA
 from hftl.adaptation.training import AdaptationLoss, AdaptModel
 from hftl.adaptation.transitive import TransitiveConfig, label_counts, pseudo_labelled
@@ -101,6 +107,9 @@ class MethodRun:
     source: dict[str, Any]
     target: dict[str, Any]  # the domain adapted to (the intermediate in stage 1 of a transitive run)
     before: tuple | None = None  # source and target training features before training (diagnostics)
+    # step -> (weights digest, outputs) of the periodic evaluations that may be selected: the best so far and
+    # the newest; the selected checkpoint's final scoring reuses the splits already run on its weights
+    kept: dict[int, tuple[str, dict]] = field(default_factory=dict)
 
 
 class AdaptRecipe:
@@ -300,12 +309,20 @@ class AdaptRecipe:
         )
         unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=per_epoch)
         loss = AdaptationLoss(method)
+        kept: dict[int, tuple[str, dict]] = {}
+
+        def periodic() -> dict[str, float]:  # one periodic evaluation; its outputs kept while selectable
+            outputs = collect_splits(acc, model, evals)
+            step, best = engine.state.step, engine.state.best_step
+            for old in [k for k in kept if k not in (step, best)]:
+                del kept[old]
+            kept[step] = (weights_digest(acc.unwrap_model(model)), outputs)
+            return score_outputs(outputs)
+
         engine = Engine(
             accelerator=acc, model=model, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
             config=tc, output_dir=self.output_dir / "runs" / name, total_steps=total, loss_fn=loss,
-            evaluate=lambda: self.guarded(
-                name, method, {**score_checkpoint(acc, model, evals), **loss.pop_means()}, engine.state
-            ),
+            evaluate=lambda: self.guarded(name, method, {**periodic(), **loss.pop_means()}, engine.state),
             metric=self.selection.criterion, higher_is_better=CRITERIA[self.selection.criterion].higher_is_better,
             on_step=unfreezer, log_prefix=f"{name}/",  # several runs log into the same trackers
         )  # fmt: skip
@@ -320,7 +337,7 @@ class AdaptRecipe:
             **describe_layerwise(optimizer, unfreezer),
             "Selection": f"{self.selection.criterion} (no target labels)",
         })  # fmt: skip
-        return MethodRun(name, method, model, engine, loaders, source, target)
+        return MethodRun(name, method, model, engine, loaders, source, target, kept=kept)
 
     # -- 3. train --------------------------------------------------------------------------------------
     def _domain_features(self, run: MethodRun) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -368,7 +385,8 @@ class AdaptRecipe:
     def evaluate(self, run: MethodRun, state: TrainState) -> dict[str, Any]:
         """The run's result: the selected checkpoint's scores, its history, the collapse guard's summary
         and the diagnostics."""
-        final = score_checkpoint(self.accelerator, run.model, run.evals)
+        outputs = collect_splits(self.accelerator, run.model, run.evals, known=self._known(run, state))
+        final = score_outputs(outputs)
         result = {
             "target_test_acc": final["target_test_acc"],
             "source_val_acc": final["source_val_acc"],
@@ -385,8 +403,9 @@ class AdaptRecipe:
                 guard, state.history, best_step=state.best_step, steps=state.step,
                 total=run.engine.total_steps,
             )  # fmt: skip
-        if self.report.diagnostics and run.method.uses_target:
-            f_s, f_t, labels_s = self._domain_features(run)
+        if self.report.diagnostics and run.method.uses_target:  # the features just scored
+            f_s, f_t = outputs["source_train"]["features"], outputs["target_train"]["features"]
+            labels_s = outputs["source_train"].get("labels")
             result["proxy_a_distance"] = {
                 "before": proxy_a_distance(run.before[0], run.before[1], seed=self.seed),
                 "after": proxy_a_distance(f_s, f_t, seed=self.seed),
@@ -399,6 +418,14 @@ class AdaptRecipe:
                 )  # fmt: skip
                 record_output(path)  # --overwrite may remove it
         return result
+
+    def _known(self, run: MethodRun, state: TrainState) -> dict[str, Any] | None:
+        """The selected step's periodic outputs when the model holds exactly the weights they came from
+        (the best weights restored, or the final step selected), else ``None``."""
+        digest, outputs = run.kept.get(state.best_step, (None, None))
+        if digest is None or digest != weights_digest(self.accelerator.unwrap_model(run.model)):
+            return None
+        return outputs
 
     def run_method(
         self, name: str, node: Any, *, source: dict | None = None, target: dict | None = None,

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import adapt_config
+from hftl.recipes import adapt
 from hftl.recipes.adapt import AdaptRecipe
 from omegaconf import OmegaConf
 
+from hftl.adaptation import scoring
 from hftl.cli import main as hftl
 from hftl.data import ClassificationData
 
@@ -97,3 +99,28 @@ def test_the_target_is_read_once_when_the_oracle_needs_its_labels(tmp_path, tiny
     assert recipe.target.label_names == unlabelled.label_names
     for split in ("train", "test"):
         assert recipe.target[split].to_dict() == unlabelled[split].to_dict(), split
+
+
+def test_the_selected_checkpoint_reuses_what_its_periodic_evaluation_ran(tmp_path, tiny_models, monkeypatch):
+    """The final scoring runs only the splits the periodic evaluations skipped (source training subset,
+    target test) when the model holds the selected step's weights, the proxy A-distance reads the features
+    just scored, and every number equals a run that scores everything again."""
+    cfg = adapt_config(tmp_path, tiny_models["bert"], "hftl.adaptation.DANN", hidden_features=16)
+    cfg["train"].update(eval_every_steps=3, epochs=3)
+    cfg["optimizer"]["lr"] = 1e-2
+    cfg["selection"] = {"criterion": "snd"}  # picks an early step on this tiny run (im: the last one)
+    cfg["report"]["diagnostics"] = True
+    calls = []
+    collect = scoring.collect_outputs
+    monkeypatch.setattr(scoring, "collect_outputs", lambda *a: calls.append(1) or collect(*a))
+    monkeypatch.setattr(adapt, "collect_outputs", scoring.collect_outputs)  # the features before training
+    reused = _run(cfg, tmp_path / "reused.yaml")
+    evaluations = len(reused["history"])
+    assert evaluations >= 2 and reused["selected_step"] != reused["steps"]  # a restored best checkpoint
+    # 2 splits before training (diagnostics), 2 per periodic evaluation, 2 for the selected checkpoint
+    assert len(calls) == 2 + 2 * evaluations + 2
+    monkeypatch.setattr(AdaptRecipe, "_known", lambda self, run, state: None)
+    cfg["output_dir"] = str(tmp_path / "again")
+    again = _run(cfg, tmp_path / "again.yaml")
+    for key in ("selected_step", "target_test_acc", "source_val_acc", "final_scores", "proxy_a_distance"):
+        assert reused[key] == again[key], key

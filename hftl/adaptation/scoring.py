@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -40,18 +41,27 @@ def collect_outputs(accelerator: Accelerator, model: nn.Module, loader: Any) -> 
     return {name: values.numpy() for name, values in outputs.items()}
 
 
-def score_checkpoint(accelerator: Accelerator, model: nn.Module, evals: dict[str, Any]) -> dict[str, float]:
-    """Every selection criterion (none reads target labels), plus the target test accuracy for the report
-    when ``evals`` has the target test split.
+def collect_splits(
+    accelerator: Accelerator, model: nn.Module, evals: dict[str, Any], known: dict[str, Any] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`collect_outputs` of each split of ``evals`` (names of :data:`EVAL_SPLITS`), except those
+    already in ``known`` (outputs of the same weights, e.g. the periodic evaluation of the selected step)."""
+    known = known or {}
+    return {
+        name: known[name] if name in known else collect_outputs(accelerator, model, evals[name])
+        for name in EVAL_SPLITS
+        if name in evals
+    }
 
-    Args:
-        accelerator: the run's Accelerator.
-        model: the model being adapted.
-        evals: a loader for each name of :data:`EVAL_SPLITS`; without ``target_test`` (the periodic
-            evaluations unless ``report.target_curve``) there is no ``target_test_acc``, without
-            ``source_train`` (periodic evaluations unless ``dev`` or ``selection.score_all``) no ``dev``.
+
+def score_outputs(o: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:
+    """Every selection criterion (none reads target labels) from :func:`collect_splits`' outputs, the
+    collapse guard's prediction signals, and the target test accuracy when ``o`` has the test split.
+
+    Without ``target_test`` (the periodic evaluations unless ``report.target_curve``) there is no
+    ``target_test_acc``, without ``source_train`` (periodic evaluations unless ``dev`` or
+    ``selection.score_all``) no ``dev``.
     """
-    o = {name: collect_outputs(accelerator, model, evals[name]) for name in EVAL_SPLITS if name in evals}
     inputs = {
         "probs_s_val": o["source_val"]["probs"], "labels_s_val": o["source_val"]["labels"],
         "probs_t": o["target_train"]["probs"], "features_t": o["target_train"]["features"],
@@ -65,6 +75,23 @@ def score_checkpoint(accelerator: Accelerator, model: nn.Module, evals: dict[str
         test = o["target_test"]
         scores["target_test_acc"] = float((test["probs"].argmax(-1) == test["labels"]).mean())
     return scores
+
+
+def score_checkpoint(accelerator: Accelerator, model: nn.Module, evals: dict[str, Any]) -> dict[str, float]:
+    """:func:`score_outputs` of the model's outputs on every split of ``evals`` (a loader per name of
+    :data:`EVAL_SPLITS`)."""
+    return score_outputs(collect_splits(accelerator, model, evals))
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A digest of the tensors training changes (trainable parameters, buffers), to tell whether outputs
+    computed earlier still belong to the model's current weights."""
+    digest = hashlib.blake2b(digest_size=16)
+    tensors = [(n, p) for n, p in model.named_parameters() if p.requires_grad] + list(model.named_buffers())
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def format_report(metrics: dict[str, Any]) -> str:
