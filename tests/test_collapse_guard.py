@@ -12,7 +12,7 @@ import pytest
 import yaml
 from helpers import adapt_config
 
-from hftl.adaptation.collapse import CollapseGuard, prediction_signals
+from hftl.adaptation.collapse import CollapseGuard, fix_advice, prediction_signals
 from hftl.adaptation.config import SelectionConfig
 from hftl.cli import main as hftl
 from hftl.errors import ConfigError
@@ -162,3 +162,13 @@ def test_guard_off_lets_the_run_collapse(tmp_path, tiny_models):
     result = _run(tmp_path, cfg)["results"]["one_class"]
     assert result["steps"] == 20 and "collapse" not in result
     assert result["final_scores"]["target_top_share"] == 1.0  # the kept model predicts one class
+
+
+def test_fix_advice_names_the_settings_of_the_method():
+    from hftl.adaptation import DANN, MCC
+
+    advice = fix_advice(DANN(in_features=8, num_classes=2, trade_off=1.0, warmup="none"))
+    assert "`method.trade_off` (now 1; try 0.1–0.33)" in advice and "`method.warmup=ganin`" in advice
+    assert "`method.grl_alpha`" in advice
+    assert "method.warmup" not in fix_advice(DANN(in_features=8, num_classes=2, trade_off=0.1))
+    assert "grl_alpha" not in fix_advice(MCC(in_features=8, num_classes=2))

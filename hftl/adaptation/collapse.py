@@ -219,6 +219,8 @@ def fix_advice(method: Any) -> str:
     """The likely fix for a collapsed run of ``method`` (its ``trade_off`` and warm-up settings)."""
     trade_off = getattr(method, "trade_off", None)
     advice = f"Likely fix: lower `method.trade_off` (now {trade_off:g}; try {trade_off / 10:g}–{trade_off / 3:.2g})"
+    if getattr(method, "warmup", None) == "none":
+        advice += ", or warm the transfer weight up (`method.warmup=ganin`)"
     if hasattr(method, "grl_alpha"):
         advice += f", or warm the adversarial term up more slowly (`method.grl_alpha`, now {method.grl_alpha:g}; e.g. 5)"
     return advice + ", or use a non-adversarial method (MCC, CORAL)."
