@@ -77,3 +77,49 @@ def test_cpu_2proc_config_matches_one_process(tmp_path, tiny_models):
         assert m2[split]["confusion_matrix"] == m1[split]["confusion_matrix"]
         assert m2[split]["accuracy"] == m1[split]["accuracy"]
         assert m2[split]["loss"] == pytest.approx(m1[split]["loss"], rel=1e-4, abs=1e-5)
+
+
+def test_cpu_2proc_model_loads_with_hftl_load(tmp_path, tiny_models):
+    """The model a 2-process run saves (rank 0 writes it) loads with hftl.load and predicts."""
+    import hftl
+
+    files = {name: str(write_text_csv(tmp_path / f"{name}.csv", n, seed))
+             for name, n, seed in (("train", 32, 0), ("validation", 9, 1), ("test", 9, 2))}  # fmt: skip
+    enc = {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"], "max_length": 16}
+    cfg = base_config(enc, {"path": "csv", "data_files": files}, tmp_path / "out", epochs=1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), str(REPO / "recipes" / "finetune.py"),
+         "--config", dump(cfg, tmp_path / "c.yaml")],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8 × 1 × 2" in proc.stdout
+    predictions = hftl.load(tmp_path / "out", device="cpu")(["the movie was good", "the movie was bad"])
+    assert [p["label"] in ("negative", "positive") for p in predictions] == [True, True]
+
+
+@pytest.mark.parametrize("config", ["fsdp", "deepspeed_zero2"])
+def test_fsdp_and_deepspeed_configs_refuse_to_fall_back_to_ddp_on_cpu(tmp_path, tiny_models, config):
+    """accelerate runs FSDP / DeepSpeed on CUDA devices only: launched on CPU processes it would train
+    plain DDP under the FSDP/DeepSpeed file's name (FSDP) or count one process per rank (DeepSpeed without
+    ACCELERATE_USE_CPU). hftl stops both with one line before loading anything (docs/scaling.md)."""
+    if config == "deepspeed_zero2":
+        pytest.importorskip("deepspeed", reason="accelerate needs deepspeed installed to launch the file")
+    files = {name: str(write_text_csv(tmp_path / f"{name}.csv", 16, seed))
+             for seed, name in enumerate(("train", "validation", "test"))}  # fmt: skip
+    enc = {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"], "max_length": 16}
+    cfg = base_config(enc, {"path": "csv", "data_files": files}, tmp_path / "out", epochs=1)
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "configs" / "accelerate" / f"{config}.yaml"), "--mixed_precision", "no",
+         str(REPO / "recipes" / "finetune.py"), "--config", dump(cfg, tmp_path / "c.yaml"),
+         "train.mixed_precision=no"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"},
+    )  # fmt: skip
+    assert proc.returncode != 0
+    name = "FSDP" if config == "fsdp" else "DeepSpeed"
+    assert f"asks for {name}" in proc.stderr and "needs CUDA devices" in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "out" / "checkpoints").exists()  # nothing trained
