@@ -308,7 +308,7 @@ class AdaptRecipe:
             build_scheduler(tc, optimizer, total_steps=total, num_processes=acc.num_processes)
         )
         unfreezer = build_unfreezer(tc, optimizer, batches_per_epoch=per_epoch)
-        loss = AdaptationLoss(method)
+        loss = AdaptationLoss(method, concat_domains=tc.concat_domains)
         kept: dict[int, tuple[str, dict]] = {}
 
         def periodic() -> dict[str, float]:  # one periodic evaluation; its outputs kept while selectable
