@@ -114,7 +114,7 @@ def run(variant: str, seed: int, out: Path, full: bool) -> dict:
         "variant": variant, "seed": seed, "results": results, "kept": metrics.get("kept"),
         "fallback": metrics.get("fallback"), "command": " ".join(cmd), "machine": MACHINE,
         "wall_s": {name: r.get("wall_time_s") for name, r in metrics["results"].items()},
-        "threads": os.environ.get("OMP_NUM_THREADS"), "load_average": os.getloadavg(),
+        "threads": os.environ.get("OMP_NUM_THREADS"),
     }  # fmt: skip
 
 
@@ -223,6 +223,22 @@ def table(rows: list[dict], argv: list[str]) -> str:
         f"{' '.join(argv)}`. Percentages are % of rows; `top class share` is the share of the most predicted "
         "class among the target training rows (the books source prior of that class is in the guard's message), "
         "`entropy ratio` the entropy of the mean target prediction over the source prior's.",
+        "",
+        (
+            "Budget: the config's own (`--full`)."
+            if "--full" in argv
+            else "Budget: **CPU subset**, not the issue's protocol: "
+            + " ".join(f"`{o}`" for o in SUBSET)
+            + ". The target "
+            "oracle is not trained (CPU time); the full-protocol numbers are in adaptation_blitzer.md."
+        ),
+        "Wall time per trained model (s; the machine is shared, see the docs for its load): "
+        + "; ".join(
+            f"{r['variant']} s{r['seed']} "
+            + ", ".join(f"{k} {sum(v.values()):.0f}" for k, v in r["wall_s"].items() if v)
+            for r in rows
+        )
+        + ".",
         "",
         *summary(rows),
         "",
