@@ -47,11 +47,18 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hftl.errors import HftlError, TrainingError
+from hftl.errors import HftlError
 from hftl.outputs import record_output, writing
+from hftl.training.checkpoint_listing import (
+    CHECKPOINT_DIRNAME,
+    TMP_PREFIX,
+    latest_checkpoint,
+    list_checkpoints,
+    scan_complete,
+    warn_once,
+)
 from hftl.training.checkpoint_manifest import (
     FORMAT_VERSION,
-    OLD_FORMAT,
     OWNER_FILENAME,
     STEP_DIR,
     check,
@@ -73,107 +80,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_DIRNAME = "checkpoints"
 BEST_FILENAME = "best_trainable.safetensors"  # the best validation weights (hftl.training.Engine)
-TMP_PREFIX = ".tmp-"
 _RESERVED_KEYS = ("format", "files", "weights")
-_warned: set[tuple[str, str]] = set()
-
-
-def _warn_once(path: Path, reason: str) -> None:
-    key = (str(path), reason)
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning("Skipping checkpoint %s: %s.", path, reason)
-
-
-def _step_dirs(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """Every ``step-*`` folder, oldest first, valid or not; warns once about ``.tmp-*`` leftovers."""
-    root = Path(output_dir) / CHECKPOINT_DIRNAME
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        if child.name.startswith(TMP_PREFIX):
-            if owned(child):
-                _warn_once(
-                    child, "unfinished save (a .tmp-* folder); it is ignored and removed by the next save"
-                )
-            continue
-        match = STEP_DIR.match(child.name)
-        if match and child.is_symlink():
-            _warn_once(child, "it is a symlink; hftl only uses (and removes) checkpoint folders it wrote")
-        elif match:
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def _scan(output_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (sizes checked, not hashes), oldest first; the others are warned about."""
-    found = []
-    for step, child in _step_dirs(output_dir):
-        _, reason = check(child)
-        if reason:
-            _warn_once(child, reason)
-            continue
-        found.append((step, child))
-    return found
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints under ``output_dir/checkpoints``, oldest to newest by step.
-
-    Incomplete or corrupt ``step-*`` folders are skipped with a warning that names the folder and the reason;
-    ``.tmp-*`` folders (saves in progress or crashed) are ignored. File sizes are checked, not content
-    hashes (this is cheap enough to poll); :func:`latest_checkpoint` checks the hashes too.
-
-    Args:
-        output_dir: the run's output directory (the parent of ``checkpoints/``).
-
-    Returns:
-        Paths of the valid checkpoint folders; empty if there are none.
-    """
-    return [path for _, path in _scan(output_dir)]
-
-
-def latest_checkpoint(output_dir: str | Path, *, strict: bool = False) -> Path | None:
-    """The newest complete checkpoint under ``output_dir/checkpoints`` whose files match their sha256.
-
-    Checkpoints are tried newest first; one that is incomplete, truncated or corrupt (a file whose content
-    no longer matches the sha256 recorded when it was saved) is skipped with a warning naming the folder
-    and the reason, and the previous one is tried.
-
-    Args:
-        output_dir: the run's output directory (the parent of ``checkpoints/``).
-        strict: raise instead of returning ``None`` when ``step-*`` folders exist but none is valid.
-
-    Returns:
-        The folder to pass to :func:`load_checkpoint`, or ``None`` when there is no valid checkpoint.
-
-    Raises:
-        TrainingError: with ``strict``, when every checkpoint found is damaged.
-    """
-    candidates = _step_dirs(output_dir)
-    reasons = []
-    for _, path in reversed(candidates):
-        _, reason = check(path, verify=True)
-        if reason is None:
-            return path
-        _warn_once(path, reason)
-        reasons.append(f"{path.name}: {reason}")
-    if strict and candidates and all(OLD_FORMAT in r for r in reasons):
-        raise TrainingError(
-            f"cannot resume from {Path(output_dir) / CHECKPOINT_DIRNAME}: its checkpoints were written by another "
-            f"hftl version ({reasons[0].split('(', 1)[-1].rstrip(')')}) and are never loaded into this one's "
-            "models. Fix: run again with `--overwrite` to start over (or `train.resume=false` with a new `output_dir`)."
-        )
-    if strict and candidates:
-        raise TrainingError(
-            f"cannot resume from {Path(output_dir) / CHECKPOINT_DIRNAME}: none of its checkpoints is intact "
-            f"({'; '.join(reasons[:3])}). Fix: run again with `--overwrite` to start over (or "
-            "`train.resume=false` with a new `output_dir`)."
-        )
-    return None
 
 
 def _rmtree_via_trash(path: Path, kind: str) -> None:
@@ -206,7 +114,7 @@ def _finalize(tmp: Path, final: Path, payload: dict) -> None:
 
 
 def _prune(output_dir: Path, keep_last: int, current: Path, step: int) -> None:
-    checkpoints = _scan(output_dir)
+    checkpoints = scan_complete(output_dir)
     newer = [path.name for other, path in checkpoints if other > step]
     if newer:
         logger.warning(
@@ -339,7 +247,7 @@ def _remove_stale(root: Path) -> None:
             logger.info("Removing unfinished checkpoint folder %s", stale)
             shutil.rmtree(stale)
         else:
-            _warn_once(stale, "its name looks like an unfinished save, but hftl did not write it: left alone")
+            warn_once(stale, "its name looks like an unfinished save, but hftl did not write it: left alone")
 
 
 def remove_checkpoints(output_dir: str | Path) -> None:
