@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -115,3 +117,38 @@ def test_concat_applies_only_where_numerics_hold(tiny_models: dict[str, str]) ->
     assert not concat_applies("auto", dann, bn_model, torch.device("cuda"))
     with pytest.raises(ConfigError, match="BatchNorm.*concat_domains=auto"):
         concat_applies("on", dann, bn_model, CPU)
+
+
+def test_adapt_recipe_with_one_forward_matches_two(tmp_path, tiny_models, monkeypatch) -> None:
+    """`hftl run adapt` (DANN, tiny BERT without dropout) with `train.concat_domains=on` reports what `off` does."""
+    import json
+
+    from helpers import adapt_config, dump
+    from transformers import AutoModel, AutoTokenizer
+
+    from hftl.cli import main as hftl
+
+    model = tmp_path / "bert_no_dropout"
+    AutoModel.from_pretrained(
+        tiny_models["bert"], hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    ).save_pretrained(model)
+    AutoTokenizer.from_pretrained(tiny_models["bert"]).save_pretrained(model)
+    calls, concatenated_step = [], AdaptationLoss._concatenated_step
+    monkeypatch.setattr(
+        AdaptationLoss, "_concatenated_step", lambda *a: calls.append(1) or concatenated_step(*a)
+    )
+    results, steps = {}, {}
+    for mode in ("off", "on"):
+        (tmp_path / mode).mkdir()
+        cfg = adapt_config(tmp_path / mode, str(model), "hftl.adaptation.DANN", hidden_features=16)
+        cfg["train"]["concat_domains"] = mode
+        assert hftl(["run", "adapt", "--config", dump(cfg, tmp_path / f"{mode}.yaml")]) == 0
+        results[mode] = json.loads((Path(cfg["output_dir"]) / "metrics.json").read_text())["results"]["dann"]
+        steps[mode] = len(calls)
+    assert steps == {"off": 0, "on": results["on"]["steps"]}  # the recipe passes train.concat_domains
+    off, on = results["off"], results["on"]
+    for key in ("target_test_acc", "source_val_acc", "selected_step"):
+        assert on[key] == off[key], key
+    assert len(on["history"]) == len(off["history"]) == 2
+    for got, want in zip(on["history"], off["history"], strict=True):  # criteria, domain accuracy, ...
+        assert got == pytest.approx(want, rel=1e-3, abs=1e-5)
