@@ -65,7 +65,7 @@ def test_fsdp_or_deepspeed_on_cpu_is_refused(
 ) -> None:
     """accelerate sets neither up on CPU processes (it trains DDP or one process instead): one clear line."""
     monkeypatch.setenv(flag, "true")
-    with pytest.raises(HftlError, match=f"asks for {name} .*needs CUDA devices.*cpu_2proc.yaml"):
+    with pytest.raises(HftlError, match=f"asks for {name} .*on the CPU.*needs CUDA devices.*cpu_2proc.yaml"):
         build_accelerator(TrainConfig(cpu=True), tmp_path)
 
 
@@ -169,15 +169,32 @@ def test_length_buckets_change_shapes_not_losses(tmp_path: Path, tiny_models: di
         torch.testing.assert_close(b_weights[key], value, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.slow
-def test_compiled_training_matches_eager(tmp_path: Path, tiny_models: dict[str, str]) -> None:
-    """`train.compile` on CPU (TorchInductor, C++ kernels): the same losses and weights as eager steps.
+@pytest.mark.parametrize(
+    "backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)], ids=["aot_eager", "inductor"]
+)
+def test_compiled_training_matches_eager(
+    tmp_path: Path, tiny_models: dict[str, str], backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train.compile` on CPU: the same losses and weights as eager steps.
 
-    Slow only with a cold compile cache: 14 s with TorchInductor's cache warm, 250 s cold (it builds a dozen
-    C++ kernels; 2 shared cores at load 8). ``pytest -m slow tests/test_acceleration.py`` runs it.
+    ``aot_eager`` runs the whole compiled path (TorchDynamo graph capture and AOTAutograd's joint graph,
+    through the Engine, the checkpoints and the weight sharing) without generating kernels, in seconds.
+    ``inductor`` (the default backend: C++ kernels on CPU) is slow only with a cold compile cache: 14 s warm,
+    250 s cold on 2 shared cores; ``pytest -m slow tests/test_acceleration.py`` runs it.
     """
+    import hftl.training.acceleration as acceleration
+
+    compile_, modes = torch.compile, []
+
+    def compile_with(model: torch.nn.Module, mode: str | None = None) -> torch.nn.Module:
+        modes.append(mode)
+        return compile_(model, mode=mode, backend=backend)
+
+    monkeypatch.setattr(acceleration.torch, "compile", compile_with)
     losses, weights, _ = train_tiny(tmp_path / "eager", tiny_models["bert"])
+    assert modes == []
     c_losses, c_weights, _ = train_tiny(tmp_path / "compiled", tiny_models["bert"], compile=True)
+    assert modes == ["default"]  # the Engine trained through torch.compile
     assert c_losses == pytest.approx(losses, abs=1e-4)
     assert c_weights.keys() == weights.keys()  # the eager module is saved: no `_orig_mod.` prefix
     for key, value in weights.items():

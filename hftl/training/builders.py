@@ -39,6 +39,7 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
 
     from hftl.training.acceleration import configure_device_math, resolve_mixed_precision
 
+    _refuse_backend_without_cuda(config)
     AcceleratorState._reset_state(reset_partial_state=False)
     config.mixed_precision = resolve_mixed_precision(config)
     accelerator = Accelerator(
@@ -72,6 +73,29 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
     return accelerator
 
 
+_BACKEND_FLAGS = (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"))
+
+
+def _requested_backends() -> list[tuple[str, str]]:
+    return [(flag, name) for flag, name in _BACKEND_FLAGS if os.environ.get(flag, "false").lower() == "true"]
+
+
+def _backend_refused(flag: str, name: str, setup: str) -> HftlError:
+    return HftlError(
+        f"the launch config asks for {name} ({flag}=true) but {setup} ({name} needs CUDA devices; "
+        "accelerate does not run it on CPU). Fix: launch on GPUs, or use configs/accelerate/cpu_2proc.yaml "
+        "/ `hftl run --num-processes N` for multi-process CPU runs."
+    )
+
+
+def _refuse_backend_without_cuda(config: TrainConfig) -> None:
+    """Before accelerate starts (it would fail on a missing DeepSpeed install, or fall back silently)."""
+    cpu = config.cpu or os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true")
+    if cpu or not torch.cuda.is_available():
+        for flag, name in _requested_backends():
+            raise _backend_refused(flag, name, "this run is on the CPU")
+
+
 def _check_requested_backend(accelerator: Accelerator) -> None:
     """Refuses a run whose launch config asked for FSDP or DeepSpeed that accelerate did not set up.
 
@@ -81,18 +105,11 @@ def _check_requested_backend(accelerator: Accelerator) -> None:
     """
     from accelerate.utils import DistributedType
 
-    for flag, kind, name in (
-        ("ACCELERATE_USE_FSDP", DistributedType.FSDP, "FSDP"),
-        ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "DeepSpeed"),
-    ):
-        requested = os.environ.get(flag, "false").lower() == "true"
-        if requested and (accelerator.distributed_type != kind or accelerator.device.type == "cpu"):
-            raise HftlError(
-                f"the launch config asks for {name} ({flag}=true) but accelerate set up "
-                f"{accelerator.distributed_type.value} on {accelerator.device} ({name} needs CUDA devices; "
-                "accelerate does not run it on CPU). Fix: launch on GPUs, or use configs/accelerate/cpu_2proc.yaml "
-                "/ `hftl run --num-processes N` for multi-process CPU runs."
-            )
+    kinds = {"FSDP": DistributedType.FSDP, "DeepSpeed": DistributedType.DEEPSPEED}
+    for flag, name in _requested_backends():
+        if accelerator.distributed_type != kinds[name] or accelerator.device.type == "cpu":
+            setup = f"accelerate set up {accelerator.distributed_type.value} on {accelerator.device}"
+            raise _backend_refused(flag, name, setup)
 
 
 def build_loader(
