@@ -38,7 +38,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -46,10 +46,13 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 # hftl: `finetune` with its default pre-tokenized splits; raw: the same with `encoder.pretokenize=false`
 # (the collator tokenizes every batch, as hftl did before issue #7); lora: hftl with LoRA (default dropout,
-# 0 since issue 17); lora-dropout: the same with `adapter.dropout=0.1` (the old default); dann: `adapt`.
-Kind = Literal["trainer", "hftl", "raw", "lora", "lora-dropout", "dann"]
+# 0 since issue 17); lora-dropout: the same with `adapter.dropout=0.1` (the old default); dann: `adapt`;
+# trainer-lora: Trainer on a peft LoRA model with hftl's LoRA settings (`LORA`), the baseline of `lora`.
+Kind = Literal["trainer", "trainer-lora", "hftl", "raw", "lora", "lora-dropout", "dann"]
+LORA = {"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"], "dropout": 0.0}
 LABELS = ["negative", "positive"]
 BLITZER = ("books", "dvd", "electronics", "kitchen")
+DEV_ROWS = 200  # SST-2 dev rows of the time-to-accuracy runs (the first ones of dev.tsv)
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,13 @@ class Case:
 
 def plan(quick: bool, *, on_gpu: bool) -> list[Case]:
     """The cases to run: a CPU subset with ``quick``, else the whole grid (step counts sized for a GPU)."""
-    every = ("trainer", "hftl", "raw", "lora", "dann")
+    every = ("trainer", "hftl", "raw", "trainer-lora", "lora", "dann")
     if quick:
         return [
             Case("tiny-bert", "sst2", 128, False, 40, ("trainer", "hftl", "raw")),
             Case("tiny-bert", "sst2", 128, True, 40),
             Case("tiny-bert", "blitzer", 128, False, 30, every),
-            Case("minilm", "sst2", 64, False, 8, ("trainer", "hftl", "lora", "lora-dropout")),
+            Case("minilm", "sst2", 64, False, 8, ("trainer", "hftl", "trainer-lora", "lora", "lora-dropout")),
         ]
     n_tiny, n_mini = (300, 300) if on_gpu else (60, 12)  # GPU: 240 timed steps per run
     cases = []
@@ -116,7 +119,13 @@ def prepare_data(workdir: Path, *, rows: int) -> dict[str, str]:
     domains = {d: read_blitzer_domain(root / "amazon_mds_raw_bertaad" / d).shuffle(seed=0) for d in BLITZER}
     reviews = {d: list(zip(ds["text"], ds["label"], strict=True)) for d, ds in domains.items()}
     mixed = [r for group in zip(*reviews.values(), strict=False) for r in group]  # domains interleaved
+    with (root / "sst2_agnews_alps" / "SST-2" / "dev.tsv").open() as f:
+        reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        dev = [
+            (r["sentence"].strip(), int(r["label"])) for _, r in zip(range(DEV_ROWS), reader, strict=False)
+        ]
     return {
+        "dev": write_csv(workdir / "sst2_dev.csv", dev),
         "sst2": write_csv(workdir / "sst2.csv", sst2),
         "blitzer": write_csv(workdir / "blitzer.csv", mixed),
         "source": write_csv(workdir / "source.csv", reviews["books"] + reviews["dvd"]),
@@ -141,8 +150,7 @@ def hftl_config(spec: dict) -> dict:
     kind = spec["kind"]
     adapter = {"_component_": "hftl.adapters.FullFinetune"}
     if kind in ("lora", "lora-dropout"):
-        adapter = {"_component_": "hftl.adapters.Lora", "r": 16, "alpha": 32,
-                   "target_modules": ["query", "key", "value", "dense"]}  # fmt: skip
+        adapter = {"_component_": "hftl.adapters.Lora", **LORA}
         if kind == "lora-dropout":
             adapter["dropout"] = 0.1
     steps = spec["steps"]
@@ -277,6 +285,14 @@ def run_trainer(spec: dict, clock: StepClock) -> dict:
     ).rename_column("label", "labels")  # fmt: skip
     tokenize = {"tokenize_s": time.perf_counter() - start, "rows": len(ds)}
     model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=len(LABELS))
+    if spec["kind"] == "trainer-lora":  # peft's LoRA, hftl's settings; the classifier trains in full
+        import peft
+
+        lora = peft.LoraConfig(
+            task_type=peft.TaskType.SEQ_CLS, r=LORA["r"], lora_alpha=LORA["alpha"],
+            target_modules=LORA["target_modules"], lora_dropout=LORA["dropout"],
+        )  # fmt: skip
+        model = peft.get_peft_model(model, lora)
     args = TrainingArguments(
         output_dir=spec["out"], max_steps=spec["steps"], per_device_train_batch_size=spec["batch_size"],
         learning_rate=5e-5, weight_decay=0.0, warmup_steps=0, lr_scheduler_type="linear", max_grad_norm=1.0,
@@ -297,13 +313,136 @@ def run_trainer(spec: dict, clock: StepClock) -> dict:
     }
 
 
+# -- time to a dev accuracy, each side with its defaults ----------------------------------------------------
+class AccuracyClock:
+    """Training seconds (evaluations excluded) at each evaluation, and whether ``threshold`` was reached."""
+
+    def __init__(self, threshold: float):
+        self.threshold, self.curve, self.t0, self.last, self.evals = threshold, [], None, None, 0.0
+
+    def start(self) -> None:
+        self.t0 = self.last = time.perf_counter()
+
+    def step_end(self) -> None:
+        self.last = time.perf_counter()
+
+    def evaluated(self, step: int, samples: int, accuracy: float) -> bool:
+        """Records one evaluation (it ran since the last step end); True once the threshold is reached."""
+        now = time.perf_counter()
+        train_s = self.last - self.t0 - self.evals
+        self.evals += now - self.last
+        self.curve.append(
+            {"step": step, "samples": samples, "train_s": round(train_s, 2), "accuracy": accuracy}
+        )
+        return accuracy >= self.threshold
+
+    def result(self) -> dict:
+        hit = next((c for c in self.curve if c["accuracy"] >= self.threshold), None)
+        return {"curve": self.curve, "threshold": self.threshold, "reached": hit is not None,
+                "time_to_accuracy_s": hit["train_s"] if hit else None, "samples_to_accuracy": hit and hit["samples"]}  # fmt: skip
+
+
+def run_hftl_defaults(spec: dict, clock: AccuracyClock) -> dict:
+    """`hftl run finetune` with the shipped `text/minilm_full_sst2` config (its defaults: batch 32, lr 5e-5,
+    weight decay 0.01, fused AdamW, mean pooling), on the slice; stops at the threshold."""
+    from omegaconf import OmegaConf
+
+    from hftl.cli import main as hftl
+    from hftl.training import Engine
+
+    cfg = OmegaConf.load(REPO / "recipes" / "configs" / "text" / "minilm_full_sst2.yaml")
+    cfg.output_dir, cfg.encoder.model = spec["out"], spec["model"]
+    cfg.data = {**cfg.data, "data_files": {"train": spec["data"], "validation": spec["dev"]},
+                "input_column": "text", "max_samples": None}  # fmt: skip
+    cfg.train.eval_every_steps = spec["eval_samples"] // cfg.train.batch_size
+    validate, fit, init = Engine._validate, Engine.fit, Engine.__init__
+
+    def timed_init(self, *args, on_step=None, **kwargs):
+        def hook(step: int) -> None:
+            if on_step is not None:
+                on_step(step)
+            clock.step_end()
+
+        init(self, *args, on_step=hook, **kwargs)
+
+    def timed_fit(self):
+        clock.start()
+        return fit(self)
+
+    def timed_validate(self, progress):
+        stop = validate(self, progress)
+        accuracy = self.state.history[-1]["eval_accuracy"]
+        return clock.evaluated(self.state.step, self.state.step * cfg.train.batch_size, accuracy) or stop
+
+    Engine.__init__, Engine.fit, Engine._validate = timed_init, timed_fit, timed_validate
+    path = Path(spec["out"] + ".yaml")
+    OmegaConf.save(cfg, path)
+    if hftl(["run", "finetune", "--config", str(path)]) != 0:
+        raise SystemExit(f"hftl run failed for {spec}")
+    return {**clock.result(), "batch_size": cfg.train.batch_size}
+
+
+def run_trainer_defaults(spec: dict, clock: AccuracyClock) -> dict:
+    """`transformers.Trainer` with `TrainingArguments` defaults (batch 8, lr 5e-5, 3 epochs, linear decay,
+    fused AdamW) on AutoModelForSequenceClassification, the same rows and max length; stops at the threshold."""
+    import datasets
+    import numpy as np
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["model"])
+    ds = datasets.load_dataset("csv", data_files={"train": spec["data"], "dev": spec["dev"]})
+    ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=spec["max_length"]), batched=True,
+                remove_columns=["text"]).rename_column("label", "labels")  # fmt: skip
+    defaults = TrainingArguments(output_dir=spec["out"])
+    batch = defaults.per_device_train_batch_size
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock.start()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_end()
+            if state.global_step * batch >= spec["max_samples"]:  # the budget hftl's one epoch has
+                control.should_training_stop = True
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            step = state.global_step
+            if clock.evaluated(step, step * batch, metrics["eval_accuracy"]):
+                control.should_training_stop = True
+
+    args = TrainingArguments(
+        output_dir=spec["out"], eval_strategy="steps", eval_steps=spec["eval_samples"] // batch,
+        save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+    model = AutoModelForSequenceClassification.from_pretrained(spec["model"], num_labels=len(LABELS))
+    trainer = Trainer(
+        model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["dev"],
+        data_collator=DataCollatorWithPadding(tokenizer), callbacks=[Clock()],
+        compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())},
+    )  # fmt: skip
+    trainer.train()
+    return {**clock.result(), "batch_size": batch, "optim": str(args.optim), "lr": args.learning_rate}
+
+
 def child(kind: Kind, spec_path: str, result_path: str) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     spec = json.loads(Path(spec_path).read_text())
-    clock = StepClock(warmup=spec["warmup"], steps=spec["steps"])
-    extra = run_trainer(spec, clock) if kind == "trainer" else run_hftl(spec, clock)
+    if kind.startswith("tta-"):
+        clock = AccuracyClock(spec["threshold"])
+        extra = (run_trainer_defaults if kind == "tta-trainer" else run_hftl_defaults)(spec, clock)
+    else:
+        clock = StepClock(warmup=spec["warmup"], steps=spec["steps"])
+        extra = run_trainer(spec, clock) if kind.startswith("trainer") else run_hftl(spec, clock)
     peak = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux: KiB
     if torch.cuda.is_available():
         peak["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -369,9 +508,12 @@ def summarize(case: Case, rows: list[dict], batch_size: int) -> dict[str, dict]:
             "peak_rss_mib": max(r["peak_rss_mib"] for r in mine),
             "cuda_peak_mib": max((r.get("cuda_peak_mib", 0.0) for r in mine), default=0.0),
         }  # fmt: skip
-        if kind != "trainer" and "trainer" in case.kinds:  # paired: runs of one repeat ran back to back
+        baseline = "trainer-lora" if kind.startswith("lora") and "trainer-lora" in case.kinds else "trainer"
+        if (
+            not kind.startswith("trainer") and baseline in case.kinds
+        ):  # paired: one repeat's runs back to back
             base = {
-                r["repeat"]: r["step_s"] for r in rows if r["case"] == case.name and r["kind"] == "trainer"
+                r["repeat"]: r["step_s"] for r in rows if r["case"] == case.name and r["kind"] == baseline
             }
             out[kind]["ratio_repeats"] = [round(base[r["repeat"]] / r["step_s"], 3) for r in mine]
         if all(r.get("rows") for r in mine):  # one epoch including the up-front tokenization, per step
@@ -402,6 +544,73 @@ def profile(case: Case, args: argparse.Namespace, paths: dict, data: dict, workd
     return 0
 
 
+def time_to_accuracy(args: argparse.Namespace, paths: dict, data: dict, workdir: Path) -> list[dict]:
+    """Trainer's defaults vs hftl's (`text/minilm_full_sst2`) on MiniLM: training seconds until the SST-2 dev
+    accuracy reaches ``args.threshold`` (evaluated every 192 samples on both sides), alternating repeats."""
+    spec = {"model": paths["minilm"], "max_length": 64, "data": data["sst2"], "dev": data["dev"],
+            "threshold": args.threshold, "eval_samples": 192, "max_samples": args.tta_rows}  # fmt: skip
+    rows, kinds = [], ("tta-trainer", "tta-hftl")
+    for rep in range(args.repeats):
+        for kind in kinds if rep % 2 == 0 else kinds[::-1]:
+            row = {"case": "minilm/sst2/time-to-accuracy", "kind": kind, "repeat": rep,
+                   **launch(kind, {**spec, "tag": f"tta-{rep}"}, workdir)}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def _tta_cell(row: dict) -> str:
+    if not row["reached"]:
+        return "not reached"
+    return f"{row['time_to_accuracy_s']:.1f} ({row['samples_to_accuracy']})"
+
+
+def tta_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    """The time-to-accuracy table: per repeat, each side's training seconds and their ratio."""
+    lines = ["", f"Time to {100 * args.threshold:.0f} % SST-2 dev accuracy ({DEV_ROWS} dev rows, training rows "
+             f"{args.tta_rows}, at most {args.tta_rows} samples each side; training seconds, evaluations excluded; "
+             "each side with its defaults: Trainer = `TrainingArguments` defaults on AutoModelForSequenceClassification "
+             "(batch 8, lr 5e-5, fused AdamW, [CLS] pooler); hftl = the shipped `text/minilm_full_sst2` "
+             "(batch 32, lr 5e-5, weight decay 0.01, fused AdamW, mean pooling); both evaluated every 192 samples, "
+             "max length 64):", "",
+             "| repeat | Trainer s (samples) | hftl s (samples) | **speed-up hftl / Trainer** |", "|---|---|---|---|"]  # fmt: skip
+    ratios = []
+    for rep in sorted({r["repeat"] for r in rows}):
+        t, h = (
+            next(r for r in rows if r["repeat"] == rep and r["kind"] == k)
+            for k in ("tta-trainer", "tta-hftl")
+        )
+        ratio = t["time_to_accuracy_s"] / h["time_to_accuracy_s"] if t["reached"] and h["reached"] else None
+        ratios += [ratio] if ratio else []
+        lines.append(f"| {rep} | {_tta_cell(t)} | {_tta_cell(h)} | {f'**{ratio:.2f}×**' if ratio else '—'} |")
+    if ratios:
+        lines.append(f"| median | | | **{statistics.median(ratios):.2f}×** |")
+    lower = [t for t in args.also_thresholds if t < args.threshold]
+    if lower:
+        lines += ["", "The same runs read at lower thresholds (from the recorded curves; a run stops at the first "
+                  "one, so every lower one is on its curve): training seconds to reach each, per repeat, "
+                  "Trainer / hftl.", "", "| threshold | Trainer s | hftl s | speed-up hftl / Trainer (per repeat) |",
+                  "|---|---|---|---|"]  # fmt: skip
+    for threshold in lower:
+        times = {
+            k: [_first_reach(r, threshold) for r in rows if r["kind"] == k]
+            for k in ("tta-trainer", "tta-hftl")
+        }
+        pairs = [(t, h) for t, h in zip(times["tta-trainer"], times["tta-hftl"], strict=True) if t and h]
+        shown = ", ".join(f"{t / h:.2f}" for t, h in pairs) or "—"
+        lines.append(f"| {100 * threshold:.1f} % | {_times(times['tta-trainer'])} | {_times(times['tta-hftl'])} | "
+                     f"{shown} |")  # fmt: skip
+    return lines
+
+
+def _first_reach(row: dict, threshold: float) -> float | None:
+    return next((c["train_s"] for c in row["curve"] if c["accuracy"] >= threshold), None)
+
+
+def _times(values: list[float | None]) -> str:
+    return ", ".join("not reached" if v is None else f"{v:.1f}" for v in values)
+
+
 def machine() -> str:
     import torch
 
@@ -415,7 +624,7 @@ def _ratio(kind: dict) -> str:
     return f"**{statistics.median(kind['ratio_repeats']):.2f}** ({', '.join(f'{x:.2f}' for x in kind['ratio_repeats'])})"
 
 
-def write_tables(summary: dict[str, dict], args: argparse.Namespace, command: str) -> Path:
+def write_tables(summary: dict[str, dict], args: argparse.Namespace, command: str, tta: list[dict]) -> Path:
     gpu = args.precision != "no"
     mem = "peak GPU MiB" if gpu else "peak RSS MiB"
     lines = [
@@ -465,6 +674,19 @@ def write_tables(summary: dict[str, dict], args: argparse.Namespace, command: st
         ratios = [b / a for a, b in zip(zero["step_ms_repeats"], old["step_ms_repeats"], strict=True)]
         lines.append(f"| {name} | {zero['step_ms']:.1f} | {old['step_ms']:.1f} | {old['step_ms'] - zero['step_ms']:.1f} | "
                      f"**{statistics.median(ratios):.2f}×** ({', '.join(f'{r:.2f}' for r in ratios)}) |")  # fmt: skip
+    peft = {name: s["kinds"] for name, s in summary.items() if "trainer-lora" in s["kinds"]}
+    if peft:
+        lines += ["", f"LoRA under `transformers.Trainer` + peft vs hftl LoRA (both r={LORA['r']}, alpha {LORA['alpha']}, "
+                  f"targets {LORA['target_modules']}, dropout {LORA['dropout']}, the same optimizer, batch and rows; "
+                  "Trainer+peft trains AutoModelForSequenceClassification's classifier in full, hftl its head; "
+                  "peft wraps the pooler's dense too, hftl leaves the unused pooler alone):", "",
+                  "| case | Trainer+peft LoRA samples/s | hftl LoRA samples/s | **ratio hftl / Trainer+peft** (per repeat) | "
+                  "full: hftl / Trainer (per repeat) |", "|---|---|---|---|---|"]  # fmt: skip
+    for name, k in peft.items():
+        lines.append(f"| {name} | {k['trainer-lora']['samples_per_s']:.1f} | {k['lora']['samples_per_s']:.1f} | "
+                     f"{_ratio(k['lora'])} | {_ratio(k['hftl']) if 'hftl' in k else '—'} |")  # fmt: skip
+    if tta:
+        lines += tta_lines(tta, args)
     lines += ["", f"Per-repeat step times (ms) are in `throughput{args.suffix}.jsonl` (`summary` lines)."]
     path = RESULTS / f"throughput{args.suffix}.md"
     path.write_text("\n".join(lines) + "\n")
@@ -487,6 +709,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="cProfile one Trainer and one hftl run of the first case instead.",
     )
+    parser.add_argument("--kinds", default=None, help="Comma-separated kinds to run (default: each case's).")
+    parser.add_argument(
+        "--time-to-accuracy",
+        action="store_true",
+        help="Also time Trainer's and hftl's defaults to --threshold.",
+    )
+    parser.add_argument("--threshold", type=float, default=0.80, help="SST-2 dev accuracy to reach.")
+    parser.add_argument(
+        "--also-thresholds",
+        type=lambda t: [float(x) for x in t.split(",")],
+        default=[0.75, 0.78],
+        help="Lower accuracies also read off the recorded curves (comma-separated).",
+    )
+    parser.add_argument("--tta-rows", type=int, default=2000, help="SST-2 training rows (and sample budget).")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "RESULT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -500,7 +736,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     (workdir / "runs").mkdir(parents=True, exist_ok=True)
     cases = [c for c in plan(args.quick, on_gpu=on_gpu) if args.only is None or args.only in c.name]
-    data = prepare_data(workdir, rows=max(c.steps for c in cases) * args.batch_size)
+    if args.kinds:
+        wanted = args.kinds.split(",")
+        cases = [replace(c, kinds=tuple(k for k in c.kinds if k in wanted)) for c in cases]
+    rows = max([c.steps * args.batch_size for c in cases] + [args.tta_rows if args.time_to_accuracy else 0])
+    data = prepare_data(workdir, rows=rows)
     paths = model_paths(workdir)
     if args.profile:
         return profile(cases[0], args, paths, data, workdir)
@@ -519,7 +759,11 @@ def main(argv: list[str] | None = None) -> int:
                                 "command": command, "machine": machine()}) + "\n")  # fmt: skip
             f.flush()
             print(f"{case.name}: " + ", ".join(f"{k} {v['samples_per_s']:.1f}/s" for k, v in kinds.items()))
-    print(f"Table written to {write_tables(summary, args, command)}")
+    tta = time_to_accuracy(args, paths, data, workdir) if args.time_to_accuracy else []
+    with jsonl.open("a") as f:
+        for row in tta:
+            f.write(json.dumps(row) + "\n")
+    print(f"Table written to {write_tables(summary, args, command, tta)}")
     return 0
 
 
