@@ -445,6 +445,11 @@ def test_udalm_composes_with_dann_and_refuses_other_modalities(tiny_models):
         AdaptModel(ToyClassifier(), UDALM(in_features=FEAT, num_classes=CLASSES))
     with pytest.raises(ConfigError, match="one-stage"):
         UDALM(in_features=FEAT, num_classes=CLASSES, align={"name": "hftl.adaptation.ADDA"})
+    shot = {"name": "hftl.adaptation.InformationMaximization", "source_fraction": 0.5}
+    with pytest.raises(ConfigError, match="schedule of its own.*source_fraction"):
+        UDALM(in_features=FEAT, num_classes=CLASSES, align=shot)
+    joint = UDALM(in_features=FEAT, num_classes=CLASSES, align={**shot, "source_fraction": 0.0})
+    assert not joint.align.two_stage
 
 
 def test_text_adapt_runs_udalm_with_dann(tmp_path, tiny_models):

@@ -81,9 +81,15 @@ class UDALM(AdaptationMethod):
         if cls.uses_target_labels or not cls.uses_target:
             raise ConfigError(f"`method.align.name` must be an unsupervised alignment method; got {path}")
         try:
-            return cls(**runtime, **args)
+            method = cls(**runtime, **args)
         except TypeError as e:
             raise ConfigError(f"`method.align`: {e}") from None
+        if method.two_stage:  # a schedule set by its arguments (InformationMaximization's source_fraction)
+            raise ConfigError(
+                f"`method.align`: {path} with these arguments has a schedule of its own, which UDALM's single "
+                "loop would ignore. Fix: drop its stage options (e.g. `source_fraction`) or run it without UDALM."
+            )
+        return method
 
     def attach(self, classifier: nn.Module) -> None:
         """Builds the masked-LM head on the classifier's text encoder (its weights tied to the embeddings)."""
