@@ -63,3 +63,16 @@ def wavs(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
         sf.write(path, (0.1 * rng.standard_normal(int(16000 * seconds))).astype("float32"), 16000)
         rows.append({"audio": str(path)})
     return rows
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; a test using this gets its own Accelerator settings
+    (``pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")`` for a whole module)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()

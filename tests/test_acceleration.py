@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, GradientState
 
 from hftl.encoders import TextEncoder
 from hftl.errors import ConfigError, HftlError, TrainingError
@@ -26,13 +25,7 @@ from hftl.training.builders import build_accelerator, build_loader, build_schedu
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 # -- precision -----------------------------------------------------------------------------------------

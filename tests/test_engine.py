@@ -52,14 +52,7 @@ def toy_dataset(n: int = 32, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     return [{"x": x[i], "labels": y[i]} for i in range(n)]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; every test gets its own Accelerator settings."""
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def make_engine(
