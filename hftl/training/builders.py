@@ -90,8 +90,9 @@ def _backend_refused(flag: str, name: str, setup: str) -> HftlError:
 
 def _refuse_backend_without_cuda(config: TrainConfig) -> None:
     """Before accelerate starts (it would fail on a missing DeepSpeed install, or fall back silently)."""
-    cpu = config.cpu or os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true")
-    if cpu or not torch.cuda.is_available():
+    from hftl.training.acceleration import cuda_in_use
+
+    if not cuda_in_use(config):
         for flag, name in _requested_backends():
             raise _backend_refused(flag, name, "this run is on the CPU")
 
