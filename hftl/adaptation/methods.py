@@ -19,7 +19,7 @@ Methods with a schedule of their own override ``training_step`` (two-stage ADDA,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -128,10 +128,17 @@ class AdaptationMethod(nn.Module):
             progress: where training stands (``progress.fraction`` drives warm-up schedules).
         """
         out_s = model(**batch.source)
-        loss = nn.functional.cross_entropy(out_s.logits, batch.labels)
-        if batch.target is None:
+        out_t = None if batch.target is None else model(**batch.target)
+        return self.step_losses(out_s, out_t, batch.labels, progress)
+
+    def step_losses(
+        self, out_s: Any, out_t: Any | None, labels: torch.Tensor, progress: Progress
+    ) -> StepLosses:
+        """:meth:`training_step`'s losses from the model's outputs on the source and target rows (each with
+        ``.features`` and ``.logits``; ``out_t`` None: source only)."""
+        loss = nn.functional.cross_entropy(out_s.logits, labels)
+        if out_t is None:
             return StepLosses(loss, None)
-        out_t = model(**batch.target)
         transfer = self(
             f_s=out_s.features, f_t=out_t.features, logits_s=out_s.logits, logits_t=out_t.logits,
             progress=progress.fraction,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -95,12 +96,9 @@ class AdaptationLoss:
         """:meth:`AdaptationMethod.training_step <hftl.adaptation.AdaptationMethod.training_step>` with one
         forward over ``source + target`` rows (the first ``len(labels)`` rows are the source)."""
         out, n = model(**inputs), len(labels)
-        loss = nn.functional.cross_entropy(out.logits[:n], labels)
-        transfer = self.method(
-            f_s=out.features[:n], f_t=out.features[n:], logits_s=out.logits[:n], logits_t=out.logits[n:],
-            progress=progress.fraction,
-        )  # fmt: skip
-        return StepLosses(loss, transfer)
+        out_s = SimpleNamespace(logits=out.logits[:n], features=out.features[:n])
+        out_t = SimpleNamespace(logits=out.logits[n:], features=out.features[n:])
+        return self.method.step_losses(out_s, out_t, labels, progress)
 
     def pop_means(self) -> dict[str, float]:
         """``{"train_<metric>": mean}`` over the steps since the last call (one host read per metric)."""
