@@ -23,7 +23,8 @@ Phases, read top to bottom:
 3. ``train(run)``: the shared Engine loop; its loss is source cross-entropy + ``trade_off`` × the method's
    transfer term (:class:`hftl.adaptation.training.AdaptationLoss`), the checkpoint chosen by
    ``selection.criterion``.
-4. ``evaluate(run, state)``: final scores, proxy A-distance and the feature plot.
+4. ``evaluate(run, state)``: final scores, proxy A-distance (of the adapted and the source-only features;
+   before vs after training without a source-only run) and the feature plot.
 5. ``save(metrics, model)``: the main method's model directory and ``metrics.json`` (card, push).
 """
 
@@ -106,7 +107,8 @@ class MethodRun:
     evals: dict[str, Any]  # loaders of hftl.adaptation.scoring.EVAL_SPLITS
     source: dict[str, Any]
     target: dict[str, Any]  # the domain adapted to (the intermediate in stage 1 of a transitive run)
-    before: tuple | None = None  # source and target training features before training (diagnostics)
+    # source and target training features before training (diagnostics without a source-only run)
+    before: tuple | None = None
     # step -> (weights digest, outputs) of the periodic evaluations that may be selected: the best so far and
     # the newest; the selected checkpoint's final scoring reuses the splits already run on its weights
     kept: dict[int, tuple[str, dict]] = field(default_factory=dict)
@@ -350,13 +352,18 @@ class AdaptRecipe:
 
     def train(self, run: MethodRun) -> TrainState:
         """The Engine's loop (resumed from the run's newest checkpoint when there is one)."""
-        # only for the diagnostics of a run that adapts: evaluation loaders draw nothing from the global RNG
+        # only for the diagnostics of a run that adapts without a source-only run beside it (whose trained
+        # features are the reference then): evaluation loaders draw nothing from the global RNG
         # (hftl.training.run.eval_loader), so the trained weights do not depend on `report.diagnostics`
-        if self.report.diagnostics and run.method.uses_target:
+        if self._diagnosed(run) and "source_only" not in self.report.baselines:
             run.before = self._domain_features(run)
         return run.engine.fit()
 
     # -- 4. evaluate -----------------------------------------------------------------------------------
+    def _diagnosed(self, run: MethodRun) -> bool:
+        """Whether ``run`` gets the proxy A-distance: the runs that adapt, and source-only (their reference)."""
+        return self.report.diagnostics and (run.method.uses_target or run.name == "source_only")
+
     def guard_for(self, name: str, method: AdaptationMethod) -> CollapseGuard | None:
         """The collapse guard of a run that adapts (none for the baselines, or with the guard off)."""
         if not self.selection.collapse_guard or not method.uses_target or method.uses_target_labels:
@@ -403,14 +410,13 @@ class AdaptRecipe:
                 guard, state.history, best_step=state.best_step, steps=state.step,
                 total=run.engine.total_steps,
             )  # fmt: skip
-        if self.report.diagnostics and run.method.uses_target:  # the features just scored
+        if self._diagnosed(run):  # the features just scored
             f_s, f_t = outputs["source_train"]["features"], outputs["target_train"]["features"]
             labels_s = outputs["source_train"].get("labels")
-            result["proxy_a_distance"] = {
-                "before": proxy_a_distance(run.before[0], run.before[1], seed=self.seed),
-                "after": proxy_a_distance(f_s, f_t, seed=self.seed),
-            }
-            if self.accelerator.is_main_process:
+            result["proxy_a_distance"] = {"after": proxy_a_distance(f_s, f_t, seed=self.seed)}
+            if run.before is not None:  # no source-only run to compare with: the features before training
+                result["proxy_a_distance"]["before"] = proxy_a_distance(*run.before[:2], seed=self.seed)
+            if self.accelerator.is_main_process and run.method.uses_target:
                 path = self.output_dir / f"features_{run.name}.png"
                 plot_domains(
                     f_s, f_t, path, labels_s=labels_s, method=self.report.plot,

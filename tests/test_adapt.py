@@ -262,8 +262,10 @@ def test_baselines_run_beside_the_method_and_report(tmp_path, tiny_models, capsy
     assert list(metrics["results"]) == ["source_only", "target_oracle", "dann"]
     out = capsys.readouterr().out
     assert "Adaptation report" in out and "source_only" in out and "target_oracle" in out
-    pad = metrics["results"]["dann"]["proxy_a_distance"]
-    assert 0.0 <= pad["before"] <= 2.0 and 0.0 <= pad["after"] <= 2.0
+    pad = {name: r.get("proxy_a_distance") for name, r in metrics["results"].items()}
+    # source-only's trained features are the reference: nothing computed before training, no oracle PAD
+    assert set(pad["source_only"]) == set(pad["dann"]) == {"after"} and pad["target_oracle"] is None
+    assert 0.0 <= pad["source_only"]["after"] <= 2.0 and 0.0 <= pad["dann"]["after"] <= 2.0
     assert (Path(cfg["output_dir"]) / "features_dann.png").stat().st_size > 1000
     assert metrics["selection_criterion"] == "im"
 

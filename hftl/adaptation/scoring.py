@@ -95,19 +95,21 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def format_report(metrics: dict[str, Any]) -> str:
-    """The adaptation report: target test and source validation accuracy per trained method, proxy
-    A-distance before → after, and warnings (collapse, the model kept by the fallback, negative transfer;
-    transitive vs direct)."""
+    """The adaptation report: target test and source validation accuracy per trained method, the proxy
+    A-distance of its features (source-only's is the reference; without it, before → after training), and
+    warnings (collapse, the model kept by the fallback, negative transfer; transitive vs direct)."""
     rows, main = metrics["results"], metrics["method"]
     kept = metrics.get("kept", main)
     width = max(16, *(len(n) + 9 for n in rows))
     lines = [
         f"***** Adaptation report (checkpoint chosen by {metrics['selection_criterion']}, no target labels) *****",
-        f"{'method':<{width}}{'target test acc':>17}{'source val acc':>16}{'PAD before→after':>20}",
+        f"{'method':<{width}}{'target test acc':>17}{'source val acc':>16}{'proxy A-dist.':>20}",
     ]
     for name, r in rows.items():
         pad = r.get("proxy_a_distance")
-        pad_s = f"{pad['before']:.2f} → {pad['after']:.2f}" if pad else "-"
+        pad_s = "-" if not pad else f"{pad['after']:.2f}"
+        if pad and "before" in pad:  # no source-only run beside it: before → after training
+            pad_s = f"{pad['before']:.2f} → {pad_s}"
         shown = f"{name} (kept)" if name == kept and kept != main else name
         lines.append(
             f"{shown:<{width}}{100 * r['target_test_acc']:>16.2f}%{100 * r['source_val_acc']:>15.2f}%{pad_s:>20}"
