@@ -8,6 +8,7 @@ Run (from the repo root; data in $HFTL_DATA_DIR or ../shared/data):
     python benchmarks/selection.py --suites blitzer --jobs 6 --extra encoder.model=/tmp/minilm train.mixed_precision=bf16
     python benchmarks/selection.py --runs outputs/bench_adaptation   # only score finished run directories
     python benchmarks/selection.py --table-from benchmarks/results/selection.jsonl   # only rebuild the table
+    python benchmarks/selection.py --table-from A.jsonl B.jsonl   # one table of several commands' records
 
 Runs are launched through benchmarks/adaptation.py (`hftl run adapt`, one command per pair/method/seed;
 the first method of a pair also trains `source_only`), into `<out>/<suite>/<pair>_<method>_s<seed>/`;
@@ -59,6 +60,7 @@ FAMILIES = {
     "digits": "digits (MNIST↔USPS, LeNet)",
     "fsdd": "speech (FSDD, leave one speaker out)",
     "blitzer": "text (Blitzer reviews, MiniLM + LoRA)",
+    "harder_text": "text, harder shifts (Amazon → airline/imdb/blog, MiniLM + LoRA)",
 }
 # no PAD / feature plots: only the per-evaluation scores are read, the target test accuracy among them
 COMMON = ["report.diagnostics=false", "report.target_curve=true", "selection.score_all=true"]
@@ -83,6 +85,7 @@ FULL = {
     "digits": {"seeds": [0, 1, 2], "extra": ["train.max_steps=1500", "train.eval_every_steps=150"]},
     "fsdd": {"seeds": [0, 1, 2], "extra": ["train.eval_every_steps=50"]},
     "blitzer": {"seeds": [0, 1, 2], "extra": []},  # the config evaluates every 50 steps
+    "harder_text": {"seeds": [0, 1, 2], "extra": []},
 }
 RUN_DIR = re.compile(r"^(?P<pair>.+)_(?P<method>[a-z0-9]+)_s(?P<seed>\d+)$")
 
@@ -357,18 +360,36 @@ def judges_section(rows: list[dict]) -> list[str]:
 
 
 def _plan_note(argv: list[str], seeds: dict[str, list[int]]) -> list[str]:
-    """The launch plan the table came from (none for `--runs`: those runs have their own commands), with
-    the seeds actually found in the records (a table rebuilt from older records may have fewer)."""
+    """The launch plan of the families in ``seeds`` recorded by the command ``argv`` (none for `--runs`:
+    those runs have their own commands), with the seeds actually found in the records (a table rebuilt from
+    older records may have fewer)."""
     if "--runs" in argv:
         return []
     plans = QUICK if "--quick" in argv else FULL
     notes = [
         f"{suite}: {', '.join(p.get('pairs', ['every pair']))} × {', '.join(p.get('methods', ['the suite methods']))} "
-        f"(+ source_only) × seeds {' '.join(map(str, seeds.get(suite) or p['seeds']))}; "
-        f"{' '.join(p['extra']) or 'shipped schedule'}"
+        f"(+ source_only) × seeds {' '.join(map(str, seeds[suite]))}; {' '.join(p['extra']) or 'shipped schedule'}"
         for suite, p in plans.items()
+        if seeds.get(suite)
     ]
     return ["", "Plan (every run also gets `" + " ".join(COMMON) + "`):", "", *[f"* {n}" for n in notes]]
+
+
+def _commands(rows: list[dict], seeds: dict[str, list[int]]) -> list[str]:
+    """Where the records came from: each command (with its machine) that recorded some, and its plan."""
+    sources: dict[tuple, list[str]] = {}
+    for r in rows:
+        families = sources.setdefault((tuple(r["argv"]), r["machine"]), [])
+        if r["family"] not in families:
+            families.append(r["family"])
+    lines = []
+    for (argv, machine), families in sources.items():
+        mine = {f: seeds[f] for f in families}
+        lines += [
+            "", f"{', '.join(families)}: `python benchmarks/selection.py {' '.join(argv)}` ({machine}).",
+            *_plan_note(list(argv), mine),
+        ]  # fmt: skip
+    return lines
 
 
 def _seed_mark(n: int) -> str:
@@ -400,7 +421,8 @@ def _cell(values: list[float], kind: str) -> str:
     return f"{np.mean(finite):.2f} (max {max(finite):.1f})"
 
 
-def table(rows: list[dict], argv: list[str], machine: str, failures: list[str]) -> str:
+def table(rows: list[dict], failures: list[str]) -> str:
+    """The tables of ``rows`` (checkpoint records, each with the ``argv`` and ``machine`` that recorded it)."""
     stats = analyse(rows)
     families = list(FAMILIES)
     counts = {
@@ -415,8 +437,7 @@ def table(rows: list[dict], argv: list[str], machine: str, failures: list[str]) 
     lines = [
         "# Label-free checkpoint selection: how well each validator picks",
         "",
-        f"Machine: {machine}. Command: `python benchmarks/selection.py {' '.join(argv)}`. Target accuracy is",
-        "measured on each pair's labelled target *test* split; validators read only source data and unlabelled",
+        "Target accuracy is measured on each pair's labelled target *test* split; validators read only source data and unlabelled",
         "target *train* rows. Checkpoints: "
         + "; ".join(
             f"{f} {counts[f][2]} from {_n(counts[f][1], 'run')} over {_n(counts[f][0], 'pair')}"
@@ -424,7 +445,7 @@ def table(rows: list[dict], argv: list[str], machine: str, failures: list[str]) 
             if counts[f][2]
         )
         + ". A family without runs needs a GPU (or the runs: `--runs DIR`).",
-        *_plan_note(argv, seeds),
+        *_commands(rows, seeds),
         "",
         "**Weighted Spearman** (Musgrave et al. 2022) between validator score and target accuracy over every",
         "checkpoint of a pair (all methods, seeds, steps); mean over pairs (range). Higher is better; 1 = same order.",
@@ -501,26 +522,28 @@ def main() -> None:
         "--jobs", type=int, default=1, help="Runs at a time (several fit on one GPU; on CPU keep 1)."
     )
     parser.add_argument("--runs", nargs="+", help="Only score the finished runs under these directories.")
-    parser.add_argument("--table-from", help="Only rebuild the table from this .jsonl of checkpoints.")
+    parser.add_argument(
+        "--table-from", nargs="+", help="Only rebuild the table from these .jsonl files of checkpoints."
+    )
     parser.add_argument(
         "--name", default="selection", help="Result files: benchmarks/results/<name>.md/.jsonl."
     )
     args = parser.parse_args()
     args.suites = args.suites or (["digits", "fsdd"] if args.quick else list(FAMILIES))
     failures: list[str] = []
-    if args.table_from:
-        lines = Path(args.table_from).read_text().splitlines()
+    if args.table_from:  # records of several commands (e.g. CPU families and a GPU one) make one table
+        lines = [line for path in args.table_from for line in Path(path).read_text().splitlines()]
         rows = [json.loads(line) for line in lines if line.strip()]
-        argv, machine = (rows[0]["argv"], rows[0]["machine"]) if rows else (sys.argv[1:], bench.MACHINE)
     else:
         if not args.runs:
             failures = launch(args)
-        rows = collect([Path(d) for d in args.runs or [args.out]])
-        argv, machine = sys.argv[1:], bench.MACHINE
+        rows = [
+            {**row, "argv": sys.argv[1:], "machine": bench.MACHINE}
+            for row in collect([Path(d) for d in args.runs or [args.out]])
+        ]
         with open(HERE / "results" / f"{args.name}.jsonl", "w") as fh:
-            for row in rows:
-                fh.write(json.dumps({**row, "argv": argv, "machine": machine}) + "\n")
-    text = table(rows, argv, machine, failures)
+            fh.writelines(json.dumps(row) + "\n" for row in rows)
+    text = table(rows, failures)
     (HERE / "results" / f"{args.name}.md").write_text(text)
     print(text)
 

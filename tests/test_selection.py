@@ -421,8 +421,16 @@ def test_selection_benchmark_scores_fabricated_runs(tmp_path, capsys):
     assert stats["snd"]["pool"] == [pytest.approx(40.0)]  # 0.90 is best, snd keeps the 0.50 checkpoint
     assert stats["last checkpoint"]["run"] == [pytest.approx(10.0), pytest.approx(0.0)]
     assert all(np.isnan(x) for x in stats["bnm"]["run"])  # older runs without a validator: NaN, not 0
-    text = bench.table(rows, ["--runs", "x"], "test machine", [])
+    # records of two commands in one table (`--table-from A.jsonl B.jsonl`): each named, with its plan
+    rows = [
+        {**r, "argv": ["--runs", "x"] if r["family"] == "digits" else ["--quick"], "machine": "test machine"}
+        for r in rows
+    ]
+    text = bench.table(rows, [])
     assert "| `im` | +1.00 |" in text and "needs GPU" in text  # no text runs
+    assert "digits: `python benchmarks/selection.py --runs x` (test machine)" in text
+    assert "fsdd: `python benchmarks/selection.py --quick` (test machine)" in text
+    assert "* fsdd: ->nicolas × MCC (+ source_only) × seeds 1;" in text and "* digits:" not in text
 
 
 def final_only_run(root: Path, name: str, results: dict[str, tuple[float, float, float]]) -> None:
