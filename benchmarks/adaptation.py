@@ -4,6 +4,7 @@ Run (from the repo root; data in $HFTL_DATA_DIR or ../shared/data):
     python benchmarks/adaptation.py --suite digits                    # MNIST <-> USPS, LeNet from scratch
     python benchmarks/adaptation.py --suite fsdd                      # FSDD leave-one-speaker-out, 6 speakers
     python benchmarks/adaptation.py --suite blitzer                   # Amazon reviews, 12 pairs, MiniLM + LoRA (GPU)
+    python benchmarks/adaptation.py --suite harder_text               # Amazon -> airline/imdb/blog, 12 pairs (GPU)
     python benchmarks/adaptation.py --suite digits --pairs M-U --methods DANN --seeds 0 1 2 --extra train.epochs=1
 
 Each row is one `hftl run adapt` command (printed, and logged next to its output dir). The first method
@@ -30,11 +31,21 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
 DOMAINS = {"B": "books", "D": "dvd", "E": "electronics", "K": "kitchen"}
+# Ryu & Lee 2020's out-of-Amazon targets: 2,000 labelled rows each in a `reviews,labels` CSV (labels 0/1)
+OTHER_DOMAINS = {"airline": "airline", "imdb": "imdb", "blog": "blog"}
 
 
 def _blitzer(s: str, t: str) -> list[str]:
     root = "${hftl.data_dir:amazon_mds_raw_bertaad"
     return [f"source.path={root}/{DOMAINS[s]}}}", f"target.path={root}/{DOMAINS[t]}}}"]
+
+
+def _amazon_to_other(s: str, t: str) -> list[str]:
+    root = "${hftl.data_dir:amazon_mds_raw_bertaad"
+    return [
+        f"source.path={root}/{DOMAINS[s]}}}", f"target.path={root}/{t}/{t}.csv}}",
+        "target.input_column=reviews", "target.label_column=labels", "target.label_names=[negative,positive]",
+    ]  # fmt: skip
 
 
 def _speaker(held_out: str) -> list[str]:
@@ -71,6 +82,14 @@ SUITES: dict[str, dict] = {
         # Adversarial losses at trade-off 1.0 collapse LoRA-tuned MiniLM (lr 5e-4) to chance on some pairs
         # (measured on an H100: B->K DANN 54.6, CDAN 49.7, source val acc 50 % from step 100 on).
         "method_overrides": {"DANN": ["method.trade_off=0.1"], "CDAN": ["method.trade_off=0.1"]},
+        "reference": {},
+        "reference_name": "-",
+    },
+    # Harder shifts (Ryu & Lee 2020): product reviews -> airline reviews, movie reviews, blog sentences.
+    "harder_text": {
+        "config": "text/minilm_lora_dann_books_kitchen",
+        "pairs": {f"{s}->{t}": _amazon_to_other(s, t) for s in DOMAINS for t in OTHER_DOMAINS},
+        "methods": ["UDALM", "InformationMaximization", "DANN"],
         "reference": {},
         "reference_name": "-",
     },
