@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 import time
 from collections import defaultdict
@@ -386,7 +387,7 @@ def _commands(rows: list[dict], seeds: dict[str, list[int]]) -> list[str]:
     for (argv, machine), families in sources.items():
         mine = {f: seeds[f] for f in families}
         lines += [
-            "", f"{', '.join(families)}: `python benchmarks/selection.py {' '.join(argv)}` ({machine}).",
+            "", f"{', '.join(families)}: `python benchmarks/selection.py {shlex.join(argv)}` ({machine}).",
             *_plan_note(list(argv), mine),
         ]  # fmt: skip
     return lines
