@@ -287,11 +287,7 @@ def rebuild(args: argparse.Namespace) -> None:
     for row in rows:
         for name, acc in row["target_acc"].items():
             results.setdefault((row["pair"], name), []).append(100 * acc)
-    argv = _one_command(rows) or [
-        "...",
-        "(several commands: see the `argv` of each row in",
-        args.table_from + ")",
-    ]
+    argv = _one_command(rows) or sys.argv[1:]  # several commands: each row keeps its own `argv`
     text = table(args.suite, suite, results, argv, rows[0].get("machine", MACHINE) if rows else MACHINE)
     stem = f"{args.suite}_{args.tag}" if args.tag else args.suite
     (HERE / "results" / f"adaptation_{stem}.md").write_text(text)
