@@ -109,7 +109,8 @@ class ReportConfig:
     diagnostics: bool = field(
         default=True,
         metadata={
-            "help": "Proxy A-distance before/after adaptation and a source-vs-target feature plot (PNG)."
+            "help": "Proxy A-distance of the adapted and the source-only features (before/after training without "
+            "a source-only run) and a source-vs-target feature plot (PNG)."
         },
     )
     plot: Literal["tsne", "pca"] = field(default="pca", metadata={"help": "Projection of the feature plot."})
