@@ -206,10 +206,13 @@ def _gap_closed(methods: list[str], pairs: list[str], results: dict[tuple[str, s
     cells = []
     for m in methods:
         both = [p for p in pairs if all((p, k) in results for k in ("source_only", "target_oracle", m))]
+        if not both:
+            cells.append("-")
+            continue
         src, oracle, acc = (
             np.mean([np.mean(results[(p, k)]) for p in both]) for k in ("source_only", "target_oracle", m)
         )
-        cells.append(f"{(acc - src) / (oracle - src):.0%}" if both and oracle > src else "-")
+        cells.append(f"{(acc - src) / (oracle - src):.0%}" if oracle > src else "-")
     return "| gap closed | " + " | ".join(cells) + " |"
 
 
