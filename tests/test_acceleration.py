@@ -19,6 +19,7 @@ from hftl.training.acceleration import (
     compile_for_training,
     pad_to_bucket,
     resolve_mixed_precision,
+    resolve_num_workers,
 )
 from hftl.training.builders import build_accelerator, build_loader, build_scheduler
 
@@ -48,6 +49,21 @@ def test_auto_precision_is_bf16_on_a_cuda_gpu_with_bf16(monkeypatch: pytest.Monk
     monkeypatch.delenv("ACCELERATE_USE_CPU")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # V100, T4: fp32
     assert resolve_mixed_precision(TrainConfig()) == "no"
+
+
+def test_loader_workers_default_to_two_on_a_cuda_gpu_and_none_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    assert TrainConfig().num_workers is None  # the default: decided by the device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_num_workers(TrainConfig()) == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_num_workers(TrainConfig()) == 2
+    assert resolve_num_workers(TrainConfig(cpu=True)) == 0  # forced onto the CPU
+    assert resolve_num_workers(TrainConfig(num_workers=0)) == 0  # an explicit choice stays
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    assert resolve_num_workers(TrainConfig()) == 0
+    with pytest.raises(ConfigError, match="train.num_workers` must be >= 0 or null; got -1"):
+        TrainConfig(num_workers=-1)
 
 
 @pytest.mark.parametrize(

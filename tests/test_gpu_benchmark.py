@@ -27,11 +27,11 @@ def test_refuses_without_a_cuda_device() -> None:
 
 
 def test_cpu_smoke_runs_training_evaluation_and_the_report(tmp_path) -> None:
-    """Eager rows of every kind (compile is covered by tests/test_acceleration.py, marked slow)."""
+    """Eager rows of every kind (compile is covered by tests/test_acceleration.py, marked slow), profiled."""
     rows = ["train/tiny/full/fp32", "train/tiny/lora/fp32", "train/tiny/dann-2fwd/fp32", "train/tiny/dann/bf16",
-            "eval/tiny/lora/fp32"]  # fmt: skip
+            "eval/tiny/lora/fp32", "train/tiny/full/bf16", "loop/tiny/full/bf16"]  # fmt: skip
     proc = subprocess.run(
-        [sys.executable, SCRIPT, "--cpu-smoke", "--out", str(tmp_path), "--only", *(f"^{r}$" for r in rows)],
+        [sys.executable, SCRIPT, "--cpu-smoke", "--profile", "--out", str(tmp_path), "--only", *(f"^{r}$" for r in rows)],
         capture_output=True, text=True, timeout=600, env=ENV,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -46,5 +46,14 @@ def test_cpu_smoke_runs_training_evaluation_and_the_report(tmp_path) -> None:
     assert two["flops_per_step"] > 2 * full["flops_per_step"]
     assert one["flops_per_step"] == pytest.approx(two["flops_per_step"], rel=1e-4)
     assert results["eval/tiny/lora/fp32"]["rows_per_s"] > 0
+    # the plain-loop row runs the train row's step (its counted FLOPs) without the Engine and the loader
+    loop = results["loop/tiny/full/bf16"]
+    assert (
+        loop["samples_per_s"] > 0
+        and loop["flops_per_step"] == results["train/tiny/full/bf16"]["flops_per_step"]
+    )
+    # --profile: the host functions of a step are named; no CUDA kernels on the CPU, so no busy share
+    for row in (full, loop):
+        assert row["top_host_ms_per_step"] and row["kernels_per_step"] == 0 and row["gpu_busy"] is None
     report = (tmp_path / "gpu.md").read_text()
-    assert "| tiny/dann/bf16 |" in report and "## Goals" in report
+    assert "| tiny/dann/bf16 |" in report and "| loop/tiny/full/bf16 |" in report and "## Goals" in report
