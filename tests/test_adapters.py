@@ -182,3 +182,21 @@ def test_dora_with_modules_to_save_round_trips_through_a_model_directory(tiny_mo
     loaded, _ = load_model(save_model(model.eval(), tmp_path / "model", adapter_kind="peft", config=cfg))
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+
+
+def test_wrapping_and_loading_a_peft_model_shows_no_deprecation_of_peft_internals(tiny_models, tmp_path):
+    """peft reads `is_gradient_checkpointing`, deprecated in transformers 5: not the user's to fix."""
+    import warnings
+
+    from omegaconf import OmegaConf
+
+    from hftl.models.io import load_model, save_model
+
+    cfg = OmegaConf.create({
+        "encoder": {"_component_": "hftl.encoders.TextEncoder", "model": tiny_models["bert"]},
+        "head": {"_component_": "hftl.models.LinearHead"},
+    })  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        model = _classifier(Lora(r=2).apply(TextEncoder(tiny_models["bert"])))
+        load_model(save_model(model.eval(), tmp_path / "model", adapter_kind="peft", config=cfg))

@@ -9,12 +9,26 @@ import inspect
 import json
 import logging
 import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from hftl.adapters.simple import Adapter
 from hftl.encoders.base import Encoder, peft_code_field
 from hftl.errors import ConfigError, ModelLoadError
+
+
+@contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """Around peft wrapping a transformers model: peft reads the model's ``is_gradient_checkpointing``, which
+    transformers 5 deprecates with a FutureWarning on every LoRA/IA3 run; the warning is about peft's code,
+    not the user's, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
 
 logger = logging.getLogger(__name__)
 
@@ -246,7 +260,8 @@ class _PeftAdapter(Adapter, metaclass=_PeftSignature):
 
         config = self._skip_unused(self.peft_config(encoder.backbone.config.model_type), encoder.backbone)
         try:  # task_type None: a plain PeftModel whose forward passes any inputs (input_values, pixel_values)
-            encoder.backbone = get_peft_model(encoder.backbone, config)
+            with peft_wrapping():
+                encoder.backbone = get_peft_model(encoder.backbone, config)
         except NoMatchingPeftModuleError:
             targets = config.target_modules
             shown = targets if isinstance(targets, str) else sorted(targets)

@@ -346,11 +346,12 @@ def _build_encoder(meta: dict[str, Any], model_dir: Path, *, trust_remote_code: 
     if kind == "peft":
         from peft import PeftModel
 
-        from hftl.adapters.peft_adapters import saved_peft_config
+        from hftl.adapters.peft_adapters import peft_wrapping, saved_peft_config
 
         config = saved_peft_config(enc_dir)
         try:
-            encoder.backbone = PeftModel.from_pretrained(encoder.backbone, str(enc_dir), config=config)
+            with peft_wrapping():
+                encoder.backbone = PeftModel.from_pretrained(encoder.backbone, str(enc_dir), config=config)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
             raise ModelLoadError(
                 f"Cannot load the adapter in {enc_dir} ({(str(err).splitlines() or [''])[0]}). The directory is "
