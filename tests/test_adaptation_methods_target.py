@@ -369,7 +369,8 @@ def _adapt_configs() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _adapt_configs())
-def test_every_shipped_adapt_config_validates(name):
+def test_every_shipped_adapt_config_validates(name, shipped_data):
+    shipped_data(name)
     assert hftl(["validate", "--config", name]) == 0
 
 

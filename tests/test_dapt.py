@@ -336,9 +336,10 @@ def test_dapt_config_errors_are_one_line_and_write_nothing(tiny_models, tmp_path
     assert not (tmp_path / "dapt").exists()
 
 
-def test_shipped_tapt_configs_validate():
+def test_shipped_tapt_configs_validate(shipped_data):
     from hftl.config import resolve_config_path
 
     for name in ("text/minilm_tapt_kitchen", "text/minilm_dapt_books_kitchen"):
+        shipped_data(name)
         assert hftl(["validate", "--config", name]) == 0
         assert yaml.safe_load(Path(resolve_config_path(name)).read_text())["recipe"] == "dapt"

@@ -170,7 +170,8 @@ def test_distill_config_errors_are_reported_before_training(distill_setup, capsy
     assert not Path(cfg["output_dir"]).exists() or not (Path(cfg["output_dir"]) / "model").exists()
 
 
-def test_shipped_distill_config_validates():
+def test_shipped_distill_config_validates(shipped_data):
+    shipped_data("text/minilm_distill_sst2")
     assert hftl(["validate", "--config", "text/minilm_distill_sst2"]) == 0
     loaded = yaml.safe_load(
         (Path(__file__).parents[1] / "recipes/configs/text/minilm_distill_sst2.yaml").read_text()

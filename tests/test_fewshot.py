@@ -275,8 +275,9 @@ def test_audio_recipe_with_batch_hard_mining(tmp_path, tiny_models):
     assert metrics["test"]["num_samples"] == 4
 
 
-def test_shipped_configs_validate():
+def test_shipped_configs_validate(shipped_data):
     for name in ("text/minilm_setfit_sst2", "audio/fsdd_setfit"):
+        shipped_data(name)
         assert hftl(["validate", "--config", name]) == 0, name
 
 

@@ -207,7 +207,8 @@ def test_bad_evaluation_audio_is_reported_before_training(tmp_path, wavs):
         ("multitask", "text/multitask_sst2_kitchen_airline", "tasks.sst2.data"),
     ],
 )
-def test_recipes_that_need_whole_splits_refuse_a_stream(recipe, config, node, capsys):
+def test_recipes_that_need_whole_splits_refuse_a_stream(recipe, config, node, capsys, shipped_data):
+    shipped_data(config)
     assert hftl(["run", recipe, "--config", config, f"{node}.streaming=true"]) == 2
     err = capsys.readouterr().err
     assert f"`{node}.streaming` is true, but the {recipe} recipe needs its whole splits" in err
