@@ -70,7 +70,7 @@ def resolve_num_workers(config: TrainConfig) -> int:
 
     On a GPU the step is short and the collate (padding, audio decoding, augmentation) runs on the host
     between steps; in two worker processes it overlaps the step instead (MiniLM, bf16 + CUDA graphs, batch
-    32 on an H200: 8.8 -> 7.7 ms a step, ``benchmarks/results/gpu.md``). On CPU the workers would take
+    32 on an H200: 8.8 -> 7.7 ms a step, ``benchmarks/results/gpu_profile.md``). On CPU the workers would take
     cores from the step itself, so batches are collated in the training process.
 
     Example:
