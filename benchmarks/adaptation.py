@@ -17,6 +17,7 @@ line per run in adaptation_<suite>.jsonl.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 HERE = Path(__file__).resolve().parent
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -105,10 +107,6 @@ def _machine() -> str:
 
 
 MACHINE = _machine()
-# drop `hidden_features` from the config
-NO_DISCRIMINATOR = {
-    "MCC", "CORAL", "DAN", "JAN", "SelfTraining", "InformationMaximization", "Consistency", "UDALM",
-}  # fmt: skip
 RESULT_NAMES = {
     "InformationMaximization": "information_maximization",
     "ImportanceWeighting": "importance_weighting",
@@ -125,6 +123,22 @@ def run_dir(out: Path, pair: str, method: str, seed: int) -> Path:
     return out / f"{pair.replace('->', '_to_')}_{method.lower()}_s{seed}"
 
 
+def dropped_arguments(config: str, method: str) -> list[str]:
+    """``~method.<name>`` for each argument of the config's method node (written for DANN: ``trade_off``,
+    ``hidden_features``, ``warmup``) that ``method`` does not take; the ones it takes keep the config's value.
+
+    Example:
+        >>> dropped_arguments("text/minilm_lora_dann_books_kitchen", "MCC")
+        ['~method.warmup', '~method.hidden_features']
+    """
+    import hftl.adaptation
+    from hftl.config import resolve_config_path
+
+    node = yaml.safe_load(resolve_config_path(config).read_text())["method"]
+    takes = inspect.signature(getattr(hftl.adaptation, method)).parameters
+    return [f"~method.{name}" for name in node if name != "_component_" and name not in takes]
+
+
 def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bool, extra: list[str]) -> dict:
     out = run_dir(out, pair, method, seed)
     cmd = [
@@ -132,13 +146,7 @@ def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bo
         *suite["pairs"][pair], f"method._component_=hftl.adaptation.{method}", "train.resume=false",
         "report.baselines=" + ("[source_only,target_oracle]" if baselines else "[]"),
     ]  # fmt: skip
-    if method in NO_DISCRIMINATOR:
-        cmd.append("~method.hidden_features")
-    if method in (
-        "SourceOnly",
-        "TargetOracle",
-    ):  # a baseline alone (more seeds, another budget): no arguments
-        cmd += ["~method.hidden_features", "~method.trade_off"]
+    cmd += dropped_arguments(suite["config"], method)
     cmd += suite.get("method_overrides", {}).get(method, []) + extra
     print("$", " ".join(cmd), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)

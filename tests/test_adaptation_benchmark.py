@@ -1,4 +1,4 @@
-"""benchmarks/adaptation.py's table: the gap-closed row and the one command quoted for rows of several seeds."""
+"""benchmarks/adaptation.py: the table (gap-closed row, one command for rows of several seeds) and the runs' method arguments."""
 
 from __future__ import annotations
 
@@ -36,3 +36,14 @@ def test_table_closes_the_gap_of_the_means_and_quotes_one_runnable_command():
     assert bench._one_command(rows) == ["--suite", "x", "--seeds", "0", "1", "2", "--tag", "t"]
     rows[0]["argv"] = ["--suite", "y", "--seeds", "2"]
     assert bench._one_command(rows) is None  # two different commands: none is quoted as the table's
+
+
+def test_each_method_gets_only_the_config_arguments_it_takes():
+    """The suites' configs are written for DANN; other methods run without the arguments they lack."""
+    bench = load_benchmark()
+    text = "text/minilm_lora_dann_books_kitchen"  # method: DANN, trade_off, warmup, hidden_features
+    assert bench.dropped_arguments(text, "DANN") == []
+    assert sorted(bench.dropped_arguments(text, "MCC")) == ["~method.hidden_features", "~method.warmup"]
+    assert bench.dropped_arguments(text, "InformationMaximization") == ["~method.hidden_features"]
+    assert "~method.trade_off" in bench.dropped_arguments(text, "SourceOnly")
+    assert bench.dropped_arguments("vision/lenet_mnist_usps", "MCC") == ["~method.hidden_features"]
