@@ -1,4 +1,4 @@
-"""benchmarks/adaptation.py: the table (gap-closed row, one command for rows of several seeds) and the runs' method arguments."""
+"""benchmarks/adaptation.py: the table (gap-closed row, one command for seeds) and each run's method arguments."""
 
 from __future__ import annotations
 
