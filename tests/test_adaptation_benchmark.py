@@ -1,4 +1,4 @@
-"""benchmarks/adaptation.py: the table (gap-closed row, one command for seeds) and each run's method arguments."""
+"""benchmarks/adaptation.py: the results table and the method arguments of each run."""
 
 from __future__ import annotations
 
