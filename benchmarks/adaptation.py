@@ -146,7 +146,7 @@ def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bo
         *suite["pairs"][pair], f"method._component_=hftl.adaptation.{method}", "train.resume=false",
         "report.baselines=" + ("[source_only,target_oracle]" if baselines else "[]"),
     ]  # fmt: skip
-    cmd += dropped_arguments(suite["config"], method)
+    cmd += [drop for drop in dropped_arguments(suite["config"], method) if drop not in extra]  # once
     cmd += suite.get("method_overrides", {}).get(method, []) + extra
     print("$", " ".join(cmd), flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -166,16 +166,23 @@ def run(suite: dict, pair: str, method: str, seed: int, out: Path, baselines: bo
 
 
 def table(
-    name: str, suite: dict, results: dict[tuple[str, str], list[float]], argv: list[str], machine: str
+    name: str,
+    suite: dict,
+    results: dict[tuple[str, str], list[float]],
+    commands: list[list[str]],
+    machine: str,
 ) -> str:
+    """The markdown table; ``commands``: the argv of each command that made the rows (one, or one per
+    group of runs when a table joins several)."""
     methods = ["source_only", *[result_name(m) for m in suite["methods"]], "target_oracle"]
     done = {p for p, _ in results}
     pairs = [p for p in suite["pairs"] if p in done]  # suite order, whatever order runs finished in
     lines = [
         f"# Domain adaptation: {name} (`{suite['config']}`), target test accuracy %",
         "",
-        f"Machine: {machine}. Command: "
-        f"`python benchmarks/adaptation.py {shlex.join(argv)}`. Mean ± std over seeds (fewer than 3 seeds: "
+        f"Machine: {machine}. Command{'s' if len(commands) > 1 else ''}: "
+        + "; ".join(f"`python benchmarks/adaptation.py {shlex.join(argv)}`" for argv in commands)
+        + ". Mean ± std over seeds (fewer than 3 seeds: "
         f"marked in the cell); checkpoint chosen without target labels. Reference in parentheses: {suite['reference_name']}.",
         "",
         "| pair | " + " | ".join(methods) + " |",
@@ -268,7 +275,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             for name, acc in row["target_acc"].items():
                 results.setdefault((row["pair"], name), []).append(100 * acc)
-    text = table(args.suite, suite, results, sys.argv[1:], MACHINE)
+    text = table(args.suite, suite, results, [sys.argv[1:]], MACHINE)
     (HERE / "results" / f"adaptation_{stem}.md").write_text(text)
     print(text)
 
@@ -288,6 +295,19 @@ def _one_command(rows: list[dict]) -> list[str] | None:
     return list(commands.pop()) if len(commands) == 1 else None
 
 
+def _commands(rows: list[dict]) -> list[list[str]] | None:
+    """The commands that made ``rows``, one per group of rows whose commands differ only in ``--seeds``
+    (in the order the groups first appear), or ``None`` when a row does not record its command."""
+    if not rows or any("--seeds" not in r.get("argv", []) for r in rows):
+        return None
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    for row in rows:
+        i = row["argv"].index("--seeds") + 1
+        j = next((k for k in range(i, len(row["argv"])) if row["argv"][k].startswith("--")), len(row["argv"]))
+        groups.setdefault((*row["argv"][:i], *row["argv"][j:]), []).append(row)
+    return [_one_command(group) for group in groups.values()]
+
+
 def rebuild(args: argparse.Namespace) -> None:
     """Writes the table of the rows in ``args.table_from`` (filtered by --pairs/--methods when given)."""
     suite = dict(SUITES[args.suite])
@@ -298,8 +318,8 @@ def rebuild(args: argparse.Namespace) -> None:
     for row in rows:
         for name, acc in row["target_acc"].items():
             results.setdefault((row["pair"], name), []).append(100 * acc)
-    argv = _one_command(rows) or sys.argv[1:]  # several commands: each row keeps its own `argv`
-    text = table(args.suite, suite, results, argv, rows[0].get("machine", MACHINE) if rows else MACHINE)
+    commands = _commands(rows) or [sys.argv[1:]]  # rows without their command: this one
+    text = table(args.suite, suite, results, commands, rows[0].get("machine", MACHINE) if rows else MACHINE)
     stem = f"{args.suite}_{args.tag}" if args.tag else args.suite
     (HERE / "results" / f"adaptation_{stem}.md").write_text(text)
     print(text)

@@ -26,7 +26,7 @@ def test_table_closes_the_gap_of_the_means_and_quotes_one_runnable_command():
     }  # fmt: skip
     suite["pairs"] = ["A", "B", "C"]
     argv = ["--suite", "harder_text", "--pairs", "K->airline", "--seeds", "0", "1", "2"]
-    text = bench.table("harder_text", suite, results, argv, "test machine")
+    text = bench.table("harder_text", suite, results, [argv], "test machine")
     # means over A and B: source-only 80, IM 83, oracle 84.5 -> 3 / 4.5
     assert text.strip().splitlines()[-1] == "| gap closed | 0% | 67% | 100% |"
     quoted = text.split("`python benchmarks/adaptation.py ")[1].split("`")[0]
@@ -36,6 +36,11 @@ def test_table_closes_the_gap_of_the_means_and_quotes_one_runnable_command():
     assert bench._one_command(rows) == ["--suite", "x", "--seeds", "0", "1", "2", "--tag", "t"]
     rows[0]["argv"] = ["--suite", "y", "--seeds", "2"]
     assert bench._one_command(rows) is None  # two different commands: none is quoted as the table's
+    # a table joining several commands quotes each once, with its seeds merged
+    assert bench._commands(rows) == [
+        ["--suite", "y", "--seeds", "2"],
+        ["--suite", "x", "--seeds", "0", "1", "--tag", "t"],
+    ]
 
 
 def test_each_method_gets_only_the_config_arguments_it_takes():
