@@ -199,7 +199,6 @@ def train_row(
     from hftl.adaptation import AdaptationLoss
     from hftl.data.paired import PairedLoader
     from hftl.training import Engine, TrainConfig, cross_entropy_step
-    from hftl.training.acceleration import resolve_num_workers
     from hftl.training.builders import build_accelerator, build_loader, build_optimizer, build_scheduler
 
     timed_end = warmup + steps
@@ -218,7 +217,7 @@ def train_row(
     collate = tokenizer_collator(tokenizer)
     make = lambda seed: acc.prepare(build_loader(  # noqa: E731
         rows(batch * total, vocab, min_len=LENGTH, seed=seed), collate_fn=collate, batch_size=batch,
-        shuffle=True, seed=seed, num_workers=resolve_num_workers(config)))  # fmt: skip
+        shuffle=True, seed=seed, num_workers=config.num_workers))  # fmt: skip
     dann = kind.startswith("dann")
     loader = PairedLoader(make(0), make(1)) if dann else make(0)
     model, optimizer = acc.prepare(model, optimizer)

@@ -69,7 +69,6 @@ from hftl.models.io import save_model
 from hftl.outputs import record_output
 from hftl.recipe import recipe_main
 from hftl.training import Engine, LayerwiseConfig, TrainConfig, TrainState, steps_for
-from hftl.training.acceleration import resolve_num_workers
 from hftl.training.builders import (
     batches_per_epoch,
     build_accelerator,
@@ -240,7 +239,7 @@ class AdaptRecipe:
             )
         return acc.prepare(build_loader(
             dataset, collate_fn=encoder.collator(train=True), batch_size=tc.batch_size, shuffle=True,
-            seed=self.seed if seed is None else seed, num_workers=resolve_num_workers(tc),
+            seed=self.seed if seed is None else seed, num_workers=tc.num_workers,
             lengths=train_lengths(dataset, encoder, tc),
         ))  # fmt: skip
 

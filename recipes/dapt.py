@@ -50,7 +50,6 @@ from hftl.evaluation import write_metrics
 from hftl.models import count_parameters
 from hftl.recipe import recipe_main
 from hftl.training import Engine, LayerwiseConfig, TrainConfig, steps_for
-from hftl.training.acceleration import resolve_num_workers
 from hftl.training.builders import (
     batches_per_epoch,
     build_accelerator,
@@ -216,7 +215,7 @@ class DaptRecipe:
 
         train_loader = build_loader(
             self.rows["train"], collate_fn=collator(self.seed), batch_size=tc.batch_size, shuffle=True,
-            seed=self.seed, lengths=train_lengths(self.rows["train"], self.encoder, tc), num_workers=resolve_num_workers(tc),
+            seed=self.seed, lengths=train_lengths(self.rows["train"], self.encoder, tc), num_workers=tc.num_workers,
         )  # fmt: skip
         self.heldout_loader = None
         if "heldout" in self.rows:  # fixed masks: the same tokens are scored at every evaluation

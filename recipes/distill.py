@@ -37,7 +37,6 @@ from hftl.models.io import MODEL_DIRNAME, find_model_dir, load_model, save_model
 from hftl.models.source import is_hub_source
 from hftl.recipe import recipe_main
 from hftl.training import Engine, Progress, TrainConfig, steps_for
-from hftl.training.acceleration import resolve_num_workers
 from hftl.training.builders import build_accelerator, build_loader, build_lr_scheduler, print_summary
 from hftl.training.run import eval_loader, init_trackers
 from hftl.training.schedules import SCHEDULER_RUNTIME_ARGS
@@ -247,7 +246,7 @@ class DistillRecipe:
             collate = SoftTargetCollator(collate)
         return train_set, build_loader(
             train_set, collate_fn=collate, batch_size=tc.batch_size, shuffle=True, seed=self.seed,
-            num_workers=resolve_num_workers(tc),
+            num_workers=tc.num_workers,
         )  # fmt: skip
 
     def _print_summary(self, enc_s: Any, enc_t: Any, hints: Any, total: int) -> None:

@@ -40,7 +40,6 @@ from hftl.models import Classifier, LinearHead, count_parameters
 from hftl.models.io import MODEL_DIRNAME, save_model
 from hftl.recipe import recipe_main
 from hftl.training import Engine, LayerwiseConfig, Progress, TrainConfig, steps_for
-from hftl.training.acceleration import resolve_num_workers
 from hftl.training.builders import (
     build_accelerator,
     build_loader,
@@ -201,7 +200,7 @@ class FewShotRecipe:
         collate = TupleCollator(self.encoder.collator(train=True))
         loader = build_loader(
             dataset, collate_fn=collate, batch_size=tc.batch_size, shuffle=True, seed=self.seed,
-            num_workers=resolve_num_workers(tc),
+            num_workers=tc.num_workers,
         )  # fmt: skip
         optimizer = build_optimizer(  # one group, or one per layer with `train.layerwise`
             lambda params: self._build("optimizer", params=params), self.encoder,

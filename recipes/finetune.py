@@ -25,7 +25,6 @@ from hftl.models import Classifier, count_parameters
 from hftl.models.io import MODEL_DIRNAME, save_model
 from hftl.recipe import recipe_main
 from hftl.training import Engine, LayerwiseConfig, TrainConfig, cross_entropy_step, steps_for
-from hftl.training.acceleration import resolve_num_workers
 from hftl.training.builders import (
     batches_per_epoch,
     build_accelerator,
@@ -97,7 +96,7 @@ class FinetuneRecipe:
         train_loader = build_loader(
             splits["train"], collate_fn=encoder.collator(train=True), batch_size=tc.batch_size,
             shuffle=True, seed=self.seed, lengths=train_lengths(splits["train"], encoder, tc),
-            num_workers=resolve_num_workers(tc),
+            num_workers=tc.num_workers,
         )  # fmt: skip
         self.model, optimizer, train_loader = self.accelerator.prepare(self.model, optimizer, train_loader)
         self.eval_loaders = {

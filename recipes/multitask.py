@@ -39,7 +39,6 @@ from hftl.models.multitask import MultiTaskClassifier, save_tasks
 from hftl.models.spec import component_node
 from hftl.recipe import recipe_main
 from hftl.training import Engine, Progress, TrainConfig, steps_for
-from hftl.training.acceleration import resolve_num_workers
 from hftl.training.builders import build_accelerator, build_loader, build_lr_scheduler, print_summary
 from hftl.training.run import eval_loader, init_trackers
 from hftl.training.schedules import SCHEDULER_RUNTIME_ARGS
@@ -194,7 +193,7 @@ class MultitaskRecipe:
                 task_collate = SoftTargetCollator(collate)
             loaders[name] = acc.prepare(build_loader(
                 train, collate_fn=task_collate, batch_size=tc.batch_size, shuffle=True, seed=self.seed + len(loaders),
-                num_workers=resolve_num_workers(tc),
+                num_workers=tc.num_workers,
             ))  # fmt: skip
         self.eval_loaders = {
             (name, split): eval_loader(acc, splits[split], collate_fn=plain_collate, config=tc)

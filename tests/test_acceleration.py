@@ -35,6 +35,7 @@ def test_auto_precision_is_fp32_on_cpu_and_written_back(tmp_path: Path) -> None:
     assert config.mixed_precision == "auto"  # the default
     accelerator = build_accelerator(config, tmp_path)
     assert accelerator.mixed_precision == "no" and config.mixed_precision == "no"
+    assert config.num_workers == 0  # null resolved too: the recipes' loaders read it after this
 
 
 def test_auto_precision_is_bf16_on_a_cuda_gpu_with_bf16(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,17 +31,23 @@ def build_accelerator(config: TrainConfig, output_dir: str | Path) -> Accelerato
     a recipe owns its run, so the previous run's state (e.g. an earlier run in the same notebook or test
     session) is dropped first. The distributed process group (``PartialState``) is kept.
 
-    ``train.mixed_precision: auto`` is resolved here (bf16 on a CUDA GPU with bf16, else no) and written
-    back into ``config``, so the run summary and saved metadata show the precision that runs; on CUDA,
-    ``train.tf32`` is applied (:mod:`hftl.training.acceleration`).
+    ``train.mixed_precision: auto`` (bf16 on a CUDA GPU with bf16, else no) and ``train.num_workers: null``
+    (2 on a CUDA GPU, else 0) are resolved here and written back into ``config``, so the loaders, the run
+    summary and saved metadata see what runs; on CUDA, ``train.tf32`` is applied
+    (:mod:`hftl.training.acceleration`).
     """
     from accelerate.state import AcceleratorState
 
-    from hftl.training.acceleration import configure_device_math, resolve_mixed_precision
+    from hftl.training.acceleration import (
+        configure_device_math,
+        resolve_mixed_precision,
+        resolve_num_workers,
+    )
 
     _refuse_backend_without_cuda(config)
     AcceleratorState._reset_state(reset_partial_state=False)
     config.mixed_precision = resolve_mixed_precision(config)
+    config.num_workers = resolve_num_workers(config)
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
