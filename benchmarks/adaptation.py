@@ -280,18 +280,19 @@ def main() -> None:
     print(text)
 
 
+def _with_seeds(argv: list[str], seeds: list[str]) -> tuple[str, ...]:
+    """``argv`` with the values of its ``--seeds`` option replaced by ``seeds``."""
+    i = argv.index("--seeds") + 1
+    j = next((k for k in range(i, len(argv)) if argv[k].startswith("--")), len(argv))
+    return (*argv[:i], *seeds, *argv[j:])
+
+
 def _one_command(rows: list[dict]) -> list[str] | None:
     """The one command that makes every row, when the rows' commands differ only in ``--seeds``."""
     if not rows or any("--seeds" not in r.get("argv", []) for r in rows):
         return None
     seeds = [str(s) for s in sorted({r["seed"] for r in rows})]
-
-    def with_seeds(argv: list[str]) -> tuple[str, ...]:
-        i = argv.index("--seeds") + 1
-        j = next((k for k in range(i, len(argv)) if argv[k].startswith("--")), len(argv))
-        return (*argv[:i], *seeds, *argv[j:])
-
-    commands = {with_seeds(r["argv"]) for r in rows}
+    commands = {_with_seeds(r["argv"], seeds) for r in rows}
     return list(commands.pop()) if len(commands) == 1 else None
 
 
@@ -302,9 +303,7 @@ def _commands(rows: list[dict]) -> list[list[str]] | None:
         return None
     groups: dict[tuple[str, ...], list[dict]] = {}
     for row in rows:
-        i = row["argv"].index("--seeds") + 1
-        j = next((k for k in range(i, len(row["argv"])) if row["argv"][k].startswith("--")), len(row["argv"]))
-        groups.setdefault((*row["argv"][:i], *row["argv"][j:]), []).append(row)
+        groups.setdefault(_with_seeds(row["argv"], []), []).append(row)
     return [_one_command(group) for group in groups.values()]
 
 
