@@ -228,14 +228,14 @@ def fallback_calls(
     rows: list[dict],
     criterion: str = SelectionConfig.criterion,
     judge: str | None = None,
-    agree: str | None = None,
+    agree: str | None = SelectionConfig.fallback_confirm,
 ) -> list[dict]:
     """The fallback's call for every adapted run with a source-only run of the same pair and seed (and root).
 
     Each run keeps its checkpoint by ``criterion`` (the recipe's ``selection.criterion``); the two kept
     models are compared by ``judge`` (default: the criterion, as the recipe does). With ``agree`` (a
-    higher-is-better validator, e.g. ``source_val_acc``) the judge's call falls back only when that
-    validator also scores source-only better (an alternative rule, measured, not the recipe's).
+    higher-is-better validator; default: the recipe's ``selection.fallback_confirm``) the judge's call falls
+    back only when that validator also scores source-only better; ``agree=None``: the judge alone.
     """
     judge = judge or criterion
     sel = SelectionConfig()
@@ -271,7 +271,7 @@ def fallback_calls(
 def fallback_section(rows: list[dict], families: list[str]) -> list[str]:
     """The fallback table: right calls, wrong calls and their cost, per family, and every call."""
     calls = fallback_calls(rows)
-    criterion = SelectionConfig.criterion
+    criterion, confirm = SelectionConfig.criterion, SelectionConfig.fallback_confirm
     lines = [
         "",
         "## Fallback: keep source-only when adaptation is predicted to hurt",
@@ -279,8 +279,9 @@ def fallback_section(rows: list[dict], families: list[str]) -> list[str]:
         f"`selection.fallback: source_only` (the default when source_only is trained) compares the adapted and the "
         f"source-only model by `{criterion}` (the default criterion) on the same rows, each at the checkpoint the "
         "recipe keeps, and by the collapse guard's signals (where the records have them), and keeps source-only "
-        "when adaptation is predicted to hurt. A call is right when it keeps the model that is more accurate on the "
-        "target test split (a tie counts as right); the cost of a wrong call is the accuracy it gives up.",
+        f"when adaptation is predicted to hurt: a collapse, or a worse `{criterion}` confirmed by a worse "
+        f"`{confirm}` (`selection.fallback_confirm`). A call is right when it keeps the model that is more accurate "
+        "on the target test split (a tie counts as right); the cost of a wrong call is the accuracy it gives up.",
         "",
         "| family | calls | fallbacks | right | wrong | cost of wrong calls, pts (mean / max) | kept vs always-adapted, pts |",
         "|---|---|---|---|---|---|---|",
@@ -356,6 +357,8 @@ def judges_section(rows: list[dict]) -> list[str]:
                 f"{gain:+.2f}",
             ]
         name = f"`{judge}` and `{agree}` agree" if agree else f"`{judge}`"
+        if (judge, agree) == (SelectionConfig.criterion, SelectionConfig.fallback_confirm):
+            name += " (the recipe's default)"
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -524,6 +527,11 @@ def main() -> None:
     )
     parser.add_argument("--runs", nargs="+", help="Only score the finished runs under these directories.")
     parser.add_argument(
+        "--machine",
+        default=bench.MACHINE,
+        help="With --runs: the machine the runs were made on (default: this one).",
+    )
+    parser.add_argument(
         "--table-from", nargs="+", help="Only rebuild the table from these .jsonl files of checkpoints."
     )
     parser.add_argument(
@@ -539,7 +547,7 @@ def main() -> None:
         if not args.runs:
             failures = launch(args)
         rows = [
-            {**row, "argv": sys.argv[1:], "machine": bench.MACHINE}
+            {**row, "argv": sys.argv[1:], "machine": args.machine}
             for row in collect([Path(d) for d in args.runs or [args.out]])
         ]
         with open(HERE / "results" / f"{args.name}.jsonl", "w") as fh:

@@ -513,7 +513,7 @@ class AdaptRecipe:
         if sel.fallback == "off" or main == "source_only" or "source_only" not in results:
             return
         metrics["fallback"] = decide(
-            results, main, criterion=sel.criterion, higher_is_better=CRITERIA[sel.criterion].higher_is_better,
+            results, main, criterion=sel.criterion, confirm=sel.fallback_confirm,
             collapsed=self._collapse_guard(stop_after=0).prediction_collapse,
         )  # fmt: skip
         metrics["kept"] = metrics["fallback"]["kept"]

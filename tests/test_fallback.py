@@ -15,28 +15,53 @@ from hftl.adaptation.fallback import decide
 from hftl.cli import main as hftl
 
 
-def _results(so: float, ad: float, **extra) -> dict:
-    return {"source_only": {"final_scores": {"im": so}}, "dann": {"final_scores": {"im": ad}, **extra}}
+def _results(so: float, ad: float, so_acc: float = 0.9, ad_acc: float = 0.8, **extra) -> dict:
+    """Final scores: ``im`` and ``dev`` both ``so``/``ad``, source-val accuracy ``so_acc``/``ad_acc``."""
+    return {
+        "source_only": {"final_scores": {"im": so, "dev": so, "source_val_acc": so_acc}},
+        "dann": {"final_scores": {"im": ad, "dev": ad, "source_val_acc": ad_acc}, **extra},
+    }
 
 
 def test_decide_compares_by_the_criterion_in_its_direction():
-    assert decide(_results(0.4, 0.5), "dann", criterion="im", higher_is_better=True)["kept"] == "dann"
-    worse = decide(_results(0.4, 0.3), "dann", criterion="im", higher_is_better=True)
+    assert decide(_results(0.4, 0.5), "dann", criterion="im")["kept"] == "dann"
+    worse = decide(_results(0.4, 0.3), "dann", criterion="im")
     assert worse["kept"] == "source_only" and worse["scores"] == {"source_only": 0.4, "dann": 0.3}
     assert "source_only scores better by `im` (0.4000 vs dann 0.3000)" in worse["reasons"]
     # lower is better (dev): the same numbers flip the call
-    assert decide(_results(0.4, 0.3), "dann", criterion="im", higher_is_better=False)["kept"] == "dann"
+    assert decide(_results(0.4, 0.3), "dann", criterion="dev")["kept"] == "dann"
+    assert decide(_results(0.3, 0.4), "dann", criterion="dev")["kept"] == "source_only"
+
+
+def test_decide_falls_back_only_when_the_confirming_validator_agrees():
+    confirmed = decide(_results(0.4, 0.3), "dann", criterion="im", confirm="source_val_acc")
+    assert confirmed["kept"] == "source_only" and confirmed["confirm_scores"] == {
+        "source_only": 0.9,
+        "dann": 0.8,
+    }
+    assert "and by `source_val_acc` (0.9000 vs 0.8000)" in confirmed["reasons"][0]
+    # the adapted model keeps its source accuracy: im's worse score alone does not make the call
+    overruled = decide(_results(0.4, 0.3, ad_acc=0.9), "dann", criterion="im", confirm="source_val_acc")
+    assert overruled["kept"] == "dann" and overruled["reasons"] == []
+    assert overruled["overruled"] == [
+        "source_only scores better by `im` (0.4000 vs dann 0.3000), but not by `source_val_acc` (0.9000 vs 0.9000)"
+    ]
+    # a better criterion score never falls back, whatever the confirming validator says
+    assert (
+        decide(_results(0.4, 0.5, ad_acc=0.1), "dann", criterion="im", confirm="source_val_acc")["kept"]
+        == "dann"
+    )
 
 
 def test_decide_falls_back_on_collapse_even_when_the_criterion_prefers_the_method():
     collapsed = lambda s: "one class" if s["im"] > 0.45 else None  # noqa: E731  (toy signal)
-    call = decide(_results(0.4, 0.5), "dann", criterion="im", higher_is_better=True, collapsed=collapsed)
+    call = decide(_results(0.4, 0.5), "dann", criterion="im", confirm="source_val_acc", collapsed=collapsed)
     assert (
         call["kept"] == "source_only"
         and "final target predictions collapsed: one class" in call["reasons"][0]
     )
     no_checkpoint = {"collapse": {"collapsed": True, "pre_collapse_checkpoint": False, "first_step": 50}}
-    call = decide(_results(0.4, 0.5, **no_checkpoint), "dann", criterion="im", higher_is_better=True)
+    call = decide(_results(0.4, 0.5, **no_checkpoint), "dann", criterion="im", confirm="source_val_acc")
     assert call["kept"] == "source_only" and "step 50" in call["reasons"][0]
 
 
@@ -99,3 +124,40 @@ def test_fallback_source_only_needs_the_baseline(tmp_path, tiny_models, capsys):
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert hftl(["run", "adapt", "--config", str(tmp_path / "cfg.yaml")]) == 2
     assert "`selection.fallback: source_only`" in capsys.readouterr().err
+
+
+def test_the_report_says_why_a_worse_criterion_was_overruled():
+    from hftl.adaptation.scoring import format_report
+
+    results = _results(0.4, 0.3, ad_acc=0.9)
+    for name, acc in (("source_only", 0.70), ("dann", 0.75)):
+        results[name].update(target_test_acc=acc, source_val_acc=0.9)
+    fallback = decide(results, "dann", criterion="im", confirm="source_val_acc")
+    metrics = {
+        "method": "dann",
+        "selection_criterion": "im",
+        "results": results,
+        "kept": "dann",
+        "fallback": fallback,
+    }
+    expected = (
+        "Kept dann: not predicted to hurt (source_only scores better by `im` (0.4000 vs dann 0.3000), "
+        "but not by `source_val_acc` (0.9000 vs 0.9000))."
+    )
+    assert expected in format_report(metrics)
+
+
+@pytest.mark.parametrize(("value", "ok"), [(None, True), ("bnm", True), ("accuracy", False)])
+def test_fallback_confirm_is_a_criterion_or_null(value, ok):
+    from hftl.adaptation.config import SelectionConfig
+    from hftl.config import to_dataclass
+    from hftl.errors import ConfigError
+
+    if ok:
+        assert (
+            to_dataclass(SelectionConfig, {"fallback_confirm": value}, key="selection").fallback_confirm
+            == value
+        )
+    else:
+        with pytest.raises(ConfigError, match="selection.fallback_confirm"):
+            to_dataclass(SelectionConfig, {"fallback_confirm": value}, key="selection")

@@ -86,6 +86,16 @@ class SelectionConfig:
             "the adapted model. metrics.json (`kept`, `fallback`), the report and the card say which."
         },
     )
+    fallback_confirm: Literal["im", "snd", "dev", "source_val_acc", "bnm", "class_ami"] | None = field(
+        default="source_val_acc",
+        metadata={
+            "help": "Fall back on a worse `criterion` only when this validator also scores source-only better; "
+            "null: on the criterion alone. A collapse falls back either way. `im` favours the methods that "
+            "optimise it and misjudges the others: on hftl's benchmark runs the confirmed call was right on "
+            "25 of 31 calls against non-IM/MCC methods (17 with `im` alone) and unchanged on IM/MCC "
+            "(benchmarks/results/selection.md, docs/selection.md)."
+        },
+    )
 
     def __post_init__(self):
         for name in ("collapse_share", "collapse_entropy", "collapse_source_drop"):

@@ -130,6 +130,8 @@ def format_report(metrics: dict[str, Any]) -> str:
     fb = metrics.get("fallback")
     if fb and kept != main:
         lines.append(f"Kept source_only instead of {main} (selection.fallback): {'; '.join(fb['reasons'])}.")
+    elif fb and fb.get("overruled"):
+        lines.append(f"Kept {main}: not predicted to hurt ({'; '.join(fb['overruled'])}).")
     elif fb:
         lines.append(f"Kept {main}: not predicted to hurt (`{fb['criterion']}` {fb['scores'][main]:.4f} vs source_only {fb['scores']['source_only']:.4f}).")  # fmt: skip
     so, direct = rows.get("source_only"), rows.get(main.removesuffix("_transitive"))
