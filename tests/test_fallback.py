@@ -109,6 +109,29 @@ def test_the_card_says_which_model_was_kept(worse_run):
     assert "Negative transfer" not in text  # the model shipped is not the worse one
 
 
+@pytest.mark.parametrize(
+    "kept", ["source_only", "one_class"]
+)  # the fallback's reasons / an overruled criterion
+def test_fallback_text_from_metrics_renders_as_text_in_the_card(worse_run, tmp_path, kept):
+    """metrics.json may come from someone else's run folder: the fallback's strings are escaped like every value."""
+    import re
+    import shutil
+
+    MarkdownIt = pytest.importorskip("markdown_it").MarkdownIt  # noqa: N806  (a CommonMark parser)
+    out = tmp_path / "run"
+    shutil.copytree(worse_run[1], out)
+    hostile = "<script>alert(1)</script> [x](javascript:alert(1)) ![i](http://e/x.png)"
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["kept"] = kept
+    metrics["fallback"].update(reasons=[hostile] if kept == "source_only" else [], overruled=[hostile])
+    (out / "metrics.json").write_text(json.dumps(metrics))
+    assert hftl(["card", str(out), "--force"]) == 0
+    html = MarkdownIt("commonmark").render((out / "model" / "README.md").read_text().split("\n---\n", 1)[1])
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "<script" not in html
+    assert "javascript:" not in " ".join(re.findall(r'(?:href|src)="([^"]*)"', html))
+    assert "http://e/x.png" not in " ".join(re.findall(r'src="([^"]*)"', html))
+
+
 def test_fallback_off_keeps_the_adapted_model(tmp_path, tiny_models, capsys):
     cfg = adapt_config(tmp_path, tiny_models["bert"], "helpers.OneClass", trade_off=5.0)
     cfg["report"]["baselines"] = ["source_only"]
